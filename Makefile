@@ -1,0 +1,48 @@
+# skyops: the menu. Each recipe is one line that hands off to uv or nox; logic lives in scripts/.
+#   make launch JOB=examples/train.py NODES=2     run a job (local backend by default)
+#   make test                                     run the test suite
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+UV_VERSION := 0.13.9
+NOX := nox==2026.10.20
+JOB ?=
+NODES ?=
+GPUS ?=
+RUN ?=
+BACKEND ?=
+ARGS ?=
+FLAGS ?=
+ID ?=
+
+# Let uv use the wheel folder pip is configured with (torch's CPU build on these machines).
+ifneq ($(PIP_FIND_LINKS),)
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+endif
+
+LAUNCH_FLAGS = $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) $(if $(RUN),--run $(RUN)) $(if $(BACKEND),--backend $(BACKEND)) $(FLAGS)
+
+.PHONY: help uv launch dry-run test lint nccl status logs cancel
+
+help: ## Show this menu
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+uv: ## Install uv from PyPI if this machine has none
+	@command -v uv >/dev/null 2>&1 || { python3 -m pip install --quiet "uv==$(UV_VERSION)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"; } && { command -v pyenv >/dev/null 2>&1 && pyenv rehash || true; } && command -v uv >/dev/null 2>&1 || { echo "uv was installed but is not on PATH: add \"$$(python3 -m site --user-base)/bin\" to PATH" >&2; exit 1; }
+
+launch: uv ## Run JOB (NODES, GPUS, RUN, BACKEND optional; ARGS go to the job, FLAGS to the launcher)
+	@test -n "$(JOB)" || { echo "make launch: JOB is required, e.g. make launch JOB=examples/train.py NODES=2" >&2; exit 2; }
+	uv run --script scripts/local/launch.py $(LAUNCH_FLAGS) $(JOB) $(ARGS)
+
+dry-run: uv ## Print the resolved task as SkyPilot YAML (secrets redacted); launches nothing
+	@test -n "$(JOB)" || { echo "make dry-run: JOB is required, e.g. make dry-run JOB=examples/train.py" >&2; exit 2; }
+	uv run --script scripts/local/launch.py --dry-run $(LAUNCH_FLAGS) $(JOB) $(ARGS)
+
+test: uv ## Run the test suite (what CI runs)
+	uvx --from $(NOX) nox -s tests -- $(ARGS)
+
+lint: uv ## ruff check and ruff format --check
+	uvx --from $(NOX) nox -s lint
+
+nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4")
+	uvx --from $(NOX) nox -s nccl -- $(ARGS)

@@ -1,0 +1,58 @@
+"""nox sessions: the orchestra. Logic lives in scripts/; sessions only set up environments and call it.
+
+    nox -s tests            # pytest (what `make test` and CI run)
+    nox -s lint             # ruff check + ruff format --check
+    nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_external_run = True
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.py") if not p.name.startswith("_"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+TEST_DEPS = ["pytest==9.2.0", "pytest-timeout==2.4.0"]
+RUFF = "ruff==0.17.6"
+
+# torch's CPU build lies in the wheel folder pip is configured with (find-links); let uv use it too,
+# so no session downloads a multi-GB CUDA build. See README, "Offline torch".
+if "UV_FIND_LINKS" not in os.environ and os.environ.get("PIP_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+
+
+def script_dependencies(paths: list[Path]) -> list[str]:
+    """The union of the PEP 723 `dependencies` of the given scripts, sorted."""
+    deps: set[str] = set()
+    for path in paths:
+        deps.update(nox.project.load_toml(path).get("dependencies", []))
+    return sorted(deps)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest); posargs go to pytest."""
+    session.install(*TEST_DEPS, *script_dependencies(SCRIPTS + EXAMPLES))
+    session.run("pytest", *session.posargs, env={"SKYPILOT_DISABLE_LOCAL_API_SERVER": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style: ruff check and ruff format --check; posargs go to ruff check."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=False)
+def nccl(session: nox.Session) -> None:
+    """Run the NCCL preflight (gloo on CPU) on this machine; posargs go to nccl_test.py."""
+    session.run("uv", "run", "--script", "scripts/remote/nccl_test.py", *session.posargs, external=True)

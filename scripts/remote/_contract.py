@@ -1,0 +1,32 @@
+"""Node-side exit codes and reasons: the single source of the contract in docs/contract.md.
+
+Imported by the node-side scripts (`run.py`, `nccl_test.py`); never by `scripts/local/`.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+#: Node or fabric fault (heartbeat timeout, failed NCCL preflight). Listed in job.yaml's
+#: `recover_on_exit_codes`, so SkyPilot moves the job to fresh nodes without spending its error budget.
+EXIT_BAD_NODE = 86
+#: Crash-loop stop. Deliberately NOT in `recover_on_exit_codes`.
+EXIT_CRASH_LOOP = 87
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+#: Codes a job may not use to steer SkyPilot: a job exiting with one is reported as EXIT_FAILURE.
+RESERVED_EXIT_CODES = frozenset({EXIT_BAD_NODE, EXIT_CRASH_LOOP})
+
+REASON_COMPLETED = "completed"
+REASON_MAX_RUNTIME = "max_runtime"
+REASON_JOB_FAILED = "job_failed"
+REASON_JOB_FAILED_RESERVED = "job_failed_reserved_code"
+REASON_HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+REASON_PREFLIGHT_FAILED = "preflight_failed"
+REASON_RECOVER_CAP = "recover_cap"
+REASON_CRASH_LOOP = "crash_loop"
+REASON_SIGTERM = "sigterm"
+REASON_SIGINT = "sigint"
+REASON_BAD_INPUT = "bad_input"
