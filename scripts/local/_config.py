@@ -1,0 +1,378 @@
+"""Configuration for the laptop-side scripts: one loader, one precedence.
+
+Every value a launch uses is resolved here, once, in this order (highest first):
+
+    command-line flags (including --set KEY=VALUE)  >  process environment  >  .env file  >  job.yaml
+
+The .env file is read with python-dotenv (`dotenv.parser.parse_stream`) plus small, tested corrections
+for the cases where python-dotenv is known to be wrong or silent (../shared/cases/CASES.md E1-E9):
+CRLF line endings, a comment taken for a value, a line it cannot parse (only a warning there, and the
+key vanishes), keys that no environment accepts, and `${VAR}` expansion that must follow the same
+precedence as everything else.
+
+job.yaml's `envs` and `secrets` are read as the text written in the file (PyYAML's composer, not its
+constructor), so `COMMIT: 0123456` reaches the job as `0123456`, not `42798` (CASES.md Y1).
+
+Errors a user can cause raise `ConfigError` with one line naming the flag, key or `file:line`.
+Nothing here reads `os.environ`: callers pass the process environment in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: SkyPilot's env-key rule (sky/utils/schemas.py): also what a POSIX shell accepts.
+ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: SkyPilot's cluster-name rule (sky/skylet/constants.py CLUSTER_NAME_VALID_REGEX).
+CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
+#: SkyPilot's task-name rule (sky/task.py _VALID_NAME_REGEX).
+TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[._-]{1,2}[a-zA-Z0-9]+)*$")
+#: Names that look like credentials: such keys must be declared under job.yaml `secrets:`.
+SECRET_LIKE_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|WEBHOOK|CREDENTIAL)")
+
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+#: Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14.1).
+TASK_KEYS = frozenset(
+    {
+        "name",
+        "workdir",
+        "event_callback",
+        "num_nodes",
+        "resources",
+        "envs",
+        "secrets",
+        "file_mounts",
+        "setup",
+        "run",
+        "service",
+        "config",
+        "inputs",
+        "outputs",
+        "volumes",
+        "pool",
+        "file_mounts_mapping",
+        "_metadata",
+    }
+)
+
+
+class ConfigError(Exception):
+    """Bad user input: the message is one line naming the flag, key or file:line."""
+
+
+# --------------------------------------------------------------------------------------- values
+
+
+def parse_bool(text: str, field_name: str) -> bool:
+    """`true/false/1/0/yes/no/on/off`, any case, to a bool (CASES.md E9: `bool("false")` is True).
+
+    Raises ConfigError naming `field_name` for anything else.
+    """
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{field_name}: expected true/false/yes/no/1/0, got {text!r}")
+
+
+def parse_int(text: str, field_name: str, minimum: int) -> int:
+    """A decimal integer >= `minimum`; raises ConfigError naming `field_name` otherwise."""
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ConfigError(f"{field_name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{field_name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid run name, or None when it is.
+
+    A run name becomes the managed job's task name and, through it, its cluster name, so it must
+    satisfy both SkyPilot rules (CLUSTER_NAME_RE and TASK_NAME_RE above; ../shared/notes/skypilot.md).
+    """
+    if not name:
+        return "must not be empty"
+    for pos, ch in enumerate(name):
+        if not (ch.isascii() and (ch.isalnum() or ch in "-_.")):
+            return f"character {ch!r} at position {pos} is not allowed (use letters, digits, '-', '_', '.')"
+    if not name[0].isalpha():
+        return "must start with a letter"
+    if not name[-1].isalnum():
+        return "must end with a letter or digit"
+    run = re.search(r"[-_.]{3,}", name)
+    if run:
+        return f"at most two of '-', '_', '.' in a row (position {run.start()})"
+    if not (CLUSTER_NAME_RE.match(name) and TASK_NAME_RE.match(name)):  # pragma: no cover - rules above cover it
+        return "does not match SkyPilot's cluster-name and task-name rules"
+    return None
+
+
+def validate_run_name(name: str, flag: str = "--run") -> str:
+    """Return `name` if it is a valid run name; raise ConfigError with the precise reason."""
+    problem = run_name_problem(name)
+    if problem:
+        raise ConfigError(f"{flag} {name!r}: {problem}")
+    return name
+
+
+def default_run_name(job: str, stamp: str) -> str:
+    """A valid run name from the job's file name and a time stamp, e.g. `train-20261129-153000`."""
+    stem = re.sub(r"[^a-zA-Z0-9]+", "-", Path(job).stem).strip("-") or "job"
+    if not stem[0].isalpha():
+        stem = f"run-{stem}"
+    return f"{stem}-{stamp}"
+
+
+# --------------------------------------------------------------------------------------- .env
+
+
+@dataclass(frozen=True)
+class EnvLine:
+    """One `KEY=value` of a .env file. `value` is None for a bare `KEY` line (CASES.md E5)."""
+
+    key: str
+    value: str | None
+    line: int
+    interpolate: bool = True
+
+
+_COMMENT_AS_VALUE_RE = re.compile(r"^\s*(?:export\s+)?[^=\s]+\s*=[ \t]+#")
+
+
+def read_env_file(path: Path) -> list[EnvLine]:
+    """Parse a .env file with python-dotenv, corrected for CASES.md E1-E8.
+
+    Returns the lines in file order. Raises ConfigError (`file:line: ...`) for a line python-dotenv
+    cannot parse, for keys no environment accepts (all listed in one line), or a file that is not UTF-8.
+    """
+    from dotenv.parser import parse_stream
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--env-file {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    # E4: no \r may survive into any value, quoted ones included.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+
+    entries: list[EnvLine] = []
+    bad_keys: list[str] = []
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            snippet = binding.original.string.splitlines()[0] if binding.original.string else ""
+            raise ConfigError(f"{path}:{line}: cannot parse {snippet.strip()[:60]!r} (unclosed quote?)")
+        if binding.key is None:
+            continue
+        value = binding.value
+        original = binding.original.string
+        # E2: `KEY=   # comment` is an empty value, never the comment's text.
+        if value is not None and _COMMENT_AS_VALUE_RE.match(original) and value.lstrip().startswith("#"):
+            value = ""
+        if not ENV_KEY_RE.match(binding.key):
+            bad_keys.append(f"{binding.key} (line {line})")
+            continue
+        after_eq = original.split("=", 1)[1].lstrip() if "=" in original else ""
+        entries.append(EnvLine(binding.key, value, line, interpolate=not after_eq.startswith("'")))
+    if bad_keys:
+        raise ConfigError(
+            f"{path}: invalid keys {', '.join(bad_keys)}: a key must match [A-Za-z_][A-Za-z0-9_]*"
+        )
+    return entries
+
+
+def expand(value: str, lookup: Mapping[str, str]) -> str:
+    """Expand `${VAR}` and `${VAR:-default}` in `value` with python-dotenv's own parser."""
+    from dotenv.variables import parse_variables
+
+    return "".join(atom.resolve(dict(lookup)) or "" for atom in parse_variables(value))
+
+
+def parse_set_flags(items: Sequence[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` items to a dict (later wins). Raises ConfigError naming the flag."""
+    result: dict[str, str] = {}
+    bad: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        if not ENV_KEY_RE.match(key):
+            bad.append(key or "''")
+            continue
+        result[key] = value.replace("\r\n", "\n").replace("\r", "\n")
+    if bad:
+        raise ConfigError(f"--set: invalid keys {', '.join(bad)}: a key must match [A-Za-z_][A-Za-z0-9_]*")
+    return result
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Resolved configuration values with the layer each one came from."""
+
+    values: dict[str, str]
+    sources: dict[str, str]  # key -> "flag" | "environment" | "<file>:<line>" | "job.yaml"
+    missing: tuple[str, ...] = ()  # secrets declared null and supplied by nobody
+
+
+def resolve_values(
+    *,
+    defaults: Mapping[str, str | None],
+    file_entries: Sequence[EnvLine],
+    environ: Mapping[str, str],
+    flags: Mapping[str, str],
+    file_label: str,
+) -> Resolved:
+    """Merge the four layers for every key any layer names: flags > environ > file > defaults.
+
+    `defaults` are job.yaml's envs and secrets (None: a secret that must be supplied at launch).
+    `${VAR}` in .env values expands against the merged result, so the same precedence holds inside
+    `${...}` (CASES.md E6); single-quoted values are not expanded (python-dotenv's rule).
+
+    Raises ConfigError for a bare .env key that neither the environment nor a flag supplies.
+    """
+    file_map: dict[str, EnvLine] = {}
+    for entry in file_entries:
+        file_map[entry.key] = entry  # later lines win, as in python-dotenv
+    keys = list(dict.fromkeys([*defaults, *file_map, *flags]))
+
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    missing: list[str] = []
+    pending: list[str] = []
+    for key in keys:
+        entry = file_map.get(key)
+        if key in flags:
+            values[key], sources[key] = flags[key], "flag"
+        elif key in environ:
+            values[key], sources[key] = environ[key], "environment"
+        elif entry is not None:
+            if entry.value is None:
+                raise ConfigError(
+                    f"{file_label}:{entry.line}: {key} has no value; set it in the environment or with"
+                    f" --set {key}=..., or write {key}= for an empty value"
+                )
+            values[key], sources[key] = entry.value, f"{file_label}:{entry.line}"
+            if entry.interpolate and "$" in entry.value:
+                pending.append(key)
+        elif defaults.get(key) is not None:
+            values[key], sources[key] = defaults[key], "job.yaml"  # type: ignore[assignment]
+        else:
+            missing.append(key)
+    # Expand in file order against the merged values (then the environment, as python-dotenv does).
+    for key in sorted(pending, key=lambda k: file_map[k].line):
+        values[key] = expand(values[key], {**environ, **values})
+    return Resolved(values, sources, tuple(missing))
+
+
+# --------------------------------------------------------------------------------------- job.yaml
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """job.yaml, read once: the plain config plus `envs`/`secrets` exactly as written.
+
+    `config` is PyYAML's ordinary load (for resources, setup, run, ...). `envs` holds every env value
+    as the text in the file; `secrets` maps each key to its text, or None for "must be supplied".
+    """
+
+    path: Path
+    config: dict[str, Any]
+    envs: dict[str, str]
+    secrets: dict[str, str | None] = field(repr=False)
+
+
+def _scalar_text(node: Any, label: str, *, allow_null: bool) -> str | None:
+    import yaml
+
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{label}: must be a string, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    if node.style is None and node.tag == "tag:yaml.org,2002:null":
+        if allow_null:
+            return None
+        raise ConfigError(f'{label}: is null; write "" for an empty value')
+    return node.value
+
+
+def _mapping_texts(node: Any, label: str, path: Path, *, allow_null: bool) -> dict[str, str | None]:
+    import yaml
+
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        line = node.start_mark.line + 1
+        raise ConfigError(f"{path}:{line}: {label} must be a mapping of KEY: value")
+    out: dict[str, str | None] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        if not ENV_KEY_RE.match(key):
+            raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {label}.{key}: invalid key")
+        out[key] = _scalar_text(value_node, f"{path}:{value_node.start_mark.line + 1}: {label}.{key}", allow_null=allow_null)
+    return out
+
+
+def load_task_file(path: Path) -> TaskFile:
+    """Read and check job.yaml. Raises ConfigError (`file:line: ...`, or every structural problem in
+    one line, CASES.md Y4) for YAML errors, unknown keys, a null `resources`, `envs` not a mapping."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    except FileNotFoundError:
+        raise ConfigError(f"--task {path}: no such file") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        config = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: {exc.problem or exc.context}") from None
+    if not isinstance(config, dict) or root is None:
+        raise ConfigError(f"{path}: must be a mapping (a SkyPilot task)")
+
+    problems: list[str] = []
+    for key in config:
+        if key not in TASK_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(TASK_KEYS), n=1)
+            problems.append(f"{key} unknown" + (f", did you mean {close[0]}?" if close else ""))
+    if "resources" in config and config["resources"] is None:
+        problems.append("resources is null")
+    if "envs" in config and config["envs"] is not None and not isinstance(config["envs"], dict):
+        problems.append("envs must be a mapping")
+    if "secrets" in config and config["secrets"] is not None and not isinstance(config["secrets"], dict):
+        problems.append("secrets must be a mapping")
+    if not isinstance(config.get("run"), str):
+        problems.append("run must be a string (the command each node runs)")
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+
+    nodes = {k.value: v for k, v in root.value}
+    envs = _mapping_texts(nodes.get("envs"), "envs", path, allow_null=False)
+    secrets = _mapping_texts(nodes.get("secrets"), "secrets", path, allow_null=True)
+    both = sorted(set(envs) & set(secrets))
+    if both:
+        raise ConfigError(f"{path}: {', '.join(both)} declared under both envs and secrets")
+    return TaskFile(path, config, {k: v for k, v in envs.items() if v is not None}, secrets)
+
+
+def secret_like_keys(keys: Iterable[str], declared_secrets: Iterable[str]) -> list[str]:
+    """Keys that look like credentials but are not declared under `secrets:` (they would travel as
+    plaintext envs, shown in SkyPilot's dashboard)."""
+    declared = set(declared_secrets)
+    return sorted(k for k in keys if k not in declared and SECRET_LIKE_RE.search(k.upper()))

@@ -1,0 +1,365 @@
+#!/usr/bin/env -S uv run --script
+# /// script
+# requires-python = ">=3.11"
+# dependencies = [
+#     "python-dotenv==1.2.4",
+#     "pyyaml==6.0.4",
+#     "psutil==7.2.2",
+#     "skypilot==0.14.1",
+# ]
+# ///
+"""Launch a training job: job.yaml on emulated local nodes, or as a SkyPilot managed job.
+
+usage: launch.py [options] JOB [JOB_ARGS...]
+
+    ./scripts/local/launch.py --nodes 2 examples/train.py --steps 100
+    ./scripts/local/launch.py --backend sky --nodes 2 --gpus 8 --print-id examples/train.py
+
+JOB is a script path inside the repository; JOB_ARGS reach it verbatim. Configuration precedence:
+flags (and --set KEY=VALUE) > process environment > .env (--env-file) > job.yaml envs.
+
+stdout carries data only: nothing by default, job ids with --print-id (one per line), the task YAML
+with --dry-run. Everything for people goes to stderr.
+
+Exit codes: 0 the job succeeded; 1 the job failed; 2 bad input (one line naming the flag, key or
+file:line; nothing launched); 3 SkyPilot error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import _config
+from _config import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SKY_ERROR = 3
+EXIT_INTERRUPTED = 130
+
+REPO = Path(__file__).resolve().parents[2]
+BACKENDS = ("local", "sky")
+REDACTED = "<redacted>"
+
+log = logging.getLogger("skyops.launch")
+
+
+#: Launcher settings: consumed here, never passed to the job. key -> (flag, kind).
+SETTINGS: dict[str, tuple[str, str]] = {
+    "SKYOPS_BACKEND": ("--backend", "backend"),
+    "SKYOPS_NODES": ("--nodes", "nodes"),
+    "SKYOPS_GPUS": ("--gpus", "gpus"),
+    "SKYOPS_CPUS": ("--cpus", "cpus"),
+    "SKYOPS_USE_SPOT": ("--spot/--no-spot", "use_spot"),
+    "SKYOPS_MAX_RESTARTS": ("--max-restarts", "max_restarts"),
+}
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Everything one launch needs, resolved once in main() and passed down."""
+
+    backend: str
+    run: str
+    job: str  # path relative to the repository root
+    job_args: tuple[str, ...]
+    nodes: int
+    gpus: int | None  # None: keep job.yaml's accelerators (sky); 0 on the local backend
+    cpus: str | None
+    use_spot: bool | None
+    max_restarts: int | None
+    envs: dict[str, str]
+    secrets: dict[str, str] = field(repr=False)
+    missing_secrets: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)
+    task: _config.TaskFile | None = field(default=None, repr=False)
+    dry_run: bool = False
+    print_id: bool = False
+    follow: bool = False
+    verbose: bool = False
+    repo: Path = REPO
+    base_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    return _config.parse_int(text, "value", 1)
+
+
+def _nonneg(text: str) -> int:
+    return _config.parse_int(text, "value", 0)
+
+
+def _type(fn: Any, name: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return fn(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="launch.py",
+        description="Launch JOB (a script in this repository) as a SkyPilot task, locally or on the cloud.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="where to run [env SKYOPS_BACKEND; default local]")
+    p.add_argument("--run", default=None, help="run name (RUN_ID); default: JOB's name and the time")
+    p.add_argument("--nodes", type=_type(_positive, "nodes"), default=None, help="number of nodes [SKYOPS_NODES; default job.yaml num_nodes]")
+    p.add_argument("--gpus", type=_type(_nonneg, "gpus"), default=None, help="GPUs per node, 0 = CPU [SKYOPS_GPUS; default job.yaml (sky), 0 (local)]")
+    p.add_argument("--cpus", default=None, help="vCPUs per node, e.g. 8 or 8+ [SKYOPS_CPUS]")
+    spot = p.add_mutually_exclusive_group()
+    spot.add_argument("--spot", dest="use_spot", action="store_true", default=None, help="spot instances only [SKYOPS_USE_SPOT]")
+    spot.add_argument("--no-spot", dest="use_spot", action="store_false", help="on-demand instances only")
+    p.add_argument("--max-restarts", type=_type(_nonneg, "max_restarts"), default=None, help="job_recovery.max_restarts_on_errors [SKYOPS_MAX_RESTARTS]")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set a task env or secret (repeatable)")
+    p.add_argument("--env-file", type=Path, default=None, help="configuration file (python-dotenv format) [default: <repo>/.env if present]")
+    p.add_argument("--task", type=Path, default=REPO / "job.yaml", help="the SkyPilot task file")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved task as SkyPilot YAML (secrets redacted); launch nothing")
+    p.add_argument("--print-id", action="store_true", help="print the job id on stdout, one per line")
+    p.add_argument("--follow", action="store_true", help="stream node logs to stderr, each line prefixed with its node")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("job", metavar="JOB", help="script path in the repository, e.g. examples/train.py")
+    p.add_argument("job_args", metavar="JOB_ARGS", nargs=argparse.REMAINDER, help="arguments passed to JOB verbatim")
+    return p
+
+
+def _setting(key: str, flag_value: Any, environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[Any, str] | None:
+    """The raw value of a launcher setting and where it came from (flag > environment > .env)."""
+    if flag_value is not None:
+        return flag_value, SETTINGS[key][0]
+    if key in environ:
+        return environ[key], key
+    if key in file_values:
+        return file_values[key], key
+    return None
+
+
+def relative_job_path(job: str, repo: Path) -> str:
+    """JOB as a path relative to the repository root. Raises ConfigError if it is not a file inside it."""
+    path = Path(job)
+    full = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if not full.is_file() and not path.is_absolute():
+        full = (repo / path).resolve()
+    try:
+        rel = full.relative_to(repo)
+    except ValueError:
+        raise ConfigError(f"JOB {job!r}: must be inside the repository {repo} (nodes receive only the repository)") from None
+    if not full.is_file():
+        raise ConfigError(f"JOB {job!r}: no such file")
+    return rel.as_posix()
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
+    """Resolve flags, environment, .env and job.yaml into one LaunchConfig. Raises ConfigError."""
+    repo = REPO
+    task = _config.load_task_file(args.task)
+
+    if args.env_file is not None:
+        env_path: Path | None = args.env_file
+    else:
+        env_path = repo / ".env" if (repo / ".env").is_file() else None  # never a parent folder (E7)
+    entries = _config.read_env_file(env_path) if env_path else []
+    file_label = str(env_path) if env_path else ".env"
+    flags = _config.parse_set_flags(args.sets)
+
+    # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
+    file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
+    env_entries = [e for e in entries if e.key not in SETTINGS]
+    bad_set = sorted(set(flags) & set(SETTINGS))
+    if bad_set:
+        raise ConfigError(f"--set {bad_set[0]}: a launcher setting; use {SETTINGS[bad_set[0]][0]}")
+
+    def setting(key: str, flag_value: Any) -> tuple[Any, str] | None:
+        return _setting(key, flag_value, environ, file_settings)
+
+    backend = "local"
+    if found := setting("SKYOPS_BACKEND", args.backend):
+        backend, where = found
+        if backend not in BACKENDS:
+            raise ConfigError(f"{where}: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    nodes = int(task.config.get("num_nodes") or 1)
+    if found := setting("SKYOPS_NODES", args.nodes):
+        nodes = found[0] if isinstance(found[0], int) else _config.parse_int(found[0], found[1], 1)
+    gpus: int | None = None
+    if found := setting("SKYOPS_GPUS", args.gpus):
+        gpus = found[0] if isinstance(found[0], int) else _config.parse_int(found[0], found[1], 0)
+    cpus = None
+    if found := setting("SKYOPS_CPUS", args.cpus):
+        cpus = str(found[0]).strip()
+        if not cpus.rstrip("+").isdigit() or int(cpus.rstrip("+")) < 1:
+            raise ConfigError(f"{found[1]}: expected a vCPU count like 8 or 8+, got {cpus!r}")
+    use_spot = None
+    if found := setting("SKYOPS_USE_SPOT", args.use_spot):
+        use_spot = found[0] if isinstance(found[0], bool) else _config.parse_bool(found[0], found[1])
+    max_restarts = None
+    if found := setting("SKYOPS_MAX_RESTARTS", args.max_restarts):
+        max_restarts = found[0] if isinstance(found[0], int) else _config.parse_int(found[0], found[1], 0)
+
+    job = relative_job_path(args.job, repo)
+    run = args.run if args.run is not None else _config.default_run_name(job, now.strftime("%Y%m%d-%H%M%S"))
+    _config.validate_run_name(run)
+    launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args), "RUN_ID": run}
+    for key in launcher_flags:
+        if key in flags:
+            raise ConfigError(f"--set {key}: set by the launcher from {'--run' if key == 'RUN_ID' else 'JOB'}")
+
+    defaults: dict[str, str | None] = {**task.envs, **task.secrets}
+    resolved = _config.resolve_values(
+        defaults=defaults,
+        file_entries=env_entries,
+        environ=environ,
+        flags={**flags, **launcher_flags},
+        file_label=file_label,
+    )
+    leaked = _config.secret_like_keys(resolved.values, task.secrets)
+    if leaked:
+        where = resolved.sources[leaked[0]]
+        raise ConfigError(
+            f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task.path.name}"
+            " so it is never sent as a plaintext env"
+        )
+    secrets = {k: v for k, v in resolved.values.items() if k in task.secrets}
+    envs = {k: v for k, v in resolved.values.items() if k not in task.secrets}
+    return LaunchConfig(
+        backend=backend,
+        run=run,
+        job=job,
+        job_args=tuple(args.job_args),
+        nodes=nodes,
+        gpus=gpus,
+        cpus=cpus,
+        use_spot=use_spot,
+        max_restarts=max_restarts,
+        envs=envs,
+        secrets=secrets,
+        missing_secrets=resolved.missing,
+        sources=resolved.sources,
+        task=task,
+        dry_run=args.dry_run,
+        print_id=args.print_id,
+        follow=args.follow,
+        verbose=args.verbose,
+        repo=repo,
+        base_env=dict(environ),
+    )
+
+
+def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
+    """The resolved task as a SkyPilot YAML config (a plain dict): job.yaml with the resolved envs,
+    secrets (values shown as `<redacted>` unless `redact` is False), node count and resource patches."""
+    assert cfg.task is not None
+    config = {k: v for k, v in cfg.task.config.items()}
+    config["name"] = cfg.run
+    config["num_nodes"] = cfg.nodes
+    config["envs"] = dict(cfg.envs)
+    secrets: dict[str, Any] = {k: (REDACTED if redact else cfg.secrets[k]) for k in cfg.secrets}
+    for key in cfg.missing_secrets:
+        secrets[key] = None
+    config["secrets"] = secrets
+    resources = copy.deepcopy(dict(config.get("resources") or {}))
+    if cfg.gpus is not None:
+        for holder in [resources, *resources.get("any_of", []), *resources.get("ordered", [])]:
+            if holder.get("accelerators"):
+                if cfg.gpus == 0:
+                    del holder["accelerators"]
+                else:
+                    holder["accelerators"] = set_accelerator_count(holder["accelerators"], cfg.gpus)
+    if cfg.max_restarts is not None:
+        recovery = dict(resources.get("job_recovery") or {})
+        recovery["max_restarts_on_errors"] = cfg.max_restarts
+        resources["job_recovery"] = recovery
+    config["resources"] = {k: v for k, v in resources.items() if v is not None}
+    return config
+
+
+def set_accelerator_count(accelerators: Any, count: int) -> Any:
+    """`accelerators` with every candidate's count set to `count`, keeping the shape: a string
+    `A100:8`, a mapping `{A100: 8, H100: 8}` (any of) or a list `["A100:8", "H100:8"]` (ordered)."""
+    if isinstance(accelerators, str):
+        return f"{accelerators.split(':', 1)[0].strip()}:{count}"
+    if isinstance(accelerators, dict):
+        return {name: count for name in accelerators}
+    if isinstance(accelerators, list):
+        return [set_accelerator_count(a, count) for a in accelerators]
+    raise ConfigError(f"resources.accelerators: unsupported value {accelerators!r}")
+
+
+def dump_yaml(config: Mapping[str, Any]) -> str:
+    """YAML text for a task config: block style, keys in order, multi-line strings as `|` blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        if "\n" in data:
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+    Dumper.add_representer(str, str_presenter)
+    return yaml.dump(dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    environ = dict(os.environ)
+    # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
+    if "UV_FIND_LINKS" not in environ and environ.get("PIP_FIND_LINKS"):
+        environ["UV_FIND_LINKS"] = environ["PIP_FIND_LINKS"]
+    try:
+        cfg = load_config(args, environ, dt.datetime.now())
+        if cfg.backend == "sky":
+            raise ConfigError("--backend sky: not available yet (the SkyPilot backend is the next issue); use --backend local")
+        if cfg.gpus is None:
+            cfg = replace(cfg, gpus=0)
+        rendered = dump_yaml(task_config(cfg))
+        if cfg.dry_run:
+            sys.stdout.write(rendered)
+            return EXIT_OK
+        import _local_backend
+
+        return _local_backend.launch(cfg, rendered)
+    except ConfigError as exc:
+        if args.verbose:
+            log.exception("bad input")
+        print(f"launch.py: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("launch.py: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
