@@ -175,14 +175,15 @@ def read_env_file(path: Path) -> list[EnvLine]:
     entries: list[EnvLine] = []
     bad_keys: list[str] = []
     for binding in parse_stream(io.StringIO(text)):
-        line = binding.original.line
+        # python-dotenv counts blank lines before a binding as part of it: report the key's own line.
+        original = binding.original.string
+        line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
         if binding.error:
-            snippet = binding.original.string.splitlines()[0] if binding.original.string else ""
-            raise ConfigError(f"{path}:{line}: cannot parse {snippet.strip()[:60]!r} (unclosed quote?)")
+            snippet = original.strip().splitlines()[0] if original.strip() else ""
+            raise ConfigError(f"{path}:{line}: cannot parse {snippet[:60]!r} (unclosed quote?)")
         if binding.key is None:
             continue
         value = binding.value
-        original = binding.original.string
         # E2: `KEY=   # comment` is an empty value, never the comment's text.
         if value is not None and _COMMENT_AS_VALUE_RE.match(original) and value.lstrip().startswith("#"):
             value = ""

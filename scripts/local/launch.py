@@ -34,6 +34,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -332,7 +333,10 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a one-line usage error (2)
+        return int(exc.code or 0)
     setup_logging(args.verbose)
     environ = dict(os.environ)
     # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
@@ -353,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _local_backend.launch(cfg, rendered)
     except ConfigError as exc:
         if args.verbose:
-            log.exception("bad input")
+            traceback.print_exc()
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

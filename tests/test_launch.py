@@ -1,0 +1,195 @@
+"""launch.py: the output contract, exit codes, bad input, precedence, secrets, --dry-run."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import launch
+import pytest
+import yaml
+
+from conftest import REPO, clean_env
+
+CANARY = "canary-secret-7f3a9c"
+
+
+def runs_snapshot() -> set[Path]:
+    runs = REPO / ".skyops" / "runs"
+    return set(runs.rglob("*")) if runs.exists() else set()
+
+
+def call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = launch.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run main() in-process without a developer's exported settings leaking in."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("SKYOPS_", "SKYPILOT_NODE")) or key in {"DATA_DIR", "RUN_ID", "WANDB_API_KEY", "HF_TOKEN"}:
+            monkeypatch.delenv(key)
+
+
+def test_help_returns_without_importing_skypilot() -> None:
+    code = (
+        "import sys, launch\n"
+        "try:\n    launch.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    launch.main(['--nodes', '0', 'examples/train.py'])\nexcept SystemExit:\n    pass\n"
+        "launch.main(['--run', '1bad', 'examples/train.py'])\n"
+        "print('SKY-IMPORTED' if 'sky' in sys.modules else 'SKY-NOT-IMPORTED', file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=clean_env({"PYTHONPATH": str(REPO / "scripts" / "local")}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "SKY-NOT-IMPORTED" in result.stderr
+    assert "usage: launch.py" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "env_text", "needle"),
+    [
+        (["--nodes", "0"], "", "--nodes"),
+        (["--nodes", "two"], "", "--nodes"),
+        (["--gpus", "-1"], "", "--gpus"),
+        (["--run", "1run"], "", "--run '1run': must start with a letter"),
+        (["--run", "exp/1"], "", "--run 'exp/1'"),
+        (["--backend", "gcp"], "", "--backend"),
+        (["--set", "bad-key=1"], "", "bad-key"),
+        (["--set", "NOVALUE"], "", "--set 'NOVALUE'"),
+        (["--set", "RUN_ID=x"], "", "--set RUN_ID"),
+        ([], 'A=1\nTOKEN="abc\n', ".env:2: cannot parse"),
+        ([], "SKYOPS_USE_SPOT=maybe\n", "SKYOPS_USE_SPOT"),
+        ([], "SKYOPS_NODES=0\n", "SKYOPS_NODES: must be >= 1"),
+        ([], "GITHUB_TOKEN=x\n", "GITHUB_TOKEN looks like a credential"),
+        ([], "my-key=1\n", "my-key"),
+        ([], "B\n", ".env:1: B has no value"),
+        (["--unknown-flag"], "", "--unknown-flag"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    argv: list[str], env_text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(env_text)
+    before = runs_snapshot()
+    code, out, err = call(["--env-file", str(env_file), *argv, "examples/train.py"], capsys)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+    assert runs_snapshot() == before
+
+
+def test_missing_env_file_and_job(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    code, out, err = call(["--env-file", str(tmp_path / "missing.env"), "examples/train.py"], capsys)
+    assert (code, out) == (2, "") and "missing.env: no such file" in err
+    code, out, err = call(["--env-file", "/dev/null", "examples/nope.py"], capsys)
+    assert (code, out) == (2, "") and "JOB 'examples/nope.py': no such file" in err
+    code, out, err = call(["--env-file", "/dev/null", "/etc/hostname"], capsys)
+    assert (code, out) == (2, "") and "must be inside the repository" in err
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('TOKEN="abc\n')
+    code, _, err = call(["-v", "--env-file", str(env_file), "examples/train.py"], capsys)
+    assert code == 2 and "Traceback" in err
+
+
+def test_dry_run_prints_yaml_only_and_redacts_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"WANDB_API_KEY={CANARY}\nHF_TOKEN=\nEXTRA=0123\n")
+    before = runs_snapshot()
+    code, out, err = call(
+        ["--env-file", str(env_file), "--dry-run", "--nodes", "3", "--run", "dry-1", "examples/train.py", "--steps", "7", "a b"],
+        capsys,
+    )
+    assert code == 0
+    assert CANARY not in out and CANARY not in err
+    task = yaml.safe_load(out)
+    assert task["name"] == "dry-1" and task["num_nodes"] == 3
+    assert task["secrets"] == {"WANDB_API_KEY": "<redacted>", "HF_TOKEN": "<redacted>"}
+    assert "WANDB_API_KEY" not in task["envs"]
+    assert all(isinstance(v, str) for v in task["envs"].values())
+    assert task["envs"]["EXTRA"] == "0123"
+    assert task["envs"]["RUN_ID"] == "dry-1"
+    assert shlex.split(task["envs"]["JOB_ARGS"]) == ["--steps", "7", "a b"]
+    assert runs_snapshot() == before
+
+
+def test_precedence_flags_env_file_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_env: None) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("GRACE=11\nHEARTBEAT_TIMEOUT=22\nMASTER_PORT=33\nCKPT=${GRACE}-ckpt\n")
+    monkeypatch.setenv("HEARTBEAT_TIMEOUT", "44")
+    monkeypatch.setenv("MASTER_PORT", "55")
+    code, out, _ = call(["--env-file", str(env_file), "--dry-run", "--set", "MASTER_PORT=66", "--set", "GRACE=77", "examples/train.py"], capsys)
+    envs = yaml.safe_load(out)["envs"]
+    assert code == 0
+    assert envs["GRACE"] == "77"  # flag > file
+    assert envs["HEARTBEAT_TIMEOUT"] == "44"  # environment > file
+    assert envs["MASTER_PORT"] == "66"  # flag > environment > file
+    assert envs["STARTUP_GRACE"] == "1200"  # job.yaml default
+    assert envs["CKPT"] == "77-ckpt"  # ${...} follows the same precedence
+
+
+def test_repo_env_file_is_default_and_parent_env_never_read(tmp_path: Path) -> None:
+    import datetime as dt
+
+    args = launch.build_parser().parse_args(["--dry-run", "examples/train.py"])
+    cfg = launch.load_config(args, {}, dt.datetime(2026, 1, 2, 3, 4, 5))
+    assert cfg.run == "train-20260102-030405"
+    assert cfg.backend == "local"
+    # The only .env ever read implicitly is <repo>/.env (a parent folder's is ignored by construction).
+    assert launch.REPO == REPO
+
+
+def test_settings_from_env_file(tmp_path: Path) -> None:
+    import datetime as dt
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("SKYOPS_NODES=4\nSKYOPS_USE_SPOT=false\nSKYOPS_MAX_RESTARTS=3\n")
+    args = launch.build_parser().parse_args(["--env-file", str(env_file), "examples/train.py"])
+    cfg = launch.load_config(args, {}, dt.datetime.now())
+    assert (cfg.nodes, cfg.use_spot, cfg.max_restarts) == (4, False, 3)
+    assert "SKYOPS_NODES" not in cfg.envs
+    args = launch.build_parser().parse_args(["--env-file", str(env_file), "--nodes", "2", "--spot", "examples/train.py"])
+    cfg = launch.load_config(args, {"SKYOPS_MAX_RESTARTS": "5"}, dt.datetime.now())
+    assert (cfg.nodes, cfg.use_spot, cfg.max_restarts) == (2, True, 5)
+
+
+def test_job_args_reach_the_job_verbatim() -> None:
+    tricky = ["--name", "it's \"quoted\"", "$HOME", "a\nb", "", "*", "--", "ünï"]
+    job_args = shlex.join(tricky)
+    result = subprocess.run(
+        ["bash", "-c", 'eval "set -- $JOB_ARGS"; printf "%s\\0" "$@"'],
+        env={"JOB_ARGS": job_args, "HOME": "/nowhere", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout.decode().split("\0")[:-1] == tricky
+
+
+@pytest.mark.parametrize(
+    ("accelerators", "expected"),
+    [
+        ("A100:8", "A100:4"),
+        ({"A100": 8, "H100": 8}, {"A100": 4, "H100": 4}),
+        (["A100:8", "H100:8"], ["A100:4", "H100:4"]),
+    ],
+)
+def test_gpu_count_patch_keeps_the_shape(accelerators: object, expected: object) -> None:
+    assert launch.set_accelerator_count(accelerators, 4) == expected
