@@ -15,9 +15,13 @@ ARGS ?=
 FLAGS ?=
 ID ?=
 
-# Let uv use the wheel folder pip is configured with (torch's CPU build on these machines).
-ifneq ($(PIP_FIND_LINKS),)
-export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+# Let uv use the wheel folder pip is configured with (torch's CPU build on these machines), so
+# nothing downloads a multi-GB CUDA build: PIP_FIND_LINKS, else pip's own configuration.
+ifeq ($(UV_FIND_LINKS),)
+PIP_LINKS := $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
+ifneq ($(PIP_LINKS),)
+export UV_FIND_LINKS := $(PIP_LINKS)
+endif
 endif
 
 LAUNCH_FLAGS = $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) $(if $(RUN),--run $(RUN)) $(if $(BACKEND),--backend $(BACKEND)) $(FLAGS)

@@ -324,6 +324,23 @@ def dump_yaml(config: Mapping[str, Any]) -> str:
     return yaml.dump(dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def pip_find_links(environ: Mapping[str, str]) -> str | None:
+    """The wheel folder pip is configured with (PIP_FIND_LINKS, else `pip config`), for uv on the
+    local backend's nodes: where these machines keep torch's CPU build. None when pip has none."""
+    if environ.get("PIP_FIND_LINKS"):
+        return environ["PIP_FIND_LINKS"]
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["python3", "-m", "pip", "config", "get", "global.find-links"],
+            capture_output=True, text=True, timeout=20, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out or None
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -339,9 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging(args.verbose)
     environ = dict(os.environ)
-    # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
-    if "UV_FIND_LINKS" not in environ and environ.get("PIP_FIND_LINKS"):
-        environ["UV_FIND_LINKS"] = environ["PIP_FIND_LINKS"]
     try:
         cfg = load_config(args, environ, dt.datetime.now())
         if cfg.backend == "sky":
@@ -352,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.dry_run:
             sys.stdout.write(rendered)
             return EXIT_OK
+        # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
+        if "UV_FIND_LINKS" not in cfg.base_env and (links := pip_find_links(cfg.base_env)):
+            cfg = replace(cfg, base_env={**cfg.base_env, "UV_FIND_LINKS": links})
         import _local_backend
 
         return _local_backend.launch(cfg, rendered)

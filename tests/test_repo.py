@@ -1,0 +1,120 @@
+"""The repository's own contracts: script headers, job.yaml, docs/contract.md, .env.example."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import _config
+import _contract
+import launch
+import pytest
+import yaml
+
+from conftest import REPO
+
+ENTRY_SCRIPTS = sorted(
+    p for p in [*(REPO / "scripts").rglob("*.py"), *(REPO / "examples").glob("*.py"), *(REPO / "benchmarks").glob("*.py")] if not p.name.startswith("_")
+)
+JOB_YAML = REPO / "job.yaml"
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_entry_scripts_are_executable_uv_scripts(script) -> None:
+    text = script.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/env -S uv run --script"
+    assert lines[1] == "# /// script"
+    block = text.split("# /// script\n", 1)[1].split("# ///\n", 1)[0]
+    assert "# requires-python" in block and "# dependencies" in block
+    for dep in re.findall(r'"([A-Za-z0-9_.\-\[\]]+[=<>!~][^"]*)"', block):
+        assert "==" in dep, f"{script.name}: pin {dep}"
+    assert "from __future__ import annotations" in text
+    assert os.access(script, os.X_OK)
+
+
+def test_scripts_local_and_remote_never_import_each_other() -> None:
+    local = {p.stem for p in (REPO / "scripts" / "local").glob("*.py")}
+    remote = {p.stem for p in (REPO / "scripts" / "remote").glob("*.py")}
+    for room, others in (("local", remote), ("remote", local)):
+        for path in (REPO / "scripts" / room).glob("*.py"):
+            imported = set(re.findall(r"^\s*(?:import|from)\s+(\w+)", path.read_text(), re.M))
+            assert not imported & others, f"{path.name} imports {imported & others}"
+
+
+def test_job_yaml_reads_like_the_contract() -> None:
+    text = JOB_YAML.read_text()
+    config = yaml.safe_load(text)
+    task = _config.load_task_file(JOB_YAML)
+    assert text.startswith("#") and "make launch" in text.split("\n\n", 1)[0]
+    resources = config["resources"]
+    assert [c["use_spot"] for c in resources["any_of"]] == [True, False]
+    recovery = resources["job_recovery"]
+    assert {"strategy", "max_restarts_on_errors", "recover_on_exit_codes"} <= recovery.keys()
+    assert _contract.EXIT_BAD_NODE in recovery["recover_on_exit_codes"]
+    assert _contract.EXIT_CRASH_LOOP not in recovery["recover_on_exit_codes"]
+    assert 137 not in recovery["recover_on_exit_codes"]
+    # envs: every default is a string as written (quoted in the file), secrets are null.
+    assert all(isinstance(v, str) for v in config["envs"].values())
+    assert task.envs == {k: str(v) for k, v in config["envs"].items()}
+    assert config["secrets"] and all(v is None for v in config["secrets"].values())
+    run_lines = [line for line in config["run"].strip().splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert "scripts/remote/configure_environment.py" in config["run"]
+    assert run_lines[-1].startswith("exec uv run --script scripts/remote/run.py")
+    assert "command -v uv" in config["setup"]
+
+
+def test_setup_is_safe_to_run_twice(tmp_path) -> None:
+    """job.yaml's setup on a node that already has uv and the environments: a no-op, exit 0."""
+    config = yaml.safe_load(JOB_YAML.read_text())
+    env = {**os.environ, **{k: str(v) for k, v in config["envs"].items()}}
+    env.pop("VIRTUAL_ENV", None)
+    for _ in range(2):
+        result = subprocess.run(["bash", "-c", config["setup"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+
+
+def test_contract_doc_matches_code() -> None:
+    doc = (REPO / "docs" / "contract.md").read_text()
+    config = yaml.safe_load(JOB_YAML.read_text())
+    for key, value in config["envs"].items():
+        assert f"| `{key}` | `{value}` |" in doc or f"| `{key}` | `\"\"` |" in doc, key
+    for key in config["secrets"]:
+        assert f"`{key}`" in doc
+    for name in ("EXIT_BAD_NODE", "EXIT_CRASH_LOOP", "EXIT_SIGTERM", "EXIT_SIGINT"):
+        assert f"| {getattr(_contract, name)} |" in doc, name
+    for code in (launch.EXIT_OK, launch.EXIT_FAILED, launch.EXIT_BAD_INPUT, launch.EXIT_SKY_ERROR, launch.EXIT_INTERRUPTED):
+        assert f"| {code} |" in doc
+
+
+def test_env_example_lists_every_key() -> None:
+    text = (REPO / ".env.example").read_text()
+    listed = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", text, re.M))
+    config = yaml.safe_load(JOB_YAML.read_text())
+    launcher_set = {"JOB", "JOB_ARGS", "RUN_ID"}
+    expected = (set(config["envs"]) - launcher_set) | set(config["secrets"]) | set(launch.SETTINGS)
+    assert expected - listed == set()
+    for key, value in config["envs"].items():
+        if key not in launcher_set:
+            assert f"# {key}={value}\n" in text, key
+
+
+def test_env_example_parses_and_changes_no_default(tmp_path) -> None:
+    entries = _config.read_env_file(REPO / ".env.example")
+    assert {e.key for e in entries} == set(yaml.safe_load(JOB_YAML.read_text())["secrets"])
+
+
+def test_readme_quick_start_and_ci_use_the_same_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "make launch JOB=examples/train.py NODES=2" in readme and "make test" in readme
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    assert os.access(REPO / ".ci" / "run", os.X_OK)
+
+
+def test_make_help_is_the_default_and_launch_requires_job() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"JOB", "MAKEFLAGS"}}
+    help_out = subprocess.run(["make", "-s"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert help_out.returncode == 0 and "make launch" in help_out.stdout
+    missing = subprocess.run(["make", "-s", "launch"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode == 2 and "JOB is required" in missing.stderr
