@@ -25,6 +25,9 @@ endif
 endif
 
 LAUNCH_FLAGS = $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) $(if $(RUN),--run $(RUN)) $(if $(BACKEND),--backend $(BACKEND)) $(FLAGS)
+JOBS_FLAGS = $(if $(BACKEND),--backend $(BACKEND))
+# $(call require,VAR,example): stop with a clear message when a required variable is empty.
+require = $(if $($(1)),,$(error $(1) is required, e.g. $(2)))
 
 .PHONY: help uv launch dry-run test lint nccl status logs cancel
 
@@ -35,14 +38,12 @@ uv: ## Install uv from PyPI if this machine has none
 	@command -v uv >/dev/null 2>&1 || { python3 -m pip install --quiet "uv==$(UV_VERSION)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"; } && { command -v pyenv >/dev/null 2>&1 && pyenv rehash || true; } && command -v uv >/dev/null 2>&1 || { echo "uv was installed but is not on PATH: add \"$$(python3 -m site --user-base)/bin\" to PATH" >&2; exit 1; }
 
 launch: uv ## Run JOB (NODES, GPUS, RUN, BACKEND optional; ARGS go to the job, FLAGS to the launcher)
-	@test -n "$(JOB)" || { echo "make launch: JOB is required, e.g. make launch JOB=examples/train.py NODES=2" >&2; exit 2; }
-	uv run --script scripts/local/launch.py $(LAUNCH_FLAGS) $(JOB) $(ARGS)
+	@$(call require,JOB,make launch JOB=examples/train.py NODES=2)uv run --script scripts/local/launch.py $(LAUNCH_FLAGS) $(JOB) $(ARGS)
 
 dry-run: uv ## Print the resolved task as SkyPilot YAML (secrets redacted); launches nothing
-	@test -n "$(JOB)" || { echo "make dry-run: JOB is required, e.g. make dry-run JOB=examples/train.py" >&2; exit 2; }
-	uv run --script scripts/local/launch.py --dry-run $(LAUNCH_FLAGS) $(JOB) $(ARGS)
+	@$(call require,JOB,make dry-run JOB=examples/train.py)uv run --script scripts/local/launch.py --dry-run $(LAUNCH_FLAGS) $(JOB) $(ARGS)
 
-test: uv ## Run the test suite (what CI runs)
+test: uv ## Run the test suite (what CI runs; ARGS go to pytest)
 	uvx --from $(NOX) nox -s tests -- $(ARGS)
 
 lint: uv ## ruff check and ruff format --check
@@ -50,3 +51,12 @@ lint: uv ## ruff check and ruff format --check
 
 nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4")
 	uvx --from $(NOX) nox -s nccl -- $(ARGS)
+
+status: uv ## Show jobs, with failure reason and recovery count (BACKEND=local|sky)
+	@uv run --script scripts/local/jobs.py $(JOBS_FLAGS) status
+
+logs: uv ## Show a job's logs (ID required; FLAGS="--follow" to stream)
+	@$(call require,ID,make logs ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) logs $(ID) $(FLAGS)
+
+cancel: uv ## Cancel a job (ID required)
+	@$(call require,ID,make cancel ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) cancel $(ID)

@@ -180,3 +180,20 @@ def test_train_example_on_two_nodes(tmp_path: Path) -> None:
     assert train["world_size"] == 2
     assert train["steps"] == 40
     assert train["final_loss"] < train["first_loss"]
+
+
+def test_secret_canary_appears_in_no_output_or_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    env_file = tmp_path / "canary.env"
+    env_file.write_text(f"MY_TOKEN={canary}\n")
+    task = task_file(tmp_path, '[ -n "$MY_TOKEN" ] && echo "token present" > "$OUT/seen"')
+    run = f"t-{uuid.uuid4().hex[:8]}"
+    code = launch.main(["--env-file", str(env_file), "--task", str(task), "--run", run, "--set", f"OUT={tmp_path}", "--follow", "examples/train.py"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert (tmp_path / "seen").read_text() == "token present\n"  # the node got it
+    assert canary not in out and canary not in err
+    for path in (REPO / ".skyops" / "runs" / run).rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
+    assert "<redacted>" in next((REPO / ".skyops" / "runs" / run).rglob("task.yaml")).read_text()
