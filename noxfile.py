@@ -1,8 +1,8 @@
 """nox sessions: the orchestra. Logic lives in scripts/; sessions only set up environments and call it.
 
-    nox -s tests            # pytest (what `make test` and CI run)
-    nox -s lint             # ruff check + ruff format --check
-    nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
+nox -s tests            # pytest (what `make test` and CI run)
+nox -s lint             # ruff check + ruff format --check
+nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
 """
 
 from __future__ import annotations
@@ -56,3 +56,11 @@ def lint(session: nox.Session) -> None:
 def nccl(session: nox.Session) -> None:
     """Run the NCCL preflight (gloo on CPU) on this machine; posargs go to nccl_test.py."""
     session.run("uv", "run", "--script", "scripts/remote/nccl_test.py", *session.posargs, external=True)
+
+
+@nox.session(name="sky-e2e", default=False)
+def sky_e2e(session: nox.Session) -> None:
+    """End to end against a real local SkyPilot API server (own HOME and port, loopback only); posargs go to pytest."""
+    scripts = [ROOT / "scripts/local/launch.py", ROOT / "scripts/local/jobs.py"]
+    session.install(*TEST_DEPS, *script_dependencies(scripts))
+    session.run("pytest", "tests/test_sky_e2e.py", *session.posargs, env={"SKYOPS_SKY_E2E": "1"})

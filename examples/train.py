@@ -71,7 +71,9 @@ def touch(path: Path | None) -> None:
         path.touch()
 
 
-def batch(step: int, rank: int, batch_size: int, true_w: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(
+    step: int, rank: int, batch_size: int, true_w: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic regression batch, deterministic in (step, rank)."""
     g = torch.Generator().manual_seed(1000 * step + rank)
     x = torch.randn(batch_size, IN_FEATURES, generator=g)
@@ -107,7 +109,9 @@ def train(s: Settings) -> dict[str, object]:
     for step in range(start_step, s.steps):
         touch(s.heartbeat)
         if s.fail_at_step and step == s.fail_at_step and s.attempt == 1:
-            print(f"[rank {s.rank}] failing on purpose at step {step} (attempt 1)", file=sys.stderr, flush=True)
+            print(
+                f"[rank {s.rank}] failing on purpose at step {step} (attempt 1)", file=sys.stderr, flush=True
+            )
             raise SystemExit(1)
         x, y = batch(step, s.rank, s.batch_size, true_w, device)
         loss = nn.functional.mse_loss(ddp(x), y)
@@ -124,7 +128,15 @@ def train(s: Settings) -> dict[str, object]:
         if (step + 1) % s.checkpoint_every == 0 or step + 1 == s.steps:
             if s.rank == 0:
                 tmp = ckpt_path.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1, "first_loss": first_loss}, tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "step": step + 1,
+                        "first_loss": first_loss,
+                    },
+                    tmp,
+                )
                 os.replace(tmp, ckpt_path)
             if s.rank == 0 and (step + 1) % (s.checkpoint_every * 2) == 0:
                 print(f"step {step + 1}/{s.steps} loss {loss_value:.5f}", flush=True)

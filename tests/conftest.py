@@ -20,7 +20,16 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without skyops/SkyPilot settings a developer may have exported,
     plus `extra`. Keeps PATH, HOME and the uv/pip settings that find torch's CPU wheel."""
     drop_prefixes = ("SKYOPS_", "SKYPILOT_", "TORCHELASTIC_")
-    drop = {"VIRTUAL_ENV", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DATA_DIR", "RUN_ID"}
+    drop = {
+        "VIRTUAL_ENV",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "DATA_DIR",
+        "RUN_ID",
+    }
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(drop_prefixes)}
     if "UV_FIND_LINKS" not in env and env.get("PIP_FIND_LINKS"):
         env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"]
@@ -39,9 +48,19 @@ def run_script(
     via_uv: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a repository script the way job.yaml and nox do (`uv run --script`), capturing output."""
-    cmd = ["uv", "run", "--quiet", "--script", str(script), *args] if via_uv else [sys.executable, str(script), *args]
+    cmd = (
+        ["uv", "run", "--quiet", "--script", str(script), *args]
+        if via_uv
+        else [sys.executable, str(script), *args]
+    )
     return subprocess.run(
-        cmd, cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        cmd,
+        cwd=cwd,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -15,10 +15,19 @@ def env_file(tmp_path: Path, content: str | bytes) -> Path:
     return path
 
 
-def values(tmp_path: Path, content: str | bytes, environ: dict[str, str] | None = None, flags: dict[str, str] | None = None) -> dict[str, str]:
+def values(
+    tmp_path: Path,
+    content: str | bytes,
+    environ: dict[str, str] | None = None,
+    flags: dict[str, str] | None = None,
+) -> dict[str, str]:
     path = env_file(tmp_path, content)
     resolved = _config.resolve_values(
-        defaults={}, file_entries=_config.read_env_file(path), environ=environ or {}, flags=flags or {}, file_label=str(path)
+        defaults={},
+        file_entries=_config.read_env_file(path),
+        environ=environ or {},
+        flags=flags or {},
+        file_label=str(path),
     )
     return resolved.values
 
@@ -62,7 +71,7 @@ def test_e3_stray_line_after_unquoted_value_is_an_error_at_that_line(tmp_path: P
 
 
 def test_e4_crlf_leaves_no_carriage_return(tmp_path: Path) -> None:
-    got = values(tmp_path, b'A=1\r\nB="x\r\ny"\r\nC=3   \r\nD=\'q\r\n\'\r\n')
+    got = values(tmp_path, b"A=1\r\nB=\"x\r\ny\"\r\nC=3   \r\nD='q\r\n'\r\n")
     assert got == {"A": "1", "B": "x\ny", "C": "3", "D": "q\n"}
     assert not any("\r" in v for v in got.values())
 
@@ -82,9 +91,13 @@ def test_e5_empty_and_bare_keys(tmp_path: Path) -> None:
 
 
 def test_e5_none_is_never_a_value(tmp_path: Path) -> None:
-    path = env_file(tmp_path, "A=\nC=\"\"\n")
+    path = env_file(tmp_path, 'A=\nC=""\n')
     resolved = _config.resolve_values(
-        defaults={"S": None}, file_entries=_config.read_env_file(path), environ={}, flags={}, file_label=".env"
+        defaults={"S": None},
+        file_entries=_config.read_env_file(path),
+        environ={},
+        flags={},
+        file_label=".env",
     )
     assert "None" not in resolved.values.values()
     assert resolved.missing == ("S",)
@@ -126,7 +139,7 @@ def test_e7_unparseable_line_is_an_error_with_file_and_line(tmp_path: Path) -> N
 
 
 def test_e7_missing_env_file_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--env-file .*nope.env: no such file"):
+    with pytest.raises(ConfigError, match=r"--env-file .*nope\.env: no such file"):
         _config.read_env_file(tmp_path / "nope.env")
 
 
@@ -153,7 +166,10 @@ def test_e8_invalid_set_keys() -> None:
 # ---------------------------------------------------------------- E9 typed values
 
 
-@pytest.mark.parametrize(("text", "expected"), [("false", False), ("TRUE", True), ("1", True), ("0", False), ("Yes", True), ("no", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("false", False), ("TRUE", True), ("1", True), ("0", False), ("Yes", True), ("no", False)],
+)
 def test_e9_booleans(text: str, expected: bool) -> None:
     assert _config.parse_bool(text, "SKYOPS_USE_SPOT") is expected
 
@@ -205,9 +221,17 @@ def test_default_run_name_is_valid() -> None:
 
 def test_y1_env_values_are_read_as_written(tmp_path: Path) -> None:
     task = tmp_path / "job.yaml"
-    task.write_text("run: echo\nenvs:\n  COMMIT: 0123456\n  DEBUG: true\n  VERSION: 1.10\n  START: 12:30\n  Q: '007'\nsecrets:\n  T: null\n  O: ''\n")
+    task.write_text(
+        "run: echo\nenvs:\n  COMMIT: 0123456\n  DEBUG: true\n  VERSION: 1.10\n  START: 12:30\n  Q: '007'\nsecrets:\n  T: null\n  O: ''\n"
+    )
     loaded = _config.load_task_file(task)
-    assert loaded.envs == {"COMMIT": "0123456", "DEBUG": "true", "VERSION": "1.10", "START": "12:30", "Q": "007"}
+    assert loaded.envs == {
+        "COMMIT": "0123456",
+        "DEBUG": "true",
+        "VERSION": "1.10",
+        "START": "12:30",
+        "Q": "007",
+    }
     assert loaded.secrets == {"T": None, "O": ""}
 
 
@@ -238,7 +262,9 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_secret_like_keys_must_be_declared() -> None:
-    assert _config.secret_like_keys(["GITHUB_TOKEN", "DATA_DIR", "WANDB_API_KEY", "SLACK_WEBHOOK_URL"], ["WANDB_API_KEY"]) == [
+    assert _config.secret_like_keys(
+        ["GITHUB_TOKEN", "DATA_DIR", "WANDB_API_KEY", "SLACK_WEBHOOK_URL"], ["WANDB_API_KEY"]
+    ) == [
         "GITHUB_TOKEN",
         "SLACK_WEBHOOK_URL",
     ]

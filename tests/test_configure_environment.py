@@ -7,7 +7,6 @@ from pathlib import Path
 
 import configure_environment as ce
 import pytest
-
 from conftest import REPO, run_script
 
 SCRIPT = REPO / "scripts" / "remote" / "configure_environment.py"
@@ -33,7 +32,13 @@ def test_r1_crlf_and_stray_spaces_give_the_same() -> None:
 
 def test_r1_laptop_defaults() -> None:
     env = ce.derive("", "", "", "", "29500").as_env()
-    assert (env["MASTER_ADDR"], env["NNODES"], env["NODE_RANK"], env["NPROC_PER_NODE"], env["WORLD_SIZE"]) == (
+    assert (
+        env["MASTER_ADDR"],
+        env["NNODES"],
+        env["NODE_RANK"],
+        env["NPROC_PER_NODE"],
+        env["WORLD_SIZE"],
+    ) == (
         "127.0.0.1",
         "1",
         "0",
@@ -69,7 +74,7 @@ def test_nccl_defaults_never_override() -> None:
 def test_sourced_values_are_byte_identical(tmp_path: Path) -> None:
     values = {
         "PLAIN": "10.0.0.11",
-        "QUOTES": "it's a \"test\"",
+        "QUOTES": 'it\'s a "test"',
         "SHELL": "$HOME `id` $(id) \\n ; | & > <",
         "NEWLINES": "a\nb\n\n",
         "UNICODE": "ünïcødé ✓",
@@ -80,7 +85,11 @@ def test_sourced_values_are_byte_identical(tmp_path: Path) -> None:
     env_file.write_text(ce.render(values))
     for key, value in values.items():
         out = tmp_path / f"{key}.out"
-        subprocess.run(["bash", "-c", f'source "{env_file}"; printf %s "${key}" > "{out}"'], check=True, env={"HOME": "/x", "PATH": "/usr/bin:/bin"})
+        subprocess.run(
+            ["bash", "-c", f'source "{env_file}"; printf %s "${key}" > "{out}"'],
+            check=True,
+            env={"HOME": "/x", "PATH": "/usr/bin:/bin"},
+        )
         assert out.read_bytes() == value.encode(), key
 
 
@@ -88,7 +97,18 @@ def test_main_writes_env_file_and_never_an_empty_flag(tmp_path: Path) -> None:
     out = tmp_path / "dist.env"
     result = run_script(
         SCRIPT,
-        ["--node-ips", "10.0.0.11\n10.0.0.12", "--node-rank", "1", "--num-nodes", "2", "--gpus-per-node", "0", "--output", str(out)],
+        [
+            "--node-ips",
+            "10.0.0.11\n10.0.0.12",
+            "--node-rank",
+            "1",
+            "--num-nodes",
+            "2",
+            "--gpus-per-node",
+            "0",
+            "--output",
+            str(out),
+        ],
         env={"NCCL_DEBUG": "TRACE"},
     )
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,6 @@ from pathlib import Path
 import launch
 import pytest
 import yaml
-
 from conftest import REPO, clean_env
 
 CANARY = "canary-secret-7f3a9c"
@@ -33,7 +32,12 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith(("SKYOPS_", "SKYPILOT_NODE")) or key in {"DATA_DIR", "RUN_ID", "WANDB_API_KEY", "HF_TOKEN"}:
+        if key.startswith(("SKYOPS_", "SKYPILOT_NODE")) or key in {
+            "DATA_DIR",
+            "RUN_ID",
+            "WANDB_API_KEY",
+            "HF_TOKEN",
+        }:
             monkeypatch.delenv(key)
 
 
@@ -79,7 +83,12 @@ def test_help_returns_without_importing_skypilot() -> None:
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    argv: list[str], env_text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None
+    argv: list[str],
+    env_text: str,
+    needle: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_env: None,
 ) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(env_text)
@@ -103,19 +112,35 @@ def test_missing_env_file_and_job(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (code, out) == (2, "") and "must be inside the repository" in err
 
 
-def test_verbose_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+def test_verbose_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None
+) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text('TOKEN="abc\n')
     code, _, err = call(["-v", "--env-file", str(env_file), "examples/train.py"], capsys)
     assert code == 2 and "Traceback" in err
 
 
-def test_dry_run_prints_yaml_only_and_redacts_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+def test_dry_run_prints_yaml_only_and_redacts_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None
+) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(f"WANDB_API_KEY={CANARY}\nHF_TOKEN=\nEXTRA=0123\n")
     before = runs_snapshot()
     code, out, err = call(
-        ["--env-file", str(env_file), "--dry-run", "--nodes", "3", "--run", "dry-1", "examples/train.py", "--steps", "7", "a b"],
+        [
+            "--env-file",
+            str(env_file),
+            "--dry-run",
+            "--nodes",
+            "3",
+            "--run",
+            "dry-1",
+            "examples/train.py",
+            "--steps",
+            "7",
+            "a b",
+        ],
         capsys,
     )
     assert code == 0
@@ -131,12 +156,26 @@ def test_dry_run_prints_yaml_only_and_redacts_secrets(tmp_path: Path, capsys: py
     assert runs_snapshot() == before
 
 
-def test_precedence_flags_env_file_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_env: None) -> None:
+def test_precedence_flags_env_file_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_env: None
+) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("GRACE=11\nHEARTBEAT_TIMEOUT=22\nMASTER_PORT=33\nCKPT=${GRACE}-ckpt\n")
     monkeypatch.setenv("HEARTBEAT_TIMEOUT", "44")
     monkeypatch.setenv("MASTER_PORT", "55")
-    code, out, _ = call(["--env-file", str(env_file), "--dry-run", "--set", "MASTER_PORT=66", "--set", "GRACE=77", "examples/train.py"], capsys)
+    code, out, _ = call(
+        [
+            "--env-file",
+            str(env_file),
+            "--dry-run",
+            "--set",
+            "MASTER_PORT=66",
+            "--set",
+            "GRACE=77",
+            "examples/train.py",
+        ],
+        capsys,
+    )
     envs = yaml.safe_load(out)["envs"]
     assert code == 0
     assert envs["GRACE"] == "77"  # flag > file
@@ -166,13 +205,15 @@ def test_settings_from_env_file(tmp_path: Path) -> None:
     cfg = launch.load_config(args, {}, dt.datetime.now())
     assert (cfg.nodes, cfg.use_spot, cfg.max_restarts) == (4, False, 3)
     assert "SKYOPS_NODES" not in cfg.envs
-    args = launch.build_parser().parse_args(["--env-file", str(env_file), "--nodes", "2", "--spot", "examples/train.py"])
+    args = launch.build_parser().parse_args(
+        ["--env-file", str(env_file), "--nodes", "2", "--spot", "examples/train.py"]
+    )
     cfg = launch.load_config(args, {"SKYOPS_MAX_RESTARTS": "5"}, dt.datetime.now())
     assert (cfg.nodes, cfg.use_spot, cfg.max_restarts) == (2, True, 5)
 
 
 def test_job_args_reach_the_job_verbatim() -> None:
-    tricky = ["--name", "it's \"quoted\"", "$HOME", "a\nb", "", "*", "--", "ünï"]
+    tricky = ["--name", 'it\'s "quoted"', "$HOME", "a\nb", "", "*", "--", "ünï"]
     job_args = shlex.join(tricky)
     result = subprocess.run(
         ["bash", "-c", 'eval "set -- $JOB_ARGS"; printf "%s\\0" "$@"'],

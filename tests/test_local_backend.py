@@ -20,7 +20,6 @@ import _local_backend as lb
 import launch
 import psutil
 import pytest
-
 from conftest import REPO, clean_env
 
 
@@ -39,14 +38,34 @@ def task_file(tmp_path: Path, run: str, setup: str = "", recovery: str = "") -> 
 
 def launch_local(tmp_path: Path, task: Path, *args: str) -> tuple[int, str, dict]:
     run = f"t-{uuid.uuid4().hex[:8]}"
-    code = launch.main(["--env-file", "/dev/null", "--task", str(task), "--run", run, "--set", f"OUT={tmp_path}", *args, "examples/train.py"])
+    code = launch.main(
+        [
+            "--env-file",
+            "/dev/null",
+            "--task",
+            str(task),
+            "--run",
+            run,
+            "--set",
+            f"OUT={tmp_path}",
+            *args,
+            "examples/train.py",
+        ]
+    )
     job_dirs = sorted((REPO / ".skyops" / "runs" / run).glob("job-*"))
     status = json.loads((job_dirs[-1] / "job.json").read_text())
     return code, run, status
 
 
 def test_node_env_follows_skypilot_contract() -> None:
-    cluster = lb.Cluster(job_id=7, run="demo", num_nodes=3, gpus_per_node=2, task_id=lb.managed_task_id("demo", 7, dt.datetime(2026, 1, 2, 3, 4, 5, 6)), user="me")
+    cluster = lb.Cluster(
+        job_id=7,
+        run="demo",
+        num_nodes=3,
+        gpus_per_node=2,
+        task_id=lb.managed_task_id("demo", 7, dt.datetime(2026, 1, 2, 3, 4, 5, 6)),
+        user="me",
+    )
     base = {"PATH": "/usr/bin", "SKYPILOT_NODE_RANK": "9", "RANK": "3", "HOME": "/h"}
     env = lb.node_env(base, {"A": "1"}, {"S": "secret"}, cluster, 1, setup=False)
     assert env["SKYPILOT_NODE_RANK"] == "1"
@@ -60,7 +79,10 @@ def test_node_env_follows_skypilot_contract() -> None:
     assert (env["A"], env["S"], env["HOME"], env["SKYPILOT_USER"]) == ("1", "secret", "/h", "me")
     assert "RANK" not in env and "SKYPILOT_SETUP_NODE_RANK" not in env
     setup_env = lb.node_env(base, {}, {}, cluster, 2, setup=True)
-    assert (setup_env["SKYPILOT_SETUP_NODE_RANK"], setup_env["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"]) == ("2", "2")
+    assert (setup_env["SKYPILOT_SETUP_NODE_RANK"], setup_env["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"]) == (
+        "2",
+        "2",
+    )
     assert setup_env["SKYPILOT_SETUP_NODE_IPS"] == env["SKYPILOT_NODE_IPS"]
     assert "SKYPILOT_NODE_RANK" not in setup_env
 
@@ -74,16 +96,26 @@ def test_node_env_follows_skypilot_contract() -> None:
         ([1], [], 2, 2, ("fail", 3)),
     ],
 )
-def test_recovery_decision_follows_skypilot(codes: list[int], recover: list[int], count: int, limit: int, expected: tuple[str, int]) -> None:
+def test_recovery_decision_follows_skypilot(
+    codes: list[int], recover: list[int], count: int, limit: int, expected: tuple[str, int]
+) -> None:
     assert lb.recovery_decision(codes, recover, count, limit) == expected
 
 
 def test_every_node_gets_the_contract_and_envs(tmp_path: Path) -> None:
-    task = task_file(tmp_path, 'env > "$OUT/node$SKYPILOT_NODE_RANK.env"', setup='env > "$OUT/setup$SKYPILOT_SETUP_NODE_RANK.env"')
+    task = task_file(
+        tmp_path,
+        'env > "$OUT/node$SKYPILOT_NODE_RANK.env"',
+        setup='env > "$OUT/setup$SKYPILOT_SETUP_NODE_RANK.env"',
+    )
     code, run, status = launch_local(tmp_path, task, "--nodes", "3", "--set", "MY_TOKEN=tok")
     assert code == 0 and status["state"] == "SUCCEEDED"
     for rank in range(3):
-        env = dict(line.split("=", 1) for line in (tmp_path / f"node{rank}.env").read_text().splitlines() if "=" in line and not line.startswith((" ", "\t")))
+        env = dict(
+            line.split("=", 1)
+            for line in (tmp_path / f"node{rank}.env").read_text().splitlines()
+            if "=" in line and not line.startswith((" ", "\t"))
+        )
         assert env["SKYPILOT_NODE_RANK"] == str(rank)
         assert env["SKYPILOT_NUM_NODES"] == "3"
         assert env["RUN_ID"] == run and env["MY_TOKEN"] == "tok"
@@ -102,7 +134,9 @@ def test_success_only_if_every_node_exits_zero(tmp_path: Path) -> None:
 
 
 def test_counted_restarts_then_failure(tmp_path: Path) -> None:
-    task = task_file(tmp_path, 'echo x >> "$OUT/attempts"; exit 3', recovery="    max_restarts_on_errors: 2\n")
+    task = task_file(
+        tmp_path, 'echo x >> "$OUT/attempts"; exit 3', recovery="    max_restarts_on_errors: 2\n"
+    )
     code, _, status = launch_local(tmp_path, task)
     assert code == 1
     assert len(status["attempts"]) == 3 and status["recovery_count"] == 2
@@ -110,8 +144,12 @@ def test_counted_restarts_then_failure(tmp_path: Path) -> None:
 
 
 def test_recover_exit_code_restarts_without_counting(tmp_path: Path) -> None:
-    script = 'n=$(cat "$OUT/n" 2>/dev/null || echo 0); echo $((n+1)) > "$OUT/n"\n[ "$n" -ge 2 ] && exit 0\nexit 86'
-    task = task_file(tmp_path, script, recovery="    max_restarts_on_errors: 0\n    recover_on_exit_codes: [86]\n")
+    script = (
+        'n=$(cat "$OUT/n" 2>/dev/null || echo 0); echo $((n+1)) > "$OUT/n"\n[ "$n" -ge 2 ] && exit 0\nexit 86'
+    )
+    task = task_file(
+        tmp_path, script, recovery="    max_restarts_on_errors: 0\n    recover_on_exit_codes: [86]\n"
+    )
     code, _, status = launch_local(tmp_path, task)
     assert code == 0
     assert status["state"] == "SUCCEEDED" and status["recovery_count"] == 2
@@ -129,12 +167,27 @@ def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
     run = (
         'echo $$ >> "$OUT/pids"\n'
         'setsid bash -c \'echo $$ >> "$OUT/pids"; trap "" TERM; sleep 300\' &\n'
-        'bash -c \'echo $$ >> "$OUT/pids"; sleep 300\' &\n'
+        "bash -c 'echo $$ >> \"$OUT/pids\"; sleep 300' &\n"
         "wait"
     )
     task = task_file(tmp_path, run)
     proc = subprocess.Popen(
-        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--env-file", "/dev/null", "--task", str(task), "--nodes", "2", "--set", f"OUT={tmp_path}", "examples/train.py"],
+        [
+            "uv",
+            "run",
+            "--quiet",
+            "--script",
+            "scripts/local/launch.py",
+            "--env-file",
+            "/dev/null",
+            "--task",
+            str(task),
+            "--nodes",
+            "2",
+            "--set",
+            f"OUT={tmp_path}",
+            "examples/train.py",
+        ],
         cwd=REPO,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -151,7 +204,9 @@ def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert out == ""
     time.sleep(0.2)
-    alive = [p for p in recorded if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p for p in recorded if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert alive == []
 
 
@@ -166,8 +221,25 @@ def test_train_example_on_two_nodes(tmp_path: Path) -> None:
     supervisor -> torchrun -> examples/train.py, on 2 emulated nodes."""
     run = f"it-{uuid.uuid4().hex[:6]}"
     result = subprocess.run(
-        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--print-id", "--nodes", "2", "--run", run,
-         "--env-file", "/dev/null", "--set", f"DATA_DIR={tmp_path}", "examples/train.py", "--steps", "40"],
+        [
+            "uv",
+            "run",
+            "--quiet",
+            "--script",
+            "scripts/local/launch.py",
+            "--print-id",
+            "--nodes",
+            "2",
+            "--run",
+            run,
+            "--env-file",
+            "/dev/null",
+            "--set",
+            f"DATA_DIR={tmp_path}",
+            "examples/train.py",
+            "--steps",
+            "40",
+        ],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,
@@ -182,13 +254,28 @@ def test_train_example_on_two_nodes(tmp_path: Path) -> None:
     assert train["final_loss"] < train["first_loss"]
 
 
-def test_secret_canary_appears_in_no_output_or_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_secret_canary_appears_in_no_output_or_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     canary = f"canary-{uuid.uuid4().hex}"
     env_file = tmp_path / "canary.env"
     env_file.write_text(f"MY_TOKEN={canary}\n")
     task = task_file(tmp_path, '[ -n "$MY_TOKEN" ] && echo "token present" > "$OUT/seen"')
     run = f"t-{uuid.uuid4().hex[:8]}"
-    code = launch.main(["--env-file", str(env_file), "--task", str(task), "--run", run, "--set", f"OUT={tmp_path}", "--follow", "examples/train.py"])
+    code = launch.main(
+        [
+            "--env-file",
+            str(env_file),
+            "--task",
+            str(task),
+            "--run",
+            run,
+            "--set",
+            f"OUT={tmp_path}",
+            "--follow",
+            "examples/train.py",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     assert (tmp_path / "seen").read_text() == "token present\n"  # the node got it

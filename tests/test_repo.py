@@ -11,11 +11,16 @@ import _contract
 import launch
 import pytest
 import yaml
-
 from conftest import REPO
 
 ENTRY_SCRIPTS = sorted(
-    p for p in [*(REPO / "scripts").rglob("*.py"), *(REPO / "examples").glob("*.py"), *(REPO / "benchmarks").glob("*.py")] if not p.name.startswith("_")
+    p
+    for p in [
+        *(REPO / "scripts").rglob("*.py"),
+        *(REPO / "examples").glob("*.py"),
+        *(REPO / "benchmarks").glob("*.py"),
+    ]
+    if not p.name.startswith("_")
 )
 JOB_YAML = REPO / "job.yaml"
 
@@ -59,7 +64,11 @@ def test_job_yaml_reads_like_the_contract() -> None:
     assert all(isinstance(v, str) for v in config["envs"].values())
     assert task.envs == {k: str(v) for k, v in config["envs"].items()}
     assert config["secrets"] and all(v is None for v in config["secrets"].values())
-    run_lines = [line for line in config["run"].strip().splitlines() if line.strip() and not line.strip().startswith("#")]
+    run_lines = [
+        line
+        for line in config["run"].strip().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
     assert "scripts/remote/configure_environment.py" in config["run"]
     assert run_lines[-1].startswith("exec uv run --script scripts/remote/run.py")
     assert "command -v uv" in config["setup"]
@@ -71,7 +80,9 @@ def test_setup_is_safe_to_run_twice(tmp_path) -> None:
     env = {**os.environ, **{k: str(v) for k, v in config["envs"].items()}}
     env.pop("VIRTUAL_ENV", None)
     for _ in range(2):
-        result = subprocess.run(["bash", "-c", config["setup"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            ["bash", "-c", config["setup"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr
 
 
@@ -79,12 +90,18 @@ def test_contract_doc_matches_code() -> None:
     doc = (REPO / "docs" / "contract.md").read_text()
     config = yaml.safe_load(JOB_YAML.read_text())
     for key, value in config["envs"].items():
-        assert f"| `{key}` | `{value}` |" in doc or f"| `{key}` | `\"\"` |" in doc, key
+        assert f"| `{key}` | `{value}` |" in doc or f'| `{key}` | `""` |' in doc, key
     for key in config["secrets"]:
         assert f"`{key}`" in doc
     for name in ("EXIT_BAD_NODE", "EXIT_CRASH_LOOP", "EXIT_SIGTERM", "EXIT_SIGINT"):
         assert f"| {getattr(_contract, name)} |" in doc, name
-    for code in (launch.EXIT_OK, launch.EXIT_FAILED, launch.EXIT_BAD_INPUT, launch.EXIT_SKY_ERROR, launch.EXIT_INTERRUPTED):
+    for code in (
+        launch.EXIT_OK,
+        launch.EXIT_FAILED,
+        launch.EXIT_BAD_INPUT,
+        launch.EXIT_SKY_ERROR,
+        launch.EXIT_INTERRUPTED,
+    ):
         assert f"| {code} |" in doc
 
 
@@ -116,5 +133,7 @@ def test_make_help_is_the_default_and_launch_requires_job() -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"JOB", "MAKEFLAGS"}}
     help_out = subprocess.run(["make", "-s"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
     assert help_out.returncode == 0 and "make launch" in help_out.stdout
-    missing = subprocess.run(["make", "-s", "launch"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    missing = subprocess.run(
+        ["make", "-s", "launch"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60
+    )
     assert missing.returncode == 2 and "JOB is required" in missing.stderr

@@ -34,7 +34,9 @@ CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
 #: SkyPilot's task-name rule (sky/task.py _VALID_NAME_REGEX).
 TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[._-]{1,2}[a-zA-Z0-9]+)*$")
 #: Names that look like credentials: such keys must be declared under job.yaml `secrets:`.
-SECRET_LIKE_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|WEBHOOK|CREDENTIAL)")
+SECRET_LIKE_RE = re.compile(
+    r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|WEBHOOK|CREDENTIAL)"
+)
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -113,7 +115,9 @@ def run_name_problem(name: str) -> str | None:
     run = re.search(r"[-_.]{3,}", name)
     if run:
         return f"at most two of '-', '_', '.' in a row (position {run.start()})"
-    if not (CLUSTER_NAME_RE.match(name) and TASK_NAME_RE.match(name)):  # pragma: no cover - rules above cover it
+    if not (
+        CLUSTER_NAME_RE.match(name) and TASK_NAME_RE.match(name)
+    ):  # pragma: no cover - rules above cover it
         return "does not match SkyPilot's cluster-name and task-name rules"
     return None
 
@@ -303,7 +307,9 @@ def _scalar_text(node: Any, label: str, *, allow_null: bool) -> str | None:
     import yaml
 
     if not isinstance(node, yaml.ScalarNode):
-        raise ConfigError(f"{label}: must be a string, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+        raise ConfigError(
+            f"{label}: must be a string, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}"
+        )
     if node.style is None and node.tag == "tag:yaml.org,2002:null":
         if allow_null:
             return None
@@ -324,7 +330,9 @@ def _mapping_texts(node: Any, label: str, path: Path, *, allow_null: bool) -> di
         key = str(key_node.value)
         if not ENV_KEY_RE.match(key):
             raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {label}.{key}: invalid key")
-        out[key] = _scalar_text(value_node, f"{path}:{value_node.start_mark.line + 1}: {label}.{key}", allow_null=allow_null)
+        out[key] = _scalar_text(
+            value_node, f"{path}:{value_node.start_mark.line + 1}: {label}.{key}", allow_null=allow_null
+        )
     return out
 
 

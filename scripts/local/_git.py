@@ -63,7 +63,9 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
 
 
 def _ok(repo: Path, *args: str) -> str | None:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     return proc.stdout.replace("\r", "").strip() if proc.returncode == 0 else None
 
 
@@ -94,8 +96,12 @@ def resolve_ref(repo: Path, ref: str) -> str:
         if _ok(repo, "cat-file", "-t", obj) == "commit":
             candidates.append(obj)
     if len(candidates) > 1:
-        shown = ", ".join(f"{c[:12]} ({_ok(repo, 'log', '-1', '--format=%s', c) or ''})" for c in candidates[:5])
-        raise GitError(f"--git-ref {ref!r}: ambiguous, {len(candidates)} commits match: {shown}; use more characters")
+        shown = ", ".join(
+            f"{c[:12]} ({_ok(repo, 'log', '-1', '--format=%s', c) or ''})" for c in candidates[:5]
+        )
+        raise GitError(
+            f"--git-ref {ref!r}: ambiguous, {len(candidates)} commits match: {shown}; use more characters"
+        )
     if len(candidates) == 1:
         return candidates[0]
     raise GitError(f"--git-ref {ref!r}: unknown ref (no branch, tag or commit of that name; try git fetch)")
@@ -137,13 +143,19 @@ def gate(repo: Path, ref: str | None) -> GitPin:
     repository without a remote, a shallow clone, a dirty tree or a commit no remote branch contains.
     """
     if not is_repo(repo):
-        raise GitError(f"{repo}: not a git repository; the nodes clone the job's code from a git remote ({SKIP_HINT})")
+        raise GitError(
+            f"{repo}: not a git repository; the nodes clone the job's code from a git remote ({SKIP_HINT})"
+        )
     commit = resolve_ref(repo, ref or "HEAD")
     names = remotes(repo)
     if not names:
-        raise GitError(f"{repo}: no git remote to clone from: git remote add origin <url> && git push -u origin HEAD, {SKIP_HINT}")
+        raise GitError(
+            f"{repo}: no git remote to clone from: git remote add origin <url> && git push -u origin HEAD, {SKIP_HINT}"
+        )
     if _ok(repo, "rev-parse", "--is-shallow-repository") == "true":
-        raise GitError(f"shallow clone: cannot tell whether {commit[:12]} is pushed: run git fetch --unshallow, {SKIP_HINT}")
+        raise GitError(
+            f"shallow clone: cannot tell whether {commit[:12]} is pushed: run git fetch --unshallow, {SKIP_HINT}"
+        )
     dirty = dirty_paths(repo)
     if dirty:
         shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")

@@ -107,9 +107,7 @@ def node_env(
 ) -> dict[str, str]:
     """The environment of one emulated node for `setup` or `run` (formats: notes/skypilot.md)."""
     env = {
-        k: v
-        for k, v in base.items()
-        if k not in _NODE_ENV_DROP and not k.startswith(_NODE_ENV_DROP_PREFIXES)
+        k: v for k, v in base.items() if k not in _NODE_ENV_DROP and not k.startswith(_NODE_ENV_DROP_PREFIXES)
     }
     venv = base.get("VIRTUAL_ENV")
     if venv and "PATH" in env:  # the launcher's own uv environment is not the node's
@@ -166,7 +164,9 @@ def recovery_decision(
     return "fail", restarts_on_errors
 
 
-def job_recovery_settings(resources: Mapping[str, Any] | None, max_restarts: int | None) -> tuple[int, list[int]]:
+def job_recovery_settings(
+    resources: Mapping[str, Any] | None, max_restarts: int | None
+) -> tuple[int, list[int]]:
     """(max_restarts_on_errors, recover_on_exit_codes) from job.yaml's resources.job_recovery."""
     recovery = (resources or {}).get("job_recovery") or {}
     if not isinstance(recovery, dict):
@@ -316,7 +316,7 @@ def run_phase(
     interrupted. When a node fails, the others are stopped and recorded as 137 (SkyPilot's rule)."""
     nodes = [
         Node(rank, script, env, cwd, path, follow)
-        for rank, ((script, env), path) in enumerate(zip(scripts, log_paths), start=first_rank)
+        for rank, ((script, env), path) in enumerate(zip(scripts, log_paths, strict=True), start=first_rank)
     ]
     for node in nodes:
         threading.Thread(target=lambda n=node: events.put(("exit", n, n.proc.wait())), daemon=True).start()
@@ -374,7 +374,10 @@ def launch(cfg: Any, task_yaml: str) -> int:
     if cfg.sources.get("MASTER_PORT", "job.yaml") == "job.yaml":
         envs["MASTER_PORT"] = str(free_port())
     for key in cfg.missing_secrets:
-        log.warning("secret %s is not set (.env or environment): the local backend runs without it; --backend sky would refuse", key)
+        log.warning(
+            "secret %s is not set (.env or environment): the local backend runs without it; --backend sky would refuse",
+            key,
+        )
 
     (job_dir / "task.yaml").write_text(task_yaml)
     max_restarts, recover_codes = job_recovery_settings(cfg.task.config.get("resources"), cfg.max_restarts)
@@ -415,7 +418,9 @@ def launch(cfg: Any, task_yaml: str) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        return _recovery_loop(cfg, envs, cluster, job_dir, status, events, interrupt, grace, max_restarts, recover_codes)
+        return _recovery_loop(
+            cfg, envs, cluster, job_dir, status, events, interrupt, grace, max_restarts, recover_codes
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -453,16 +458,39 @@ def _recovery_loop(
             status["state"] = "STARTING" if phase == "setup" else "RUNNING"
             write_json(job_dir / "job.json", status)
             scripts = [
-                (script, node_env(cfg.base_env, envs, cfg.secrets, cluster, rank, setup=phase == "setup", tmpdir=str(tmpdirs[rank])))
+                (
+                    script,
+                    node_env(
+                        cfg.base_env,
+                        envs,
+                        cfg.secrets,
+                        cluster,
+                        rank,
+                        setup=phase == "setup",
+                        tmpdir=str(tmpdirs[rank]),
+                    ),
+                )
                 for rank in range(cluster.num_nodes)
             ]
-            logs = [attempt_dir / (f"setup-node{r}.log" if phase == "setup" else f"node{r}.log") for r in range(cluster.num_nodes)]
+            logs = [
+                attempt_dir / (f"setup-node{r}.log" if phase == "setup" else f"node{r}.log")
+                for r in range(cluster.num_nodes)
+            ]
             if phase == "setup":
                 # Node by node: the emulated nodes share one uv cache, and concurrent `uv sync` of the
                 # same script environment races (SkyPilot runs setup in parallel on separate machines).
                 codes = []
                 for rank in range(cluster.num_nodes):
-                    one = run_phase(scripts[rank : rank + 1], cfg.repo, logs[rank : rank + 1], cfg.follow, grace, events, interrupt, first_rank=rank)
+                    one = run_phase(
+                        scripts[rank : rank + 1],
+                        cfg.repo,
+                        logs[rank : rank + 1],
+                        cfg.follow,
+                        grace,
+                        events,
+                        interrupt,
+                        first_rank=rank,
+                    )
                     codes = None if one is None else codes + one
                     if not codes or codes[-1]:
                         break
@@ -487,12 +515,16 @@ def _recovery_loop(
             write_json(job_dir / "job.json", status)
             log.info("run %s: SUCCEEDED (attempt %d, node exit codes %s)", cfg.run, attempt, codes)
             return EXIT_OK
-        decision, restarts_on_errors = recovery_decision(codes, recover_codes, restarts_on_errors, max_restarts)
+        decision, restarts_on_errors = recovery_decision(
+            codes, recover_codes, restarts_on_errors, max_restarts
+        )
         failed = "FAILED_SETUP" if phase == "setup" else "FAILED"
         _show_failure(cfg.run, attempt_dir, phase, codes)
         if decision == "fail":
             status["state"] = failed
-            status["failure_reason"] = f"{phase} failed with node exit codes {codes}; max_restarts_on_errors={max_restarts} spent"
+            status["failure_reason"] = (
+                f"{phase} failed with node exit codes {codes}; max_restarts_on_errors={max_restarts} spent"
+            )
             write_json(job_dir / "job.json", status)
             log.error("run %s: %s (%s)", cfg.run, failed, status["failure_reason"])
             return EXIT_FAILED
@@ -500,9 +532,19 @@ def _recovery_loop(
         status["state"] = "RECOVERING"
         write_json(job_dir / "job.json", status)
         if decision == "recover":
-            log.warning("run %s: node exit codes %s include a recover_on_exit_codes code: recovering onto fresh nodes (not counted)", cfg.run, codes)
+            log.warning(
+                "run %s: node exit codes %s include a recover_on_exit_codes code: recovering onto fresh nodes (not counted)",
+                cfg.run,
+                codes,
+            )
         else:
-            log.warning("run %s: restart %d of %d after node exit codes %s", cfg.run, restarts_on_errors, max_restarts, codes)
+            log.warning(
+                "run %s: restart %d of %d after node exit codes %s",
+                cfg.run,
+                restarts_on_errors,
+                max_restarts,
+                codes,
+            )
 
 
 def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int], lines: int = 15) -> None:
@@ -512,7 +554,15 @@ def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int],
             path = attempt_dir / (f"setup-node{rank}.log" if phase == "setup" else f"node{rank}.log")
             with contextlib.suppress(OSError):
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
-                log.error("run %s: %s failed on node %d (exit %d); last lines of %s:\n%s", run, phase, rank, code, path, "\n".join(f"  | {t}" for t in tail))
+                log.error(
+                    "run %s: %s failed on node %d (exit %d); last lines of %s:\n%s",
+                    run,
+                    phase,
+                    rank,
+                    code,
+                    path,
+                    "\n".join(f"  | {t}" for t in tail),
+                )
             return
 
 

@@ -89,6 +89,12 @@ class LaunchConfig:
     print_id: bool = False
     follow: bool = False
     verbose: bool = False
+    # --backend sky only (scripts/local/_sky_backend.py)
+    copies: int = 1
+    git_ref: str | None = None
+    skip_git_check: bool = False
+    confirm: bool = False
+    dump_config: str | None = None  # "yaml" | "json"
     repo: Path = REPO
     base_env: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -126,28 +132,95 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="where to run [env SKYOPS_BACKEND; default local]")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="where to run [env SKYOPS_BACKEND; default local]"
+    )
     p.add_argument("--run", default=None, help="run name (RUN_ID); default: JOB's name and the time")
-    p.add_argument("--nodes", type=_type(_positive, "nodes"), default=None, help="number of nodes [SKYOPS_NODES; default job.yaml num_nodes]")
-    p.add_argument("--gpus", type=_type(_nonneg, "gpus"), default=None, help="GPUs per node, 0 = CPU [SKYOPS_GPUS; default job.yaml (sky), 0 (local)]")
+    p.add_argument(
+        "--nodes",
+        type=_type(_positive, "nodes"),
+        default=None,
+        help="number of nodes [SKYOPS_NODES; default job.yaml num_nodes]",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_type(_nonneg, "gpus"),
+        default=None,
+        help="GPUs per node, 0 = CPU [SKYOPS_GPUS; default job.yaml (sky), 0 (local)]",
+    )
     p.add_argument("--cpus", default=None, help="vCPUs per node, e.g. 8 or 8+ [SKYOPS_CPUS]")
     spot = p.add_mutually_exclusive_group()
-    spot.add_argument("--spot", dest="use_spot", action="store_true", default=None, help="spot instances only [SKYOPS_USE_SPOT]")
+    spot.add_argument(
+        "--spot",
+        dest="use_spot",
+        action="store_true",
+        default=None,
+        help="spot instances only [SKYOPS_USE_SPOT]",
+    )
     spot.add_argument("--no-spot", dest="use_spot", action="store_false", help="on-demand instances only")
-    p.add_argument("--max-restarts", type=_type(_nonneg, "max_restarts"), default=None, help="job_recovery.max_restarts_on_errors [SKYOPS_MAX_RESTARTS]")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set a task env or secret (repeatable)")
-    p.add_argument("--env-file", type=Path, default=None, help="configuration file (python-dotenv format) [default: <repo>/.env if present]")
+    p.add_argument(
+        "--max-restarts",
+        type=_type(_nonneg, "max_restarts"),
+        default=None,
+        help="job_recovery.max_restarts_on_errors [SKYOPS_MAX_RESTARTS]",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a task env or secret (repeatable)",
+    )
+    p.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="configuration file (python-dotenv format) [default: <repo>/.env if present]",
+    )
     p.add_argument("--task", type=Path, default=REPO / "job.yaml", help="the SkyPilot task file")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved task as SkyPilot YAML (secrets redacted); launch nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved task as SkyPilot YAML (secrets redacted); launch nothing",
+    )
     p.add_argument("--print-id", action="store_true", help="print the job id on stdout, one per line")
-    p.add_argument("--follow", action="store_true", help="stream node logs to stderr, each line prefixed with its node")
+    p.add_argument(
+        "--follow", action="store_true", help="stream node logs to stderr, each line prefixed with its node"
+    )
+    sky = p.add_argument_group("--backend sky only")
+    sky.add_argument(
+        "--copies",
+        type=_type(_positive, "copies"),
+        default=1,
+        help="launch N managed jobs named RUN-1 .. RUN-N",
+    )
+    sky.add_argument(
+        "--git-ref",
+        default=None,
+        help="commit, tag or branch the nodes run, cloned from the git remote (None: HEAD)",
+    )
+    sky.add_argument(
+        "--skip-git-check", action="store_true", help="skip the git gate: upload the working tree as it is"
+    )
+    sky.add_argument("--confirm", action="store_true", help="show a summary and ask before launching")
+    sky.add_argument(
+        "--dump-config",
+        choices=("yaml", "json"),
+        default=None,
+        help="print the final task (secrets redacted) and exit",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("job", metavar="JOB", help="script path in the repository, e.g. examples/train.py")
-    p.add_argument("job_args", metavar="JOB_ARGS", nargs=argparse.REMAINDER, help="arguments passed to JOB verbatim")
+    p.add_argument(
+        "job_args", metavar="JOB_ARGS", nargs=argparse.REMAINDER, help="arguments passed to JOB verbatim"
+    )
     return p
 
 
-def _setting(key: str, flag_value: Any, environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[Any, str] | None:
+def _setting(
+    key: str, flag_value: Any, environ: Mapping[str, str], file_values: Mapping[str, str]
+) -> tuple[Any, str] | None:
     """The raw value of a launcher setting and where it came from (flag > environment > .env)."""
     if flag_value is not None:
         return flag_value, SETTINGS[key][0]
@@ -167,7 +240,9 @@ def relative_job_path(job: str, repo: Path) -> str:
     try:
         rel = full.relative_to(repo)
     except ValueError:
-        raise ConfigError(f"JOB {job!r}: must be inside the repository {repo} (nodes receive only the repository)") from None
+        raise ConfigError(
+            f"JOB {job!r}: must be inside the repository {repo} (nodes receive only the repository)"
+        ) from None
     if not full.is_file():
         raise ConfigError(f"JOB {job!r}: no such file")
     return rel.as_posix()
@@ -219,13 +294,19 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     if found := setting("SKYOPS_MAX_RESTARTS", args.max_restarts):
         max_restarts = found[0] if isinstance(found[0], int) else _config.parse_int(found[0], found[1], 0)
 
+    sky_only = {"--copies": args.copies != 1, "--git-ref": args.git_ref is not None, "--skip-git-check": args.skip_git_check,
+                "--confirm": args.confirm, "--dump-config": args.dump_config is not None}  # fmt: skip
+    if backend != "sky" and any(sky_only.values()):
+        raise ConfigError(f"{next(k for k, v in sky_only.items() if v)}: only with --backend sky")
     job = relative_job_path(args.job, repo)
     run = args.run if args.run is not None else _config.default_run_name(job, now.strftime("%Y%m%d-%H%M%S"))
     _config.validate_run_name(run)
     launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args), "RUN_ID": run}
     for key in launcher_flags:
         if key in flags:
-            raise ConfigError(f"--set {key}: set by the launcher from {'--run' if key == 'RUN_ID' else 'JOB'}")
+            raise ConfigError(
+                f"--set {key}: set by the launcher from {'--run' if key == 'RUN_ID' else 'JOB'}"
+            )
 
     defaults: dict[str, str | None] = {**task.envs, **task.secrets}
     resolved = _config.resolve_values(
@@ -263,6 +344,11 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
         print_id=args.print_id,
         follow=args.follow,
         verbose=args.verbose,
+        copies=args.copies,
+        git_ref=args.git_ref,
+        skip_git_check=args.skip_git_check,
+        confirm=args.confirm,
+        dump_config=args.dump_config,
         repo=repo,
         base_env=dict(environ),
     )
@@ -321,7 +407,9 @@ def dump_yaml(config: Mapping[str, Any]) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", data)
 
     Dumper.add_representer(str, str_presenter)
-    return yaml.dump(dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump(
+        dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
 
 
 def pip_find_links(environ: Mapping[str, str]) -> str | None:
@@ -334,7 +422,10 @@ def pip_find_links(environ: Mapping[str, str]) -> str | None:
     try:
         out = subprocess.run(
             ["python3", "-m", "pip", "config", "get", "global.find-links"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -359,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args, environ, dt.datetime.now())
         if cfg.backend == "sky":
-            raise ConfigError("--backend sky: not available yet (the SkyPilot backend is the next issue); use --backend local")
+            import _sky_backend  # SkyPilot (1-2 s to import) is loaded only on this path
+
+            return _sky_backend.launch(cfg)
         if cfg.gpus is None:
             cfg = replace(cfg, gpus=0)
         rendered = dump_yaml(task_config(cfg))

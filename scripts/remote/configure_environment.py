@@ -41,7 +41,9 @@ NCCL_DEFAULTS: dict[str, str] = {
     "NCCL_DEBUG": "WARN",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
 }
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+)
 
 
 class InputError(Exception):
@@ -98,7 +100,9 @@ def parse_node_ips(text: str) -> list[str]:
     return ips
 
 
-def derive(node_ips: str, node_rank: str, num_nodes: str, gpus_per_node: str, master_port: str) -> Distributed:
+def derive(
+    node_ips: str, node_rank: str, num_nodes: str, gpus_per_node: str, master_port: str
+) -> Distributed:
     """Distributed settings from SkyPilot's values, given as the strings SkyPilot sets (empty when
     unset). Raises InputError naming the flag when they disagree (CASES.md R1)."""
     ips = parse_node_ips(node_ips)

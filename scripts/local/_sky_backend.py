@@ -1,0 +1,614 @@
+"""The SkyPilot backend of launch.py: job.yaml as SkyPilot managed jobs, built with SkyPilot's own SDK.
+
+What `launch(cfg)` does, in order (nothing costs money before step 5):
+
+1. names: `--run`, or `<run>-1 .. <run>-N` with `--copies N`, each valid as a SkyPilot task and
+   cluster name (../shared/cases/CASES.md N1);
+2. the git gate (`_git.gate`): the nodes clone the job's code from the git remote at one commit
+   (SkyPilot's git `workdir: {url, ref}`); the job sees it as `GIT_COMMIT`;
+3. the task: `sky.Task.from_yaml_config(job.yaml, env_overrides=..., secrets_overrides=...)` with the
+   resolved envs (the text the user wrote, CASES.md Y1) and secrets (passed only as SkyPilot
+   secrets, Y3), and the resource patches of `patch_resources` applied to every candidate (Y2);
+4. `--dry-run` / `--dump-config {yaml,json}`: print the final task, secrets `<redacted>`, and stop
+   before any server call; `--confirm` shows a summary and asks;
+5. one `sky.jobs.launch` per copy; job ids on stdout with `--print-id`; `--follow` tails the logs
+   (`sky.jobs.tail_logs`; 101 "not finished" means still running, e.g. while a job recovers).
+
+Every SkyPilot failure (no API server, no cloud enabled, catalog unreachable, any exception) ends
+in one actionable line and exit 3 (`SkyError`); the traceback only with --verbose. Copies that did
+launch before a failure are named. The SkyPilot SDK is reached only through `SkyJobsSDK`, the one
+boundary tests replace with a fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import _config
+import _git
+from _config import ConfigError
+
+log = logging.getLogger("skyops.sky")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SKY_ERROR = 3
+
+REDACTED = "<redacted>"
+#: sky.jobs.tail_logs return codes (sky/exceptions.py JobExitCode).
+TAIL_SUCCEEDED, TAIL_FAILED, TAIL_NOT_FINISHED, TAIL_NOT_FOUND, TAIL_CANCELLED = 0, 100, 101, 102, 103
+#: Envs the launcher sets: GIT_COMMIT for the job; GIT_URL and GIT_COMMIT_HASH for SkyPilot's own
+#: clone of a git workdir on the nodes (sky/utils/git_clone.sh reads them).
+LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_URL", "GIT_COMMIT_HASH")
+DUMP_FORMATS = ("yaml", "json")
+
+
+class SkyError(Exception):
+    """A SkyPilot failure, already phrased as one actionable line (exit 3)."""
+
+
+# --------------------------------------------------------------------------------------- names
+
+
+def copy_names(run: str, copies: int) -> list[str]:
+    """The run name of each copy: `[run]` for one, `run-1 .. run-N` for N; each one validated.
+
+    Raises ConfigError for copies < 1 or a name SkyPilot would reject.
+    """
+    if copies < 1:
+        raise ConfigError(f"--copies: must be >= 1, got {copies}")
+    _config.validate_run_name(run)
+    names = [run] if copies == 1 else [f"{run}-{i}" for i in range(1, copies + 1)]
+    for name in names:
+        _config.validate_run_name(name, "--run" if copies == 1 else f"--run/--copies (copy name {name!r})")
+    return names
+
+
+# --------------------------------------------------------------------------------------- resources
+
+
+def _accelerator_items(value: Any, where: str) -> list[tuple[str, Any]]:
+    """(name, count) of every candidate in an accelerators value of any shape."""
+    if isinstance(value, str):
+        name, _, count = value.partition(":")
+        return [(name.strip(), count.strip() or "1")]
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, list):
+        return [item for v in value for item in _accelerator_items(v, where)]
+    raise ConfigError(f"{where}: unsupported value {value!r} (use A100:8, {{A100: 8, H100: 8}} or a list)")
+
+
+def check_accelerators(value: Any, where: str) -> None:
+    """Raise ConfigError naming `where` if any candidate's count is not a number > 0 (CASES.md Y2)."""
+    for name, count in _accelerator_items(value, where):
+        try:
+            number = float(count)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name}: count {count!r} is not a number") from None
+        if not name or number <= 0:
+            raise ConfigError(
+                f"{where}: {name or '?'}:{count}: the count must be > 0 (use --gpus 0 or drop it for CPU)"
+            )
+
+
+def set_accelerator_count(value: Any, count: int) -> Any:
+    """`value` with every candidate's count set to `count`, in the same shape: `A100:8`,
+    `{A100: 8, H100: 8}` (any of) or `["A100:8", "H100:8"]` (ordered preference)."""
+    if isinstance(value, str):
+        return f"{value.split(':', 1)[0].strip()}:{count}"
+    if isinstance(value, dict):
+        return {name: count for name in value}
+    if isinstance(value, list):
+        return [set_accelerator_count(v, count) for v in value]
+    raise ConfigError(f"resources.accelerators: unsupported value {value!r}")
+
+
+def _dedupe(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for c in candidates:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def patch_resources(
+    resources: Mapping[str, Any] | None,
+    *,
+    gpus: int | None = None,
+    cpus: str | None = None,
+    use_spot: bool | None = None,
+    max_restarts: int | None = None,
+) -> dict[str, Any]:
+    """job.yaml's `resources` with the launch flags applied to the top level AND every `any_of` /
+    `ordered` candidate, so no candidate keeps overriding a flag (a candidate's keys win in SkyPilot).
+
+    - gpus: the count of every accelerator candidate, shape kept; 0 removes accelerators (CPU);
+    - cpus: `8` or `8+`; use_spot: True/False; max_restarts: job_recovery.max_restarts_on_errors.
+
+    Candidates that become identical are merged; a single one left is folded into the top level.
+    Raises ConfigError for a count <= 0 or --gpus N on a task that names no accelerator type.
+    Returns a new dict; the input is not modified.
+    """
+    res: dict[str, Any] = copy.deepcopy(dict(resources or {}))
+    kinds = [k for k in ("any_of", "ordered") if k in res]
+    if len(kinds) > 1:
+        raise ConfigError("resources: use any_of or ordered, not both")
+    kind = kinds[0] if kinds else None
+    candidates: list[dict[str, Any]] = []
+    if kind:
+        if not isinstance(res[kind], list) or not all(isinstance(c, dict) for c in res[kind]):
+            raise ConfigError(f"resources.{kind}: must be a list of mappings")
+        candidates = res[kind]
+    holders = [("resources", res), *((f"resources.{kind}[{i}]", c) for i, c in enumerate(candidates))]
+    for where, holder in holders:
+        if holder.get("accelerators") is not None:
+            check_accelerators(holder["accelerators"], f"{where}.accelerators")
+
+    if gpus is not None:
+        found = False
+        for _, holder in holders:
+            if holder.get("accelerators") is not None:
+                found = True
+                if gpus == 0:
+                    del holder["accelerators"]
+                else:
+                    holder["accelerators"] = set_accelerator_count(holder["accelerators"], gpus)
+        if gpus > 0 and not found:
+            raise ConfigError(
+                f"--gpus {gpus}: job.yaml names no accelerator type; set resources.accelerators (e.g. H100:8)"
+            )
+    for key, value in (("cpus", cpus), ("use_spot", use_spot)):
+        if value is not None:
+            for _, holder in holders[1:]:
+                holder.pop(key, None)
+            res[key] = value
+    if max_restarts is not None:
+        for _, holder in holders:
+            if holder is res or "job_recovery" in holder:
+                recovery = holder.get("job_recovery")
+                recovery = {"strategy": recovery} if isinstance(recovery, str) else dict(recovery or {})
+                recovery["max_restarts_on_errors"] = max_restarts
+                holder["job_recovery"] = recovery
+    if kind:
+        merged = _dedupe(candidates)
+        if len(merged) == 1:
+            del res[kind]
+            res.update(merged[0])
+        elif merged and all(not c for c in merged):
+            del res[kind]
+        else:
+            res[kind] = merged
+    return res
+
+
+# --------------------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One copy to launch: its name, the task config without secret values, and the secret values."""
+
+    name: str
+    config: dict[str, Any]  # job.yaml + patches; secrets are None here: values never enter it
+    envs: dict[str, str]
+    secrets: dict[str, str]  # never printed; see render()
+
+    def __repr__(self) -> str:  # keep secret values out of reprs and tracebacks
+        return f"Plan(name={self.name!r}, secrets={sorted(self.secrets)})"
+
+
+def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None) -> Plan:
+    """The Plan of one copy of `cfg` (a launch.LaunchConfig): job.yaml with name, num_nodes, workdir
+    and resource patches; envs = resolved envs + RUN_ID + GIT_COMMIT (+ GIT_URL/GIT_COMMIT_HASH).
+
+    Raises ConfigError when the user set an env the launcher owns (GIT_COMMIT, GIT_URL, GIT_COMMIT_HASH).
+    """
+    assert cfg.task is not None
+    owned = [k for k in LAUNCHER_ENVS if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
+    if owned:
+        raise ConfigError(
+            f"{cfg.sources[owned[0]]}: {owned[0]} is set by the launcher from the git commit (--git-ref)"
+        )
+    config = copy.deepcopy(cfg.task.config)
+    config["name"] = name
+    config["num_nodes"] = cfg.nodes
+    resources = patch_resources(
+        config.get("resources"),
+        gpus=cfg.gpus,
+        cpus=cfg.cpus,
+        use_spot=cfg.use_spot,
+        max_restarts=cfg.max_restarts,
+    )
+    config["resources"] = resources
+    envs = {**cfg.envs, "RUN_ID": name}
+    if commit:
+        envs["GIT_COMMIT"] = commit
+    if pin is not None:
+        config["workdir"] = {"url": pin.url, "ref": pin.commit}
+        envs["GIT_URL"] = pin.url
+        envs["GIT_COMMIT_HASH"] = pin.commit
+    else:
+        config["workdir"] = str(cfg.repo)
+    # job.yaml's envs as written (text, CASES.md Y1); the resolved values arrive as env_overrides.
+    config["envs"] = dict(cfg.task.envs)
+    declared = list(dict.fromkeys([*cfg.task.secrets, *cfg.secrets, *cfg.missing_secrets]))
+    config["secrets"] = {k: None for k in declared}
+    return Plan(name=name, config=config, envs=envs, secrets=dict(cfg.secrets))
+
+
+def build_task(plan: Plan) -> Any:
+    """A real `sky.Task` from the plan, through SkyPilot's SDK (local; no server call).
+
+    Raises ConfigError when SkyPilot rejects the task (a job.yaml or flag problem), SkyError when it
+    cannot build it for another reason (e.g. the accelerator catalog cannot be fetched).
+    """
+    import sky
+
+    try:
+        return sky.Task.from_yaml_config(
+            copy.deepcopy(plan.config),
+            env_overrides=list(plan.envs.items()),
+            secrets_overrides=list(plan.secrets.items()),
+        )
+    except ValueError as exc:  # includes sky.exceptions.InvalidSkyPilotConfigError
+        raise ConfigError(f"job.yaml (as patched by the flags): {_first_line(exc)}") from exc
+    except Exception as exc:
+        raise SkyError(describe_sky_error(exc)) from exc
+
+
+def render(plan: Plan, task: Any, fmt: str = "yaml") -> str:
+    """The final task as SkyPilot YAML (or JSON), launchable with `sky jobs launch`: name, envs and
+    secrets as the built sky.Task holds them (secret values `<redacted>`; null = not set), resources
+    and the rest as patched. Never contains a secret value."""
+    config = {k: v for k, v in plan.config.items() if k not in ("envs", "secrets")}
+    ordered: dict[str, Any] = {}
+    for key in ("name", "workdir", "num_nodes", "resources"):
+        if key in config:
+            ordered[key] = config.pop(key)
+    ordered["name"] = task.name
+    ordered["num_nodes"] = task.num_nodes
+    ordered["envs"] = {k: str(v) for k, v in task.envs.items()}
+    set_secrets = set(task.secrets)
+    ordered["secrets"] = {k: (REDACTED if k in set_secrets else None) for k in plan.config.get("secrets", {})}
+    ordered.update(config)
+    if fmt == "json":
+        return json.dumps(ordered, indent=2) + "\n"
+    return dump_yaml(ordered)
+
+
+def dump_yaml(config: Mapping[str, Any]) -> str:
+    """Block-style YAML, keys in order, multi-line strings as `|` blocks, no anchors."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, str_presenter)
+    return yaml.dump(
+        dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+
+
+# --------------------------------------------------------------------------------------- the SDK
+
+
+def normalise_job_ids(value: Any) -> list[int]:
+    """Job ids from `sky.get(sky.jobs.launch(...))[0]`: a list in 0.14.1, an int from older servers."""
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        raise SkyError(f"unexpected job id {value!r} from the API server")
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in normalise_job_ids(v)]
+    if isinstance(value, str) and value.strip().isdigit():
+        return [int(value)]
+    raise SkyError(f"unexpected job id {value!r} from the API server")
+
+
+class SkyJobsSDK:
+    """The boundary to SkyPilot's managed-jobs client SDK (every call goes to the API server).
+    Tests replace it with a fake of the same shape (FakeSkyJobsSDK)."""
+
+    def launch(self, task: Any, name: str) -> Any:
+        """Submit one managed job; returns job ids as the server gives them (list or int)."""
+        import sky
+
+        job_ids, _handle = sky.get(sky.jobs.launch(task, name=name))
+        return job_ids
+
+    def queue(
+        self, job_ids: Sequence[int] | None, skip_finished: bool, all_users: bool
+    ) -> list[dict[str, Any]]:
+        """Managed-job records with status, failure_reason and recovery_count."""
+        import sky
+
+        fields = ["job_id", "task_id", "job_name", "task_name", "status", "recovery_count", "failure_reason",
+                  "submitted_at", "end_at", "job_duration", "resources", "infra", "user_name"]  # fmt: skip
+        records, *_ = sky.get(
+            sky.jobs.queue_v2(
+                refresh=False,
+                skip_finished=skip_finished,
+                all_users=all_users,
+                job_ids=list(job_ids) if job_ids else None,
+                fields=fields,
+            )
+        )
+        return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
+
+    def tail_logs(self, job_id: int, follow: bool, stream: IO[str]) -> int:
+        import sky
+
+        code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=stream)
+        return int(code if code is not None else TAIL_SUCCEEDED)
+
+    def cancel(self, job_ids: Sequence[int]) -> None:
+        import sky
+
+        sky.get(sky.jobs.cancel(job_ids=list(job_ids)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return _strip_ansi(line)
+    return type(exc).__name__
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def describe_sky_error(exc: BaseException) -> str:
+    """One actionable line for a SkyPilot failure (no API server, no cloud, catalog, anything else)."""
+    name = type(exc).__name__
+    text = _strip_ansi(str(exc))
+    low = text.lower()
+    if name == "ApiServerConnectionError" or (
+        "api server" in low and ("connect" in low or "disabled" in low or "not running" in low)
+    ):
+        return f"no SkyPilot API server reachable ({_first_line(exc)}): start one with `sky api start`, or use yours with `sky api login -e <url>`"
+    if name == "ApiServerAuthenticationError":
+        return f"the SkyPilot API server needs a login: `sky api login -e <url>` ({_first_line(exc)})"
+    if (
+        name == "NoCloudAccessError"
+        or "no cloud" in low
+        or "cloud access is not set up" in low
+        or "enabled clouds" in low
+    ):
+        return f"no cloud enabled for SkyPilot: run `sky check` and set up credentials for one ({_first_line(exc)})"
+    if "catalog" in low or "ConnectionError" in name or "Timeout" in name:
+        return f"cannot reach the network for SkyPilot's catalog ({_first_line(exc)}): check the connection or proxy, then retry"
+    if name == "ResourcesUnavailableError":
+        return f"no resources match the task: {_first_line(exc)} (try other --gpus, --no-spot, or `sky show-gpus`)"
+    return f"SkyPilot error ({name}): {_first_line(exc)}"
+
+
+# --------------------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def progress(message: str, stream: IO[str] | None = None) -> Iterator[None]:
+    """A spinner with elapsed seconds on `stream` (stderr) while the block runs; one log line when
+    the stream is not a terminal."""
+    out = stream if stream is not None else sys.stderr
+    if not (hasattr(out, "isatty") and out.isatty()):
+        log.info("%s ...", message)
+        yield
+        return
+    done = threading.Event()
+    start = time.monotonic()
+
+    def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):
+            out.write(f"\r{frame} {message} ({time.monotonic() - start:.0f} s)")
+            out.flush()
+            if done.wait(0.2):
+                break
+        out.write("\r\x1b[K")
+        out.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=1)
+
+
+def follow_logs(
+    sdk: Any, job_id: int, stream: IO[str], *, poll: float = 5.0, sleep: Callable[[float], None] | None = None
+) -> int:
+    """Tail a managed job's logs until it ends; 101 ("not finished", e.g. during a recovery by
+    recover_on_exit_codes) means still running, so tailing starts again after `poll` seconds.
+
+    Returns the launcher's exit code: 0 succeeded, 1 failed or cancelled, 3 job not found.
+    """
+    while True:
+        code = sdk.tail_logs(job_id, True, stream)
+        if code == TAIL_NOT_FINISHED:
+            log.info("job %d: not finished (recovering?): following again", job_id)
+            (sleep or time.sleep)(poll)
+            continue
+        if code == TAIL_SUCCEEDED:
+            return EXIT_OK
+        if code == TAIL_NOT_FOUND:
+            log.error("job %d: not found on the API server", job_id)
+            return EXIT_SKY_ERROR
+        if code == TAIL_CANCELLED:
+            log.warning("job %d: cancelled", job_id)
+        return EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------- launch
+
+
+def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
+    """The git pin and GIT_COMMIT for a launch. With --skip-git-check: no pin (the working tree is
+    uploaded as workdir) and GIT_COMMIT = HEAD if known. On a dry run a refusal is only a warning."""
+    if cfg.skip_git_check:
+        if cfg.git_ref:
+            raise ConfigError(
+                "--git-ref: cannot be combined with --skip-git-check (the ref is cloned from the remote)"
+            )
+        commit = _git.head_commit(cfg.repo)
+        log.warning(
+            "--skip-git-check: uploading the working tree as it is%s",
+            f" (HEAD {commit[:12]})" if commit else "",
+        )
+        return None, commit
+    try:
+        pin = _git.gate(cfg.repo, cfg.git_ref)
+    except _git.GitError as exc:
+        if not cfg.dry_run:
+            raise
+        log.warning("git gate: %s (a launch would refuse)", exc)
+        commit = _git.resolve_ref(cfg.repo, cfg.git_ref) if cfg.git_ref else _git.head_commit(cfg.repo)
+        return None, commit
+    return pin, pin.commit
+
+
+def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
+    """What will be launched, for people (stderr): names, nodes, resources, code, secrets by name."""
+    first = plans[0].config
+    lines = [
+        f"launch {len(plans)} managed job(s): {', '.join(p.name for p in plans)}",
+        f"  nodes: {first['num_nodes']}  resources: {json.dumps(first.get('resources') or {}, sort_keys=True)}",
+        f"  code: {pin.url} @ {pin.commit}" if pin else f"  code: working tree of {cfg.repo} (uploaded)",
+        f"  job: {plans[0].envs.get('JOB', '')} {plans[0].envs.get('JOB_ARGS', '')}".rstrip(),
+        f"  secrets: {', '.join(sorted(plans[0].secrets)) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def confirm(question: str, ask: Callable[[str], str]) -> bool:
+    try:
+        answer = ask(question)
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def launch(
+    cfg: Any,
+    *,
+    sdk: Any = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    ask: Callable[[str], str] = input,
+) -> int:
+    """Launch `cfg` (a launch.LaunchConfig with backend sky) as `cfg.copies` managed jobs.
+
+    Returns 0 (launched; or the followed job succeeded; or a dry run), 1 (the followed job failed, or
+    --confirm declined), 3 (SkyPilot error). Raises ConfigError (exit 2) for bad input before
+    anything is launched; KeyboardInterrupt propagates (130).
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    if not cfg.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # SkyPilot's database set-up chatter
+    dump = cfg.dump_config or ("yaml" if cfg.dry_run else None)
+    if cfg.follow and cfg.copies > 1:
+        raise ConfigError("--follow: works with one copy; follow each with `jobs.py logs --follow ID`")
+    names = copy_names(cfg.run, cfg.copies)
+    if cfg.missing_secrets and not dump:
+        keys = ", ".join(cfg.missing_secrets)
+        raise ConfigError(
+            f"secrets {keys}: not set; add {cfg.missing_secrets[0]}=... to .env, export it, or --set it"
+            " (an empty value is allowed)"
+        )
+    pin, commit = resolve_git(cfg)
+    plans = [plan_copy(cfg, name, pin, commit) for name in names]
+    try:
+        tasks = [build_task(plan) for plan in plans]
+    except SkyError as exc:
+        return _fail(exc, cfg.verbose, err)
+
+    if dump:
+        for key in cfg.missing_secrets:
+            log.warning("secret %s is not set: a launch would refuse", key)
+        if dump == "json":
+            docs = [json.loads(render(p, t, "json")) for p, t in zip(plans, tasks, strict=True)]
+            out.write(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2) + "\n")
+        else:
+            out.write("---\n".join(render(p, t) for p, t in zip(plans, tasks, strict=True)))
+        out.flush()
+        return EXIT_OK
+
+    if cfg.confirm:
+        print(summary(cfg, plans, pin), file=err, flush=True)
+        if not confirm(f"Launch {len(plans)} managed job(s)? [y/N] ", ask):
+            print("launch.py: not confirmed: nothing launched", file=err)
+            return EXIT_FAILED
+
+    sdk = sdk if sdk is not None else SkyJobsSDK()
+    launched: list[tuple[str, int]] = []
+    for i, (plan, task) in enumerate(zip(plans, tasks, strict=True), start=1):
+        what = f"launching {plan.name}" + (f" (copy {i}/{len(plans)})" if len(plans) > 1 else "")
+        try:
+            with progress(what, err):
+                ids = normalise_job_ids(sdk.launch(task, plan.name))
+        except KeyboardInterrupt:
+            done = _launched_text(launched)
+            print(
+                f"launch.py: interrupted while launching {plan.name}: it may have been submitted; {done}check `jobs.py --backend sky status`",
+                file=err,
+            )
+            raise
+        except Exception as exc:
+            return _fail(exc, cfg.verbose, err, prefix=_launched_text(launched) if launched else "")
+        if not ids:
+            return _fail(
+                SkyError(f"{plan.name}: the API server returned no job id"),
+                cfg.verbose,
+                err,
+                prefix=_launched_text(launched),
+            )
+        for job_id in ids:
+            launched.append((plan.name, job_id))
+            if cfg.print_id:
+                print(job_id, file=out, flush=True)
+        log.info("run %s: managed job %s submitted", plan.name, ", ".join(map(str, ids)))
+    if cfg.follow:
+        return follow_logs(sdk, launched[0][1], err)
+    if not cfg.print_id:
+        log.info("watch: jobs.py --backend sky status | logs --follow ID | cancel ID")
+    return EXIT_OK
+
+
+def _launched_text(launched: Sequence[tuple[str, int]]) -> str:
+    if not launched:
+        return "nothing else launched; "
+    return "already launched: " + ", ".join(f"{name} (job {job_id})" for name, job_id in launched) + "; "
+
+
+def _fail(exc: BaseException, verbose: bool, err: IO[str], prefix: str = "") -> int:
+    if verbose:  # an explicit limit: SkyPilot sets sys.tracebacklimit = 0 around some raises
+        err.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=100)))
+    message = str(exc) if isinstance(exc, SkyError) else describe_sky_error(exc)
+    print(f"launch.py: error: {prefix}{message}", file=err, flush=True)
+    return EXIT_SKY_ERROR

@@ -1,0 +1,171 @@
+"""The git gate (scripts/local/_git.py): CASES.md G1-G3, dirty, unpushed and shallow trees, in
+temporary repositories with a local bare remote."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import _git
+import pytest
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def sh(repo: Path, *args: str) -> str:
+    import os
+
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def commit(repo: Path, name: str, text: str = "x") -> str:
+    (repo / name).write_text(text)
+    sh(repo, "add", name)
+    sh(repo, "commit", "-q", "-m", f"add {name}")
+    return sh(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> tuple[Path, Path]:
+    """A clone of a bare remote with one pushed commit on main; returns (work tree, remote)."""
+    remote = tmp_path / "remote.git"
+    sh(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    work = tmp_path / "work"
+    sh(tmp_path, "init", "-q", "-b", "main", str(work))
+    sh(work, "remote", "add", "origin", str(remote))
+    commit(work, "a.txt")
+    sh(work, "push", "-q", "-u", "origin", "main")
+    return work, remote
+
+
+def test_clean_pushed_head_is_pinned(pushed: tuple[Path, Path]) -> None:
+    work, remote = pushed
+    pin = _git.gate(work, None)
+    assert pin == _git.GitPin(url=str(remote), commit=sh(work, "rev-parse", "HEAD"), remote="origin")
+    assert len(pin.commit) == 40
+
+
+def test_g1_detached_head_is_judged_against_all_remote_branches(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    sh(work, "checkout", "-q", "--detach")
+    assert _git.current_branch(work) is None
+    assert _git.gate(work, None).commit == sh(work, "rev-parse", "HEAD")  # pushed: fine
+    commit(work, "b.txt")
+    with pytest.raises(
+        _git.GitError, match=r"1 unpushed commit at .*detached HEAD: push it to a branch: git push origin"
+    ):
+        _git.gate(work, None)
+
+
+def test_g2_branch_without_upstream_counts_its_commits(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    sh(work, "checkout", "-q", "-b", "feature")
+    commit(work, "b.txt")
+    with pytest.raises(_git.GitError) as info:
+        _git.gate(work, None)
+    assert "1 unpushed commit (no upstream configured): git push -u origin feature" in str(info.value)
+    commit(work, "c.txt")
+    with pytest.raises(_git.GitError, match=r"2 unpushed commits \(no upstream configured\)"):
+        _git.gate(work, None)
+    sh(work, "push", "-q", "-u", "origin", "feature")
+    assert _git.gate(work, None).commit == sh(work, "rev-parse", "HEAD")
+
+
+def test_unpushed_on_tracking_branch_says_git_push(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    commit(work, "b.txt")
+    with pytest.raises(
+        _git.GitError,
+        match=r"1 unpushed commit on main \(upstream origin/main\): git push, or pass --skip-git-check",
+    ):
+        _git.gate(work, None)
+
+
+def test_g3_refs_resolve_to_the_commit(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    head = sh(work, "rev-parse", "HEAD")
+    sh(work, "tag", "-a", "v1.0", "-m", "release")
+    tag_object = sh(work, "rev-parse", "v1.0")
+    assert tag_object != head  # an annotated tag is its own object ...
+    assert _git.resolve_ref(work, "v1.0") == head  # ... and resolves to its commit
+    assert _git.resolve_ref(work, head[:7]) == head
+    assert _git.resolve_ref(work, "HEAD") == head
+    assert _git.resolve_ref(work, "main") == head
+    with pytest.raises(_git.GitError, match=r"--git-ref 'nope': unknown ref"):
+        _git.resolve_ref(work, "nope")
+    with pytest.raises(_git.GitError, match=r"not a git ref"):
+        _git.resolve_ref(work, "--all")
+
+
+def test_g3_ambiguous_prefix_lists_candidates(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    # 2000 commits in one `git fast-import`: about 30 pairs share a 4-hex-digit prefix.
+    stream = "".join(
+        f"commit refs/heads/many\ncommitter t <t@e> {1700000000 + i} +0000\ndata {len(str(i))}\n{i}\n"
+        for i in range(2000)
+    )
+    subprocess.run(["git", "-C", str(work), "fast-import", "--quiet"], input=stream, text=True, check=True)
+    seen: dict[str, str] = {}
+    for c in sh(work, "rev-list", "many").split():
+        if c[:4] in seen:
+            pair = (seen[c[:4]], c)
+            break
+        seen[c[:4]] = c
+    prefix = pair[0][:4]
+    with pytest.raises(_git.GitError) as info:
+        _git.resolve_ref(work, prefix)
+    message = str(info.value)
+    assert f"--git-ref {prefix!r}: ambiguous" in message
+    assert pair[0][:12] in message and pair[1][:12] in message
+    assert _git.resolve_ref(work, pair[0][:12]) == pair[0]
+
+
+def test_dirty_tree_untracked_files_count(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    (work / "new.txt").write_text("untracked")
+    with pytest.raises(
+        _git.GitError, match=r"uncommitted changes \(1 path: new.txt\).*git add -A && git commit"
+    ):
+        _git.gate(work, None)
+    (work / "new.txt").unlink()
+    (work / "a.txt").write_text("changed")
+    with pytest.raises(_git.GitError, match="uncommitted changes"):
+        _git.gate(work, None)
+
+
+def test_shallow_clone_is_refused_with_unshallow(pushed: tuple[Path, Path], tmp_path: Path) -> None:
+    work, remote = pushed
+    commit(work, "b.txt")
+    sh(work, "push", "-q")
+    shallow = tmp_path / "shallow"
+    sh(tmp_path, "clone", "-q", "--depth", "1", f"file://{remote}", str(shallow))
+    with pytest.raises(_git.GitError, match=r"shallow clone: .*git fetch --unshallow"):
+        _git.gate(shallow, None)
+
+
+def test_no_remote_and_not_a_repo(tmp_path: Path) -> None:
+    with pytest.raises(_git.GitError, match="not a git repository"):
+        _git.gate(tmp_path, None)
+    sh(tmp_path, "init", "-q", "-b", "main")
+    commit(tmp_path, "a.txt")
+    with pytest.raises(_git.GitError, match=r"no git remote .*git remote add origin"):
+        _git.gate(tmp_path, None)
+
+
+def test_explicit_ref_must_be_pushed_too(pushed: tuple[Path, Path]) -> None:
+    work, _ = pushed
+    pushed_head = sh(work, "rev-parse", "HEAD")
+    local_only = commit(work, "b.txt")
+    assert _git.gate(work, pushed_head[:8]).commit == pushed_head
+    with pytest.raises(_git.GitError, match="unpushed"):
+        _git.gate(work, local_only)

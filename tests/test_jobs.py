@@ -1,0 +1,212 @@
+"""scripts/local/jobs.py: status, logs and cancel. The local backend end to end (a real launcher,
+real nodes, a real SIGTERM); the sky backend against a fake at the SDK boundary (FakeSkyJobsSDK)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jobs
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / ".skyops" / "runs"
+
+SLEEP_TASK = """\
+name: t
+envs:
+  JOB: "examples/train.py"
+  JOB_ARGS: ""
+  RUN_ID: "t"
+  GRACE: "5"
+run: |
+  echo "started on node $SKYPILOT_NODE_RANK"
+  exec sleep 120
+"""
+
+
+@pytest.fixture
+def running_local_job(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A real local-backend launch of a 2-node job that sleeps; yields (run name, launcher)."""
+    run = f"jobs-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "job.yaml").write_text(SLEEP_TASK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
+    env.update(UV_FIND_LINKS=env.get("UV_FIND_LINKS", "/opt/wheels"), SKYPILOT_DISABLE_LOCAL_API_SERVER="1")
+    launcher = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts/local/launch.py"), "--task", str(tmp_path / "job.yaml"), "--nodes", "2",
+         "--run", run, "--env-file", os.devnull, "examples/train.py"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = list((RUNS / run).glob("job-*/attempt1/node1.log"))
+            if logs and "started" in logs[0].read_text():
+                break
+            assert launcher.poll() is None, launcher.communicate()
+            time.sleep(0.1)
+        yield run, launcher
+    finally:
+        if launcher.poll() is None:
+            launcher.terminate()
+            launcher.wait(timeout=30)
+        shutil.rmtree(RUNS / run, ignore_errors=True)
+
+
+def call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = jobs.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_local_status_logs_cancel_end_to_end(
+    running_local_job: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psutil
+
+    run, launcher = running_local_job
+    base = ["--backend", "local", "--runs-dir", str(RUNS)]
+    code, out, _ = call([*base, "status", "--json", run], capsys)
+    (row,) = json.loads(out)
+    assert code == 0 and row["name"] == run and row["status"] == "RUNNING" and row["recovery_count"] == 0
+    code, out, _ = call([*base, "status"], capsys)
+    assert code == 0 and out.startswith("ID  ") and run in out
+    code, out, _ = call([*base, "logs", run], capsys)
+    assert "(attempt1/node0.log) started on node 0" in out and "(attempt1/node1.log) started on node 1" in out
+    node_pids = [p.pid for p in psutil.Process(launcher.pid).children(recursive=True)]
+    assert node_pids
+
+    code, _, err = call([*base, "cancel", "--wait", "60", str(row["job_id"])], capsys)
+    assert code == 0 and "CANCELLED" in err
+    assert launcher.wait(timeout=30) == 143  # the local backend's SIGTERM exit
+    assert not [
+        pid
+        for pid in node_pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    code, out, _ = call([*base, "status", "--all", "--json", run], capsys)
+    assert json.loads(out)[0]["status"] == "CANCELLED"
+    code, out, _ = call([*base, "status", "--json"], capsys)  # finished jobs are hidden without --all
+    assert run not in out
+    code, _, err = call([*base, "cancel", run], capsys)
+    assert code == 0 and "already CANCELLED" in err
+    assert call([*base, "logs", run], capsys)[0] == 1  # not SUCCEEDED
+
+
+def _write_job(runs: Path, run: str, job_id: int, **record: Any) -> Path:
+    job_dir = runs / run / f"job-{job_id}"
+    (job_dir / "attempt1").mkdir(parents=True)
+    data = {"job_id": job_id, "run": run, "state": "SUCCEEDED", "launcher_pid": 0, "recovery_count": 0,
+            "attempts": [{"attempt": 1, "started_at": 100.0, "ended_at": 160.0}], "submitted_at": 99.0, **record}  # fmt: skip
+    (job_dir / "job.json").write_text(json.dumps(data))
+    return job_dir
+
+
+def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_job(tmp_path, "a", 1, state="RUNNING", launcher_pid=2**22 + 7)
+    job_dir = _write_job(
+        tmp_path, "b", 2, state="FAILED", failure_reason="run failed with node exit codes [3]"
+    )
+    (job_dir / "attempt1" / "node0.log").write_bytes(b"one\r\ntwo")
+    base = ["--runs-dir", str(tmp_path)]
+    code, out, _ = call([*base, "status", "--all", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["a"]["status"] == "RUNNING (launcher gone)" and rows["b"]["failure_reason"].endswith("[3]")
+    assert rows["b"]["duration"] == "1m00s"
+    code, out, _ = call([*base, "logs", "2"], capsys)
+    assert code == 1 and out == "(attempt1/node0.log) one\n(attempt1/node0.log) two\n"
+    code, _, err = call([*base, "logs", "9"], capsys)
+    assert code == 2 and err.strip() == "jobs.py: error: ID '9': no such local job (see jobs.py status --all)"
+    assert call([*base, "bogus"], capsys)[0] == 2
+
+
+def test_backend_precedence(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SKYOPS_BACKEND=sky\n")
+    assert jobs.resolve_backend(None, {}, None, tmp_path) == "sky"
+    assert jobs.resolve_backend(None, {"SKYOPS_BACKEND": "local"}, None, tmp_path) == "local"
+    assert jobs.resolve_backend("local", {"SKYOPS_BACKEND": "sky"}, None, tmp_path) == "local"
+    assert jobs.resolve_backend(None, {}, None, tmp_path / "nowhere") == "local"
+    with pytest.raises(jobs.ConfigError, match="SKYOPS_BACKEND: expected one of local, sky, got 'aws'"):
+        jobs.resolve_backend(None, {"SKYOPS_BACKEND": "aws"}, None, tmp_path)
+
+
+class FakeSkyJobsSDK:
+    """A fake of _sky_backend.SkyJobsSDK (the API server boundary)."""
+
+    def __init__(self) -> None:
+        self.records = [
+            {"job_id": 4, "job_name": "r1", "status": "RUNNING", "recovery_count": 2, "failure_reason": None,
+             "submitted_at": 1000.0, "job_duration": 75.0},
+            {"job_id": 3, "job_name": "r0", "status": "FAILED", "recovery_count": 0,
+             "failure_reason": "max_restarts_on_errors spent", "submitted_at": 900.0, "job_duration": 3700.0},
+        ]  # fmt: skip
+        self.queries: list[tuple[Any, bool]] = []
+        self.cancelled: list[int] = []
+        self.tail_codes = [101, 0]
+
+    def queue(self, job_ids: Any, skip_finished: bool, all_users: bool) -> list[dict[str, Any]]:
+        self.queries.append((job_ids, skip_finished))
+        return [r for r in self.records if (not job_ids or r["job_id"] in job_ids)]
+
+    def tail_logs(self, job_id: int, follow: bool, stream: Any) -> int:
+        stream.write(f"log of {job_id}\n")
+        return self.tail_codes.pop(0)
+
+    def cancel(self, job_ids: Any) -> None:
+        self.cancelled.extend(job_ids)
+
+
+def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import _sky_backend
+
+    fake = FakeSkyJobsSDK()
+    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_backend.time, "sleep", lambda s: None)
+    code, out, _ = call(["--backend", "sky", "status"], capsys)
+    assert code == 0 and fake.queries[-1] == (None, True)
+    header, first, second = out.splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "RECOVERIES", "SUBMITTED", "DURATION", "FAILURE_REASON"]
+    assert first.split()[:4] == ["4", "r1", "RUNNING", "2"] and "1m15s" in first
+    assert "max_restarts_on_errors spent" in second and "1h01m" in second
+    code, out, _ = call(["--backend", "sky", "status", "--json", "--all"], capsys)
+    assert [r["recovery_count"] for r in json.loads(out)] == [2, 0] and fake.queries[-1] == (None, False)
+    code, out, _ = call(
+        ["--backend", "sky", "logs", "--follow", "r1"], capsys
+    )  # 101: still running, follow again
+    assert code == 0 and out == "log of 4\nlog of 4\n"
+    code, _, err = call(["--backend", "sky", "cancel", "r0", "4"], capsys)
+    assert code == 0 and fake.cancelled == [3, 4] and "cancel requested: managed job(s) 3, 4" in err
+    code, _, err = call(["--backend", "sky", "cancel", "nope"], capsys)
+    assert code == 2 and "ID 'nope': no managed job of that name" in err
+
+
+def test_sky_error_is_one_line_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import _sky_backend
+
+    class DownSDK(FakeSkyJobsSDK):
+        def queue(self, *a: Any) -> list[dict[str, Any]]:
+            raise RuntimeError(
+                "Could not connect to SkyPilot API server at http://127.0.0.1:1. Please ensure"
+            )
+
+    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", DownSDK)
+    code, out, err = call(["--backend", "sky", "status"], capsys)
+    assert code == 3 and out == "" and err.startswith("jobs.py: error: no SkyPilot API server reachable")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_local_commands_never_import_skypilot() -> None:
+    probe = "import sys, jobs; code = jobs.main(['--runs-dir', '/nonexistent', 'status']); print('sky' in sys.modules, code)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts/local"), "SKYOPS_BACKEND": "local"}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "False 0", proc.stderr

@@ -1,0 +1,495 @@
+"""The SkyPilot backend (scripts/local/_sky_backend.py): task building with real SkyPilot objects,
+resource patches across every shape (Y2), env text (Y1), secrets (Y3, a canary in every stream and
+dumped file), structure errors (Y4), names (N1, --copies), and the launch path against a fake at the
+SDK boundary (FakeSkyJobsSDK): job-id normalisation, --print-id, partial copies, exit 3, --follow.
+
+Building resources with accelerators reads SkyPilot's catalog; it is seeded here, offline, in a
+temporary SKY_RUNTIME_DIR (a catalog without an .md5 sidecar is never re-fetched;
+../shared/notes/skypilot.md). SkyPilot captures that path at import, so it is set before `import sky`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / "scripts" / "local"
+CANARY = "canary-9f3e1d7c-secret"
+CATALOG_CSV = "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nH100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n"
+
+
+def seed_runtime_dir(root: Path) -> Path:
+    """A SKY_RUNTIME_DIR with SkyPilot 0.14.1's accelerator catalog (catalog schema v8), no .md5."""
+    catalog = root / ".sky" / "catalogs" / "v8" / "common"
+    catalog.mkdir(parents=True, exist_ok=True)
+    (catalog / "accelerators.csv").write_text(CATALOG_CSV)
+    return root
+
+
+if "sky" not in sys.modules:
+    _RUNTIME = Path(tempfile.mkdtemp(prefix="skyops-sky-runtime-"))
+    atexit.register(shutil.rmtree, _RUNTIME, True)
+    os.environ["SKY_RUNTIME_DIR"] = str(seed_runtime_dir(_RUNTIME))
+RUNTIME = Path(os.environ.get("SKY_RUNTIME_DIR", str(Path.home())))
+os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry goes to the internet
+
+import _config  # noqa: E402
+import _sky_backend as sb  # noqa: E402
+import launch  # noqa: E402
+from _config import ConfigError  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (RUNTIME / ".sky/catalogs/v8/common/accelerators.csv").is_file(),
+    reason="SkyPilot was imported before this module could seed an offline catalog",
+)
+
+
+class FakeSkyJobsSDK:
+    """A fake of sb.SkyJobsSDK, the boundary to the API server (no server or cloud here)."""
+
+    def __init__(
+        self, ids: list[Any] | None = None, fail_at: int | None = None, error: Exception | None = None
+    ):
+        self.ids = ids if ids is not None else [[11], 12, [13]]
+        self.fail_at = fail_at
+        self.error = error or RuntimeError("boom")
+        self.launched: list[tuple[Any, str]] = []
+        self.tails: list[int] = []
+        self.tail_codes: list[int] = []
+        self.cancelled: list[int] = []
+        self.records: list[dict[str, Any]] = []
+
+    def launch(self, task: Any, name: str) -> Any:
+        if self.fail_at is not None and len(self.launched) == self.fail_at:
+            raise self.error
+        self.launched.append((task, name))
+        return self.ids[len(self.launched) - 1]
+
+    def tail_logs(self, job_id: int, follow: bool, stream: Any) -> int:
+        self.tails.append(job_id)
+        stream.write(f"log line of {job_id}\n")
+        return self.tail_codes.pop(0) if self.tail_codes else 0
+
+    def queue(self, job_ids: Any, skip_finished: bool, all_users: bool) -> list[dict[str, Any]]:
+        return [r for r in self.records if not job_ids or r["job_id"] in job_ids]
+
+    def cancel(self, job_ids: Any) -> None:
+        self.cancelled.extend(job_ids)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+JOB_YAML = """\
+name: t
+resources:
+  accelerators: H100:8
+  any_of:
+    - use_spot: true
+    - use_spot: false
+  job_recovery:
+    strategy: EAGER_NEXT_REGION
+    max_restarts_on_errors: 3
+    recover_on_exit_codes: [86]
+envs:
+  JOB: "examples/train.py"
+  JOB_ARGS: ""
+  RUN_ID: "t"
+  COMMIT: 0123456
+  DEBUG: true
+  VERSION: 1.10
+  START: 12:30
+secrets:
+  WANDB_API_KEY: null
+  OPTIONAL_TOKEN: ""
+run: echo hi
+"""
+
+
+def make_cfg(tmp_path: Path, *argv: str, env_file: str | None = f"WANDB_API_KEY={CANARY}\n", task: str = JOB_YAML,
+             environ: dict[str, str] | None = None, repo: Path | None = None) -> launch.LaunchConfig:  # fmt: skip
+    """A LaunchConfig through the real parser and loader, with skip-git unless a repo is given."""
+    (tmp_path / "job.yaml").write_text(task)
+    args = ["--backend", "sky", "--task", str(tmp_path / "job.yaml"), "--run", "r1"]
+    if env_file is not None:
+        (tmp_path / "test.env").write_text(env_file)
+        args += ["--env-file", str(tmp_path / "test.env")]
+    if repo is None:
+        args.append("--skip-git-check")
+    parsed = launch.build_parser().parse_args([*args, *argv, "examples/train.py", "--steps", "3"])
+    cfg = launch.load_config(parsed, environ or {}, dt.datetime(2026, 1, 2, 3, 4, 5))
+    return dataclasses.replace(cfg, repo=repo) if repo is not None else cfg
+
+
+def run_launch(cfg: launch.LaunchConfig, sdk: Any = None, ask: Any = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    kwargs = {"ask": ask} if ask else {}
+    code = sb.launch(cfg, sdk=sdk or FakeSkyJobsSDK(), stdout=out, stderr=err, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+# --------------------------------------------------------------------------------------- Y2 patches
+
+SHAPES = [
+    ({"accelerators": "A100:8"}, 4, {"accelerators": "A100:4"}),
+    ({"accelerators": {"A100": 8, "H100": 8}}, 4, {"accelerators": {"A100": 4, "H100": 4}}),
+    ({"accelerators": ["A100:8", "H100:8"]}, 2, {"accelerators": ["A100:2", "H100:2"]}),
+    (
+        {"ordered": [{"accelerators": "A100:8"}, {"accelerators": "H100:8", "use_spot": True}]},
+        1,
+        {"ordered": [{"accelerators": "A100:1"}, {"accelerators": "H100:1", "use_spot": True}]},
+    ),
+    (
+        {"accelerators": "H100:8", "any_of": [{"use_spot": True}, {"use_spot": False}]},
+        2,
+        {"accelerators": "H100:2", "any_of": [{"use_spot": True}, {"use_spot": False}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("resources", "gpus", "expected"), SHAPES)
+def test_y2_gpu_count_patch_keeps_the_shape_and_builds(resources: dict, gpus: int, expected: dict) -> None:
+    patched = sb.patch_resources(resources, gpus=gpus)
+    assert patched == expected
+    import sky
+
+    task = sky.Task.from_yaml_config({"name": "x", "run": "true", "resources": patched})
+    counts = {next(iter(r.accelerators.values())) for r in task.resources}
+    assert counts == {gpus}
+
+
+@pytest.mark.parametrize("value", ["A100:0", {"A100": 0, "H100": 8}, ["A100:8", "H100:0"], "A100:-1"])
+def test_y2_zero_count_is_an_error(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"resources.accelerators: .*count must be > 0"):
+        sb.patch_resources({"accelerators": value})
+
+
+def test_spot_and_cpus_apply_to_every_candidate() -> None:
+    res = {"accelerators": "H100:8", "any_of": [{"use_spot": True, "cpus": 4}, {"use_spot": False}]}
+    assert sb.patch_resources(res, use_spot=False) == {
+        "accelerators": "H100:8",
+        "any_of": [{"cpus": 4}, {}],
+        "use_spot": False,
+    }
+    assert sb.patch_resources(res, use_spot=True, cpus="8+") == {
+        "accelerators": "H100:8",
+        "use_spot": True,
+        "cpus": "8+",
+    }
+    ordered = {"ordered": [{"accelerators": "A100:8"}, {"accelerators": "H100:8", "use_spot": False}]}
+    assert sb.patch_resources(ordered, use_spot=True) == {
+        "ordered": [{"accelerators": "A100:8"}, {"accelerators": "H100:8"}],
+        "use_spot": True,
+    }
+    assert res["any_of"][0] == {"use_spot": True, "cpus": 4}  # input untouched
+
+
+def test_gpus_zero_drops_accelerators_and_max_restarts_everywhere() -> None:
+    res = {"ordered": [{"accelerators": "A100:8", "job_recovery": "FAILOVER"}, {"accelerators": "H100:8"}]}
+    patched = sb.patch_resources(res, gpus=0, max_restarts=5)
+    assert patched == {
+        "ordered": [{"job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 5}}, {}],
+        "job_recovery": {"max_restarts_on_errors": 5},
+    }
+    with pytest.raises(ConfigError, match=r"--gpus 2: job\.yaml names no accelerator type"):
+        sb.patch_resources({"cpus": 4}, gpus=2)
+
+
+def test_task_built_with_all_patches(tmp_path: Path) -> None:
+    cfg = make_cfg(
+        tmp_path, "--gpus", "4", "--nodes", "3", "--cpus", "16+", "--no-spot", "--max-restarts", "7"
+    )
+    plan = sb.plan_copy(cfg, "r1", None, "a" * 40)
+    task = sb.build_task(plan)
+    assert task.name == "r1" and task.num_nodes == 3
+    for r in task.resources:
+        assert r.accelerators == {"H100": 4} and not r.use_spot and r.cpus == "16+"
+        assert r.job_recovery["max_restarts_on_errors"] == 7 and r.job_recovery["recover_on_exit_codes"] == [
+            86
+        ]
+    assert task.envs["RUN_ID"] == "r1" and task.envs["GIT_COMMIT"] == "a" * 40
+    assert task.envs["JOB_ARGS"] == "--steps 3"
+
+
+# --------------------------------------------------------------------------------------- Y1, Y3
+
+
+def test_y1_env_values_reach_the_task_as_written(tmp_path: Path) -> None:
+    task = sb.build_task(sb.plan_copy(make_cfg(tmp_path), "r1", None, None))
+    assert (task.envs["COMMIT"], task.envs["DEBUG"], task.envs["VERSION"], task.envs["START"]) == (
+        "0123456",
+        "true",
+        "1.10",
+        "12:30",
+    )
+
+
+def test_y3_secrets_only_as_secrets(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    plan = sb.plan_copy(cfg, "r1", None, None)
+    task = sb.build_task(plan)
+    assert task.secrets["WANDB_API_KEY"].get_secret_value() == CANARY
+    assert task.secrets["OPTIONAL_TOKEN"].get_secret_value() == ""  # a valid empty secret
+    assert "WANDB_API_KEY" not in task.envs and CANARY not in json.dumps(task.envs)
+    assert CANARY not in json.dumps(plan.config) and CANARY not in repr(plan)
+    assert CANARY not in str(task.to_yaml_config(use_user_specified_yaml=True))
+
+
+def test_y3_missing_secret_is_an_error_before_launch(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, env_file="")
+    sdk = FakeSkyJobsSDK()
+    with pytest.raises(ConfigError, match=r"secrets WANDB_API_KEY: not set"):
+        run_launch(cfg, sdk)
+    assert sdk.launched == []
+    # a dry run does not need credentials: shown as null, with a warning
+    code, out, _ = run_launch(dataclasses.replace(cfg, dry_run=True), sdk)
+    assert code == 0 and "WANDB_API_KEY: null" in out and "OPTIONAL_TOKEN: <redacted>" in out
+
+
+def test_y3_canary_in_no_stream_and_no_dumped_file(tmp_path: Path) -> None:
+    """Real processes: --dry-run, --dump-config json to a file and a -v failing launch (no API server)."""
+    (tmp_path / "job.yaml").write_text(JOB_YAML)
+    (tmp_path / "c.env").write_text(f"WANDB_API_KEY={CANARY}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
+    env.update(
+        SKY_RUNTIME_DIR=str(RUNTIME),
+        SKYPILOT_DISABLE_LOCAL_API_SERVER="1",
+        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
+        SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:9",
+    )
+    base = [sys.executable, str(LOCAL / "launch.py"), "--backend", "sky", "--task", str(tmp_path / "job.yaml"),
+            "--env-file", str(tmp_path / "c.env"), "--skip-git-check", "--run", "canary"]  # fmt: skip
+    dumped = tmp_path / "task.json"
+    cmd = " ".join(
+        [
+            *map(str, [*base, "--dump-config", "json", "examples/train.py"]),
+            ">",
+            str(dumped),
+            "&&",
+            *map(str, [*base, "--dry-run", "examples/train.py"]),
+            "&&",
+            *map(str, [*base, "-v", "--print-id", "examples/train.py"]),
+        ]
+    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+    assert proc.returncode == 3, proc.stderr[-2000:]  # the last launch: no API server
+    assert (
+        "<redacted>" in proc.stdout
+        and json.loads(dumped.read_text())["secrets"]["WANDB_API_KEY"] == "<redacted>"
+    )
+    assert "no SkyPilot API server reachable" in proc.stderr and "Traceback" in proc.stderr  # -v
+    for text in (proc.stdout, proc.stderr, dumped.read_text()):
+        assert CANARY not in text
+
+
+# --------------------------------------------------------------------------------------- Y4, N1
+
+
+def test_y4_structural_mistakes_exit_2_listing_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "job.yaml").write_text(
+        "resources:\n  # accelerators: H100:8\nnum_workers: 2\nenvs:\n  - A: 1\nrun: echo\n"
+    )
+    code = launch.main(["--backend", "sky", "--task", str(tmp_path / "job.yaml"), "examples/train.py"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for part in (
+        "resources is null",
+        "num_workers unknown, did you mean num_nodes?",
+        "envs must be a mapping",
+    ):
+        assert part in err
+
+
+@pytest.mark.parametrize("name", ["train-run-01", "run_01", "Run.A", "a"])
+def test_n1_valid_names_and_copies(name: str) -> None:
+    assert sb.copy_names(name, 1) == [name]
+    assert sb.copy_names(name, 3) == [f"{name}-1", f"{name}-2", f"{name}-3"]
+    for n in sb.copy_names(name, 2):
+        assert _config.CLUSTER_NAME_RE.match(n) and _config.TASK_NAME_RE.match(n)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("1run", "must start with a letter"),
+        ("-run", "must start with a letter"),
+        ("run-", "must end with a letter or digit"),
+        ("run name", "character ' ' at position 3"),
+        ("exp/1", "character '/' at position 3"),
+        ("", "must not be empty"),
+    ],
+)
+def test_n1_invalid_names(name: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        sb.copy_names(name, 2)
+
+
+# --------------------------------------------------------------------------------------- launch path
+
+
+def test_dump_config_json_and_copies(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "--dump-config", "json", "--copies", "2")
+    sdk = FakeSkyJobsSDK()
+    code, out, _ = run_launch(cfg, sdk)
+    docs = json.loads(out)
+    assert code == 0 and sdk.launched == []
+    assert [d["name"] for d in docs] == ["r1-1", "r1-2"] and [d["envs"]["RUN_ID"] for d in docs] == [
+        "r1-1",
+        "r1-2",
+    ]
+    assert docs[0]["secrets"] == {"WANDB_API_KEY": "<redacted>", "OPTIONAL_TOKEN": "<redacted>"}
+    assert docs[0]["workdir"] == str(REPO)  # --skip-git-check: the working tree is uploaded
+
+
+def test_launch_copies_normalises_ids_and_prints_them(tmp_path: Path) -> None:
+    sdk = FakeSkyJobsSDK(ids=[[11], 12, (13,)])
+    code, out, err = run_launch(make_cfg(tmp_path, "--copies", "3", "--print-id"), sdk)
+    assert code == 0 and out == "11\n12\n13\n"
+    assert [name for _, name in sdk.launched] == ["r1-1", "r1-2", "r1-3"]
+    task = sdk.launched[0][0]
+    import sky
+
+    assert isinstance(task, sky.Task) and task.envs["RUN_ID"] == "r1-1"
+    assert task.secrets["WANDB_API_KEY"].get_secret_value() == CANARY and CANARY not in out + err
+
+
+def test_partial_copies_say_which_launched_and_exit_3(tmp_path: Path) -> None:
+    sdk = FakeSkyJobsSDK(ids=[[21], [22], [23]], fail_at=2, error=RuntimeError("controller exploded"))
+    code, out, err = run_launch(make_cfg(tmp_path, "--copies", "3", "--print-id"), sdk)
+    assert code == 3 and out == "21\n22\n"
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert lines == [
+        "launch.py: error: already launched: r1-1 (job 21), r1-2 (job 22); SkyPilot error (RuntimeError): controller exploded"
+    ]
+
+
+def test_normalise_job_ids() -> None:
+    assert sb.normalise_job_ids(7) == [7]
+    assert sb.normalise_job_ids([7, 8]) == [7, 8]
+    assert sb.normalise_job_ids(None) == []
+    with pytest.raises(sb.SkyError):
+        sb.normalise_job_ids("x")
+
+
+def _exc(module: str, name: str, *args: Any) -> Exception:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (("sky.exceptions", "ApiServerConnectionError", "http://127.0.0.1:46580"), "no SkyPilot API server reachable"),
+        (("builtins", "RuntimeError", "No SkyPilot API server endpoint is configured, and starting a local API server on this machine is disabled"), "sky api start"),
+        (("sky.exceptions", "NoCloudAccessError", "Cloud access is not set up. Run: `sky check`"), "no cloud enabled for SkyPilot: run `sky check`"),
+        (("requests.exceptions", "ConnectionError", "Failed to fetch common catalog"), "cannot reach the network for SkyPilot's catalog"),
+        (("builtins", "ValueError", "weird\nsecond line"), "SkyPilot error (ValueError): weird"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_actionable_line_exit_3(tmp_path: Path, error: tuple, expected: str) -> None:
+    sdk = FakeSkyJobsSDK(fail_at=0, error=_exc(*error))
+    code, out, err = run_launch(make_cfg(tmp_path), sdk)
+    assert code == 3 and out == ""
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("launch.py:")]
+    assert expected in line and "Traceback" not in err
+
+
+def test_follow_treats_101_as_still_running(tmp_path: Path) -> None:
+    sdk = FakeSkyJobsSDK(ids=[[5]])
+    sdk.tail_codes = [101, 101, 100]
+    sleeps: list[float] = []
+    assert sb.follow_logs(sdk, 5, io.StringIO(), sleep=sleeps.append) == 1
+    assert sdk.tails == [5, 5, 5] and len(sleeps) == 2
+    sdk.tail_codes = [0]
+    code, _, err = run_launch(make_cfg(tmp_path, "--follow"), FakeSkyJobsSDK(ids=[[5]]))
+    assert code == 0 and "log line of 5" in err  # logs are for people: stderr
+    with pytest.raises(ConfigError, match="--follow: works with one copy"):
+        run_launch(make_cfg(tmp_path, "--follow", "--copies", "2"))
+
+
+def test_confirm_asks_and_declining_launches_nothing(tmp_path: Path) -> None:
+    sdk = FakeSkyJobsSDK()
+    code, _, err = run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=lambda q: "n")
+    assert code == 1 and sdk.launched == [] and "launch 1 managed job(s): r1" in err and CANARY not in err
+    code, _, _ = run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=lambda q: "yes")
+    assert code == 0 and len(sdk.launched) == 1
+
+
+def test_git_pin_in_workdir_and_git_commit(tmp_path: Path) -> None:
+    from test_git import commit, sh
+
+    remote, work = tmp_path / "remote.git", tmp_path / "work"
+    sh(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    sh(tmp_path, "init", "-q", "-b", "main", str(work))
+    sh(work, "remote", "add", "origin", str(remote))
+    head = commit(work, "a.txt")
+    sh(work, "push", "-q", "-u", "origin", "main")
+    sdk = FakeSkyJobsSDK()
+    code, _, _ = run_launch(make_cfg(tmp_path, repo=work), sdk)
+    assert code == 0
+    task = sdk.launched[0][0]
+    assert task.workdir == {"url": str(remote), "ref": head}
+    assert (task.envs["GIT_COMMIT"], task.envs["GIT_COMMIT_HASH"], task.envs["GIT_URL"]) == (
+        head,
+        head,
+        str(remote),
+    )
+    commit(work, "b.txt")  # unpushed: refused before anything is launched
+    with pytest.raises(ConfigError, match="1 unpushed commit on main"):
+        run_launch(make_cfg(tmp_path, repo=work), sdk)
+    assert len(sdk.launched) == 1
+    with pytest.raises(ConfigError, match="--git-ref: cannot be combined with --skip-git-check"):
+        run_launch(make_cfg(tmp_path, "--git-ref", "HEAD"))
+
+
+def test_sky_only_flags_rejected_on_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = launch.main(["--copies", "2", "--run", "x", "examples/train.py"])
+    assert (
+        code == 2 and capsys.readouterr().err.strip() == "launch.py: error: --copies: only with --backend sky"
+    )
+
+
+def test_help_and_bad_input_never_import_skypilot(tmp_path: Path) -> None:
+    script = str(LOCAL / "launch.py")
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, *sys.argv[1:]]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('SKY' if 'sky' in sys.modules else 'NOSKY', code, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "SKYPILOT_DISABLE_LOCAL_API_SERVER": "1", "PYTHONPATH": str(LOCAL)}
+    cases = [
+        ["--help"],
+        ["--backend", "sky", "--run", "1run", "examples/train.py"],
+        ["--backend", "sky", "--copies", "0", "examples/train.py"],
+        ["--backend", "sky", "--dump-config", "xml", "examples/train.py"],
+        ["--backend", "sky", "--nodes", "0", "examples/train.py"],
+    ]
+    for args in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=60,
+        )
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last in ("NOSKY 0", "NOSKY 2"), (args, proc.stderr)
