@@ -92,10 +92,12 @@ def test_local_status_logs_cancel_end_to_end(
         for pid in node_pids
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
-    code, out, _ = call([*base, "status", "--all", "--json", run], capsys)
+    code, out, _ = call([*base, "status", "--json", run], capsys)
     assert json.loads(out)[0]["status"] == "CANCELLED"
-    code, out, _ = call([*base, "status", "--json"], capsys)  # finished jobs are hidden without --all
+    code, out, _ = call([*base, "status", "--active", "--json"], capsys)  # --active hides finished jobs
     assert run not in out
+    code, out, _ = call([*base, "status", "--json"], capsys)  # by default: finished ones too, with why
+    assert run in out
     code, _, err = call([*base, "cancel", run], capsys)
     assert code == 0 and "already CANCELLED" in err
     assert call([*base, "logs", run], capsys)[0] == 1  # not SUCCEEDED
@@ -117,14 +119,14 @@ def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.Capt
     )
     (job_dir / "attempt1" / "node0.log").write_bytes(b"one\r\ntwo")
     base = ["--runs-dir", str(tmp_path)]
-    code, out, _ = call([*base, "status", "--all", "--json"], capsys)
+    code, out, _ = call([*base, "status", "--json"], capsys)
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["a"]["status"] == "RUNNING (launcher gone)" and rows["b"]["failure_reason"].endswith("[3]")
     assert rows["b"]["duration"] == "1m00s"
     code, out, _ = call([*base, "logs", "2"], capsys)
     assert code == 1 and out == "(attempt1/node0.log) one\n(attempt1/node0.log) two\n"
     code, _, err = call([*base, "logs", "9"], capsys)
-    assert code == 2 and err.strip() == "jobs.py: error: ID '9': no such local job (see jobs.py status --all)"
+    assert code == 2 and err.strip() == "jobs.py: error: ID '9': no such local job (see jobs.py status)"
     assert call([*base, "bogus"], capsys)[0] == 2
 
 
@@ -170,13 +172,13 @@ def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     fake = FakeSkyJobsSDK()
     monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
     monkeypatch.setattr(_sky_backend.time, "sleep", lambda s: None)
-    code, out, _ = call(["--backend", "sky", "status"], capsys)
+    code, out, _ = call(["--backend", "sky", "status", "--active"], capsys)
     assert code == 0 and fake.queries[-1] == (None, True)
     header, first, second = out.splitlines()
     assert header.split() == ["ID", "NAME", "STATUS", "RECOVERIES", "SUBMITTED", "DURATION", "FAILURE_REASON"]
     assert first.split()[:4] == ["4", "r1", "RUNNING", "2"] and "1m15s" in first
     assert "max_restarts_on_errors spent" in second and "1h01m" in second
-    code, out, _ = call(["--backend", "sky", "status", "--json", "--all"], capsys)
+    code, out, _ = call(["--backend", "sky", "status", "--json"], capsys)
     assert [r["recovery_count"] for r in json.loads(out)] == [2, 0] and fake.queries[-1] == (None, False)
     code, out, _ = call(
         ["--backend", "sky", "logs", "--follow", "r1"], capsys

@@ -120,7 +120,7 @@ def test_no_cloud_enabled_is_one_actionable_line_exit_3(server: dict[str, str]) 
 
 
 def test_status_and_cancel_against_the_server(server: dict[str, str]) -> None:
-    status = run(server, "jobs.py", "--backend", "sky", "status", "--all")
+    status = run(server, "jobs.py", "--backend", "sky", "status")
     assert status.returncode == 0, status.stderr[-3000:]
     assert status.stdout.split()[:7] == [
         "ID",

@@ -10,7 +10,7 @@
 # ///
 """Watch and stop the jobs launch.py started: status, logs, cancel.
 
-usage: jobs.py [--backend {local,sky}] [--env-file PATH] [-v] status [--all] [--json] [ID ...]
+usage: jobs.py [--backend {local,sky}] [--env-file PATH] [-v] status [--active] [--json] [ID ...]
        jobs.py [--backend {local,sky}] logs [--follow] ID
        jobs.py [--backend {local,sky}] cancel ID [ID ...]
 
@@ -79,7 +79,7 @@ class JobsConfig:
     backend: str
     command: str
     ids: tuple[str, ...] = ()
-    all: bool = False
+    active: bool = False
     json: bool = False
     follow: bool = False
     wait: float = 90.0
@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    st = sub.add_parser("status", help="list jobs (not finished ones unless --all)", allow_abbrev=False)
-    st.add_argument("--all", action="store_true", help="include finished jobs")
+    st = sub.add_parser("status", help="list jobs, finished ones included (why each ended)", allow_abbrev=False)
+    st.add_argument("--active", action="store_true", help="only jobs that have not finished")
     st.add_argument("--json", action="store_true", help="JSON records instead of a table")
     st.add_argument("ids", metavar="ID", nargs="*", help="job ids or run names")
     lg = sub.add_parser("logs", help="print a job's logs", allow_abbrev=False)
@@ -209,7 +209,7 @@ def find_local(jobs: Sequence[LocalJob], ident: str) -> LocalJob:
     else:
         match = [j for j in jobs if j.run == ident]
     if not match:
-        raise ConfigError(f"ID {ident!r}: no such local job (see jobs.py status --all)")
+        raise ConfigError(f"ID {ident!r}: no such local job (see jobs.py status)")
     return match[-1]
 
 
@@ -330,7 +330,7 @@ def run_local(cfg: JobsConfig, out: IO[str]) -> int:
     jobs = local_jobs(cfg.runs_dir)
     if cfg.command == "status":
         chosen = [find_local(jobs, i) for i in cfg.ids] if cfg.ids else jobs
-        if not cfg.all and not cfg.ids:
+        if cfg.active and not cfg.ids:
             chosen = [j for j in chosen if j.state not in TERMINAL]
         rows = local_rows(chosen, time.time())
         out.write(json.dumps(rows, indent=2) + "\n" if cfg.json else table(rows, COLUMNS))
@@ -372,7 +372,7 @@ def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
         match = sorted(int(r["job_id"]) for r in records if ident in (r.get("job_name"), r.get("task_name")))
         if not match:
             raise ConfigError(
-                f"ID {ident!r}: no managed job of that name (see jobs.py --backend sky status --all)"
+                f"ID {ident!r}: no managed job of that name (see jobs.py --backend sky status)"
             )
         ids.append(match[-1])
     return ids
@@ -385,7 +385,7 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None) -> int:
     try:
         if cfg.command == "status":
             ids = sky_job_ids(sdk, cfg.ids) if cfg.ids else None
-            records = sdk.queue(ids, not cfg.all and not ids, False)
+            records = sdk.queue(ids, cfg.active and not ids, False)
             rows = sky_rows(records, time.time())
             out.write(json.dumps(rows, indent=2, default=str) + "\n" if cfg.json else table(rows, COLUMNS))
             return EXIT_OK
@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=backend,
             command=args.command,
             ids=tuple(args.ids),
-            all=getattr(args, "all", False),
+            active=getattr(args, "active", False),
             json=getattr(args, "json", False),
             follow=getattr(args, "follow", False),
             wait=getattr(args, "wait", 90.0),
