@@ -109,6 +109,8 @@ def train(s: Settings) -> dict[str, object]:
     for step in range(start_step, s.steps):
         touch(s.heartbeat)
         if s.fail_at_step and step == s.fail_at_step and s.attempt == 1:
+            if distributed:
+                dist.barrier()  # rank 0 has written the checkpoint of this step
             print(
                 f"[rank {s.rank}] failing on purpose at step {step} (attempt 1)", file=sys.stderr, flush=True
             )

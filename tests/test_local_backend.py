@@ -284,3 +284,26 @@ def test_secret_canary_appears_in_no_output_or_file(
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
     assert "<redacted>" in next((REPO / ".skyops" / "runs" / run).rglob("task.yaml")).read_text()
+
+
+@pytest.mark.slow
+def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path) -> None:
+    """Issue 3 item 11: attempt 1 fails (a counted restart), attempt 2 resumes from the checkpoint;
+    the job, the supervisor's ledger and the result all show it."""
+    run = f"fl-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--nodes", "2", "--run", run,
+         "--env-file", "/dev/null", "--set", f"DATA_DIR={tmp_path}", "--set", "NCCL_PREFLIGHT=0",
+         "examples/flaky_train.py", "--steps", "20"],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "restart 1 of 3" in result.stderr
+    train = json.loads((tmp_path / run / "train_result.json").read_text())
+    assert (train["attempt"], train["resumed_from_step"], train["world_size"]) == (2, 10, 2)
+    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    assert status["state"] == "SUCCEEDED" and status["recovery_count"] == 1
+    assert [a["run_exit_codes"] for a in status["attempts"]][-1] == [0, 0]
+    ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_text().splitlines()
+    ends = [json.loads(line) for line in ledger if '"end"' in line]
+    assert [(e["attempt"], e["reason"]) for e in ends] == [(1, "job_failed"), (2, "completed")]

@@ -25,6 +25,8 @@ REASON_JOB_FAILED = "job_failed"
 REASON_JOB_FAILED_RESERVED = "job_failed_reserved_code"
 REASON_HEARTBEAT_TIMEOUT = "heartbeat_timeout"
 REASON_PREFLIGHT_FAILED = "preflight_failed"
+#: The preflight could not run (its own bug or bad input: exit 1/2): not evidence of a bad node.
+REASON_PREFLIGHT_ERROR = "preflight_error"
 REASON_RECOVER_CAP = "recover_cap"
 REASON_CRASH_LOOP = "crash_loop"
 REASON_SIGTERM = "sigterm"

@@ -1,0 +1,1342 @@
+#!/usr/bin/env -S uv run --script
+# /// script
+# requires-python = ">=3.11"
+# dependencies = ["psutil==7.2.2"]
+# ///
+"""Node-side supervisor: run the job, watch it, tear its whole tree down, exit with a code SkyPilot acts on.
+
+Usage: scripts/remote/run.py [--heartbeat-timeout S] [--startup-grace S] [--max-runtime-hours H]
+                             [--grace S] [--data-dir DIR] [--run-id ID] [options] -- CMD [ARGS...]
+
+One invocation is one *attempt* of the managed job on this node. It reads the attempt ledger
+(`$DATA_DIR/$RUN_ID/supervisor/ledger-<managed_job_id>-<task_idx>.jsonl`), optionally runs the NCCL
+preflight, then runs CMD: a `.py` file under torchrun when the world size is above 1 (in its own uv
+environment when it has a PEP 723 block), anything else as is. CMD runs in its own session with
+`HEARTBEAT_FILE` and `SKYOPS_ATTEMPT` set. The supervisor waits on events (SIGCHLD, SIGTERM, SIGINT,
+the next monitor deadline), never on a fixed poll. Every way out ends with a teardown of every
+descendant (also those in their own sessions): SIGTERM, `--grace` seconds, SIGKILL, reap.
+
+Configuration precedence: flags > process environment (the job.yaml envs) > docs/contract.md defaults.
+
+Exit codes (docs/contract.md; constants in _contract.py), each with a reason string:
+  0    completed, max_runtime
+  N    job_failed: the job's own non-zero code (128+S when a signal S killed it)
+  1    job_failed_reserved_code (the job itself exited 86 or 87), recover_cap
+  2    bad_input (one line on stderr naming the flag or key)
+  86   heartbeat_timeout, preflight_failed (bad node: job.yaml recover_on_exit_codes)
+  87   crash_loop
+  130  sigint;  143  sigterm
+
+Why a ledger at all: docs/decisions/restart-tracking.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import json
+import logging
+import math
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import psutil
+from _contract import (
+    EXIT_BAD_INPUT,
+    EXIT_BAD_NODE,
+    EXIT_CRASH_LOOP,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    REASON_COMPLETED,
+    REASON_CRASH_LOOP,
+    REASON_HEARTBEAT_TIMEOUT,
+    REASON_JOB_FAILED,
+    REASON_JOB_FAILED_RESERVED,
+    REASON_MAX_RUNTIME,
+    REASON_PREFLIGHT_ERROR,
+    REASON_PREFLIGHT_FAILED,
+    REASON_RECOVER_CAP,
+    REASON_SIGINT,
+    REASON_SIGTERM,
+    RESERVED_EXIT_CODES,
+)
+
+log = logging.getLogger("run")
+
+#: Defaults of the job.yaml env keys this script reads (docs/contract.md, "Env keys").
+DEFAULTS: Mapping[str, str] = MappingProxyType(
+    {
+        "HEARTBEAT_TIMEOUT": "600",
+        "STARTUP_GRACE": "1200",
+        "MAX_RUNTIME_HOURS": "24",
+        "GRACE": "60",
+        "CRASH_LOOP_ATTEMPTS": "3",
+        "CRASH_LOOP_WINDOW_MINUTES": "60",
+        "CRASH_LOOP_MIN_MINUTES": "5",
+        "MAX_RECOVER_RESTARTS": "10",
+        "NCCL_PREFLIGHT": "1",
+        "DATA_DIR": "/skyops-data",
+        "RUN_ID": "skyops-train",
+    }
+)
+
+#: Seconds between the ledger's `alive` records: bounds the runtime lost from the budget when an
+#: attempt dies without writing its `end` record (a VM that vanishes on preemption).
+ALIVE_INTERVAL_S = 300.0
+#: Seconds to wait for SIGKILLed processes to be reaped before reporting them as survivors
+#: (a process in uninterruptible sleep, e.g. stuck in a GPU driver, cannot die sooner).
+KILL_WAIT_S = 10.0
+#: File timestamps come from the kernel's coarse clock (a few ms behind); tolerated in age estimates.
+MTIME_SLACK_S = 0.05
+#: Ledger `end` reason for an attempt that never recorded its end (written by the next attempt).
+LEDGER_LOST = "lost"
+#: Exit codes of a command that could not be started (POSIX shell convention).
+EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE = 127, 126
+
+#: A PEP 723 inline metadata block (https://peps.python.org/pep-0723/#specification).
+PEP723_RE = re.compile(r"(?m)^# /// script[ \t]*$\n(?:^#(?:[ \t].*)?$\n)*?^# ///[ \t]*$")
+
+# Linux prctl(2) options.
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class BadInput(Exception):
+    """A user error: the message names the flag or key; main() prints it on one line and exits 2."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """torch.distributed settings of this node, as written by configure_environment.py."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    nproc_per_node: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Where this attempt runs: SkyPilot's node rank, managed job id and task index (0 on a laptop)."""
+
+    node_rank: int = 0
+    num_nodes: int = 1
+    managed_job_id: int = 0
+    task_index: int = 0
+    task_id: str = ""
+    cluster_info: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The monitors' and guards' settings. Durations in seconds; 0 turns a monitor off."""
+
+    heartbeat_timeout_s: float
+    startup_grace_s: float
+    max_runtime_s: float
+    grace_s: float
+    crash_loop_attempts: int
+    crash_loop_window_s: float
+    crash_loop_min_runtime_s: float
+    max_recover_restarts: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the supervisor needs, read once in main()."""
+
+    command: tuple[str, ...]
+    limits: Limits
+    dist: Distributed
+    identity: Identity
+    data_dir: Path
+    run_id: str
+    preflight: bool
+    preflight_script: Path
+    tmp_dir: Path
+    uv: str | None
+    env: Mapping[str, str]
+    verbose: bool = False
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number >= 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("must be an integer >= 0") from None
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _run_id(text: str) -> str:
+    if not text or "/" in text or text in {".", ".."}:
+        raise ValueError("must be a non-empty name without '/'")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    key: str
+    parse: Callable[[str], object]
+    help: str
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option(
+        "--heartbeat-timeout",
+        "HEARTBEAT_TIMEOUT",
+        _seconds,
+        "seconds without a heartbeat before the node is declared bad; 0: off",
+    ),
+    _Option(
+        "--startup-grace",
+        "STARTUP_GRACE",
+        _seconds,
+        "seconds allowed before the first heartbeat (and for the preflight); 0: no limit",
+    ),
+    _Option(
+        "--max-runtime-hours",
+        "MAX_RUNTIME_HOURS",
+        _seconds,
+        "runtime budget over all attempts, in hours; 0: off",
+    ),
+    _Option("--grace", "GRACE", _seconds, "seconds between SIGTERM and SIGKILL at teardown"),
+    _Option(
+        "--crash-loop-attempts",
+        "CRASH_LOOP_ATTEMPTS",
+        _count,
+        "crash-loop guard: K failed attempts ... (0: off)",
+    ),
+    _Option(
+        "--crash-loop-window-minutes",
+        "CRASH_LOOP_WINDOW_MINUTES",
+        _seconds,
+        "... started within W minutes ...",
+    ),
+    _Option(
+        "--crash-loop-min-minutes",
+        "CRASH_LOOP_MIN_MINUTES",
+        _seconds,
+        "... that average under T minutes of runtime stop the job (0: off)",
+    ),
+    _Option(
+        "--max-recover-restarts",
+        "MAX_RECOVER_RESTARTS",
+        _count,
+        "bad-node exits allowed per managed job before they count as plain failures",
+    ),
+    _Option("--data-dir", "DATA_DIR", _nonempty, "durable storage; state lives in DATA_DIR/RUN_ID/"),
+    _Option("--run-id", "RUN_ID", _run_id, "the run's name"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadInput(message)
+
+
+def _parser(env: Mapping[str, str], preflight_script: Path) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="run.py",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="Exit codes and reasons: see the module docstring and docs/contract.md.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for opt in OPTIONS:
+        now = f"{opt.key}={env[opt.key]}" if opt.key in env else DEFAULTS[opt.key]
+        parser.add_argument(
+            opt.flag,
+            metavar=opt.key,
+            help=f"{opt.help} (default: ${opt.key}, else {DEFAULTS[opt.key]}; now {now})",
+        )
+    preflight_now = env.get("NCCL_PREFLIGHT", DEFAULTS["NCCL_PREFLIGHT"])
+    parser.add_argument(
+        "--preflight",
+        action=argparse.BooleanOptionalAction,
+        help=f"run the NCCL preflight at the start of the attempt (default: $NCCL_PREFLIGHT, else 1; now {preflight_now})",
+    )
+    parser.add_argument(
+        "--preflight-script",
+        type=Path,
+        default=preflight_script,
+        help=f"the preflight (default: {preflight_script})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, commands and tracebacks")
+    return parser
+
+
+def _option_value(opt: _Option, flag_value: str | None, env: Mapping[str, str]) -> object:
+    source, text = (opt.flag, flag_value) if flag_value is not None else (opt.key, env.get(opt.key))
+    if text is None:
+        source, text = opt.key, DEFAULTS[opt.key]
+    try:
+        return opt.parse(text.strip())
+    except ValueError as exc:
+        raise BadInput(f"{source}={text!r}: {exc}") from None
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{key}={raw!r}: not an integer") from None
+    if value < minimum:
+        raise BadInput(f"{key}={raw!r}: must be >= {minimum}")
+    return value
+
+
+def distributed_from_env(env: Mapping[str, str]) -> Distributed:
+    """torch.distributed settings from configure_environment.py's keys; missing keys mean one process.
+
+    Raises BadInput naming the key when a value is not a valid integer.
+    """
+    nnodes = _env_int(env, "NNODES", 1, minimum=1)
+    nproc = _env_int(env, "NPROC_PER_NODE", 1, minimum=1)
+    node_rank = _env_int(env, "NODE_RANK", 0)
+    if node_rank >= nnodes:
+        raise BadInput(f"NODE_RANK={node_rank}: must be below NNODES={nnodes}")
+    return Distributed(
+        nnodes=nnodes,
+        node_rank=node_rank,
+        nproc_per_node=nproc,
+        master_addr=env.get("MASTER_ADDR", "").strip() or "127.0.0.1",
+        master_port=_env_int(env, "MASTER_PORT", 29500, minimum=1),
+        world_size=_env_int(env, "WORLD_SIZE", nnodes * nproc, minimum=1),
+    )
+
+
+def task_index_from(task_id: str) -> int:
+    """The task index of a managed job's SKYPILOT_TASK_ID (`..._<job_id>-<task_idx>`); 0 when absent."""
+    suffix = task_id.strip().rsplit("-", 1)[-1] if "-" in task_id else ""
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def identity_from_env(env: Mapping[str, str], nnodes: int) -> Identity:
+    """This node's SkyPilot identity; laptop defaults (rank 0, job 0, task 0) when the keys are absent.
+
+    Raises BadInput naming the key for a non-integer rank, node count or job id. A malformed
+    SKYPILOT_CLUSTER_INFO is only logged: it is informational.
+    """
+    managed = env.get("SKYPILOT_MANAGED_JOB_ID", "").strip()
+    task_id = env.get("SKYPILOT_TASK_ID", "").strip()
+    info: Mapping[str, object] | None = None
+    raw_info = env.get("SKYPILOT_CLUSTER_INFO", "").strip()
+    if raw_info:
+        try:
+            parsed = json.loads(raw_info)
+            info = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            log.warning("SKYPILOT_CLUSTER_INFO is not JSON; the ledger records no cluster info")
+    return Identity(
+        node_rank=_env_int(env, "SKYPILOT_NODE_RANK", 0),
+        num_nodes=_env_int(env, "SKYPILOT_NUM_NODES", nnodes, minimum=1),
+        managed_job_id=_env_int(env, "SKYPILOT_MANAGED_JOB_ID", 0),
+        task_index=task_index_from(task_id) if managed else 0,
+        task_id=task_id,
+        cluster_info=info,
+    )
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str], *, tmp_dir: Path, here: Path) -> Config:
+    """Build the configuration from the command line and the environment (flags > env > defaults).
+
+    `here` is the folder of run.py (the preflight script's default place). Raises BadInput naming
+    the flag or key on any bad value, a missing CMD, or a `.py` CMD that does not exist.
+    Raises SystemExit(0) for --help.
+    """
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    options, command = argv[:split], tuple(argv[split + 1 :])
+    args = _parser(env, here / "nccl_test.py").parse_args(options)
+    if not command:
+        raise BadInput("missing CMD: usage: run.py [options] -- CMD [ARGS...]")
+    values = {
+        opt.key: _option_value(opt, getattr(args, opt.flag[2:].replace("-", "_")), env) for opt in OPTIONS
+    }
+    if args.preflight is not None:
+        preflight = bool(args.preflight)
+    else:
+        preflight = bool(_option_value(_Option("--preflight", "NCCL_PREFLIGHT", _flag, ""), None, env))
+    limits = Limits(
+        heartbeat_timeout_s=values["HEARTBEAT_TIMEOUT"],  # type: ignore[arg-type]
+        startup_grace_s=values["STARTUP_GRACE"],  # type: ignore[arg-type]
+        max_runtime_s=values["MAX_RUNTIME_HOURS"] * 3600.0,  # type: ignore[operator]
+        grace_s=values["GRACE"],  # type: ignore[arg-type]
+        crash_loop_attempts=values["CRASH_LOOP_ATTEMPTS"],  # type: ignore[arg-type]
+        crash_loop_window_s=values["CRASH_LOOP_WINDOW_MINUTES"] * 60.0,  # type: ignore[operator]
+        crash_loop_min_runtime_s=values["CRASH_LOOP_MIN_MINUTES"] * 60.0,  # type: ignore[operator]
+        max_recover_restarts=values["MAX_RECOVER_RESTARTS"],  # type: ignore[arg-type]
+    )
+    dist = distributed_from_env(env)
+    uv = shutil.which("uv", path=env.get("PATH"))
+    job = Path(command[0])
+    if job.suffix == ".py":
+        if not job.is_file():
+            raise BadInput(f"CMD {command[0]}: no such file")
+        if python_kind(job) == "uv" and uv is None:
+            raise BadInput(f"CMD {command[0]}: has a PEP 723 block but uv is not on PATH")
+    return Config(
+        command=command,
+        limits=limits,
+        dist=dist,
+        identity=identity_from_env(env, dist.nnodes),
+        data_dir=Path(values["DATA_DIR"]),  # type: ignore[arg-type]
+        run_id=values["RUN_ID"],  # type: ignore[arg-type]
+        preflight=preflight,
+        preflight_script=args.preflight_script,
+        tmp_dir=tmp_dir,
+        uv=uv,
+        env=MappingProxyType(dict(env)),
+        verbose=args.verbose,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The job's command
+
+
+def has_pep723_block(text: str) -> bool:
+    """Whether a script's source text carries a PEP 723 `# /// script` block."""
+    return PEP723_RE.search(text if text.endswith("\n") else text + "\n") is not None
+
+
+def python_kind(path: Path) -> str | None:
+    """How to run `path`: "uv" (a `.py` with a PEP 723 block), "python" (other `.py`), None (as is)."""
+    if path.suffix != ".py":
+        return None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "python"
+    return "uv" if has_pep723_block(text) else "python"
+
+
+def build_job_command(command: Sequence[str], dist: Distributed, python: str | None) -> list[str]:
+    """The argv that runs `command` on this node.
+
+    `python` is the interpreter for a `.py` command (its uv environment's, or "python3"); None runs
+    the command as is. A world size above 1 runs the script under torch.distributed.run (torchrun)
+    with this node's rendezvous settings. Never emits a flag with an empty value.
+    """
+    if python is None:
+        return list(command)
+    script, *args = command
+    if dist.world_size <= 1:
+        return [python, script, *args]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={dist.nnodes}",
+        f"--node-rank={dist.node_rank}",
+        f"--nproc-per-node={dist.nproc_per_node}",
+        f"--master-addr={dist.master_addr}",
+        f"--master-port={dist.master_port}",
+        script,
+        *args,
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Heartbeat monitor (pure: time values come in as arguments)
+
+
+def heartbeat_mtime(path: Path) -> int | None:
+    """The heartbeat file's mtime in ns, None when it does not exist (or cannot be read)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+@dataclass
+class HeartbeatMonitor:
+    """Decides staleness of one attempt's heartbeat file from monotonic time.
+
+    Stale means: no touch for `timeout_s` seconds after the first touch, or no first touch within
+    `startup_grace_s` seconds of `start` (0: no limit). Times are `time.monotonic()` seconds; the
+    file's wall-clock mtime is used only to notice a touch and, when it agrees with the monotonic
+    clock, to date it more precisely. A wall-clock jump therefore never brings a kill earlier.
+    A touch is a change of the mtime (from `baseline_mtime_ns`, None: no file at `start`) to a value
+    after `start_wall_ns`, so a file left from an earlier attempt, or restored with its old mtime,
+    never counts.
+    """
+
+    timeout_s: float
+    startup_grace_s: float
+    start: float
+    start_wall_ns: int
+    baseline_mtime_ns: int | None = None
+    last_beat: float | None = None
+    _seen_mtime_ns: int | None = field(default=None, repr=False)
+    _last_check: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._seen_mtime_ns = self.baseline_mtime_ns
+        self._last_check = self.start
+
+    @property
+    def enabled(self) -> bool:
+        return self.timeout_s > 0
+
+    def kill_deadline(self) -> float | None:
+        """Monotonic time at which the job is stale unless a touch is seen; None: never."""
+        if not self.enabled:
+            return None
+        if self.last_beat is not None:
+            return self.last_beat + self.timeout_s
+        return self.start + self.startup_grace_s if self.startup_grace_s > 0 else None
+
+    def next_wakeup(self) -> float | None:
+        """When to look at the file next: the kill deadline, and before the first touch also every
+        `timeout_s` seconds, so a job that beats once and hangs is caught `timeout_s` after that beat."""
+        deadline = self.kill_deadline()
+        if not self.enabled or self.last_beat is not None:
+            return deadline
+        probe = self._last_check + self.timeout_s
+        return probe if deadline is None else min(deadline, probe)
+
+    def observe(self, now: float, now_wall_ns: int, mtime_ns: int | None) -> bool:
+        """Record a look at the file (its mtime, None if absent) at monotonic `now`; True if stale."""
+        if mtime_ns is not None and mtime_ns != self._seen_mtime_ns and self._counts(mtime_ns, now_wall_ns):
+            age = (now_wall_ns - mtime_ns) / 1e9
+            window = now - self._last_check
+            if -MTIME_SLACK_S <= age <= window + MTIME_SLACK_S:
+                beat = min(max(now - age, self._last_check), now)
+            else:  # the wall clock jumped (or mtime was set by hand): date the touch now, never earlier
+                beat = now
+            self.last_beat = beat if self.last_beat is None else max(self.last_beat, beat)
+            self._seen_mtime_ns = mtime_ns
+        self._last_check = now
+        deadline = self.kill_deadline()
+        return deadline is not None and now >= deadline
+
+    def _counts(self, mtime_ns: int, now_wall_ns: int) -> bool:
+        # A touch carries an mtime after the attempt's start, unless the wall clock itself has since
+        # gone back before the start (then any change is a touch: never a false kill).
+        slack = int(MTIME_SLACK_S * 1e9)
+        return mtime_ns > self.start_wall_ns - slack or now_wall_ns < self.start_wall_ns
+
+
+# --------------------------------------------------------------------------------------------------
+# Attempt ledger (docs/contract.md, "Data directory"; docs/decisions/restart-tracking.md)
+
+LEDGER_EVENTS = frozenset({"start", "alive", "end", "node_result"})
+
+
+def ledger_path(data_dir: Path, run_id: str, managed_job_id: int, task_index: int) -> Path:
+    """`$DATA_DIR/$RUN_ID/supervisor/ledger-<managed_job_id>-<task_idx>.jsonl`."""
+    return data_dir / run_id / "supervisor" / f"ledger-{managed_job_id}-{task_index}.jsonl"
+
+
+def result_path(data_dir: Path, run_id: str, node_rank: int) -> Path:
+    """`$DATA_DIR/$RUN_ID/supervisor/result-node<rank>.json`."""
+    return data_dir / run_id / "supervisor" / f"result-node{node_rank}.json"
+
+
+def parse_ledger(data: bytes, source: str = "ledger") -> list[dict[str, object]]:
+    """The valid records of a ledger file's bytes; a corrupt or half-written line is logged and skipped."""
+    records: list[dict[str, object]] = []
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        attempt = record.get("attempt") if isinstance(record, dict) else None
+        if not (
+            isinstance(record, dict)
+            and record.get("event") in LEDGER_EVENTS
+            and isinstance(attempt, int)
+            and not isinstance(attempt, bool)
+            and attempt > 0
+        ):
+            log.warning("%s:%d: skipping a corrupt ledger line", source, lineno)
+            continue
+        records.append(record)
+    return records
+
+
+def read_ledger(path: Path) -> list[dict[str, object]]:
+    """The ledger's records; [] when it is missing or unreadable (logged: supervision goes on)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("cannot read the ledger %s (%s); counting from attempt 1", path, exc)
+        return []
+    return parse_ledger(data, str(path))
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write a whole file through a temporary file and a rename (bucket mounts such as goofys can
+    write whole objects but not append to one). Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            with contextlib.suppress(OSError):  # some bucket mounts do not implement fsync
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def append_record(path: Path, record: Mapping[str, object]) -> bool:
+    """Add one JSON line to the ledger; False (logged) when it cannot be written.
+
+    Records are only ever added; earlier bytes, a corrupt line included, are kept as they are and a
+    half-written last line gets a newline first. The file is rewritten whole (see _replace_bytes);
+    a ledger that exists but cannot be read is left alone rather than overwritten.
+    """
+    line = json.dumps(record, sort_keys=True).encode() + b"\n"
+    try:
+        try:
+            old = path.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        _replace_bytes(path, old + line)
+    except OSError as exc:
+        log.warning("cannot write the ledger %s (%s); supervision continues without it", path, exc)
+        return False
+    return True
+
+
+def write_json(path: Path, data: Mapping[str, object]) -> bool:
+    """Write a JSON file whole (see _replace_bytes); False (logged) on error."""
+    try:
+        _replace_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        log.warning("cannot write %s (%s)", path, exc)
+        return False
+    return True
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _code(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt as the ledger knows it. `reason` None: no `end` record (still running, or lost)."""
+
+    number: int
+    start_time: float | None = None
+    runtime_s: float = 0.0
+    exit_code: int | None = None
+    reason: str | None = None
+    bad_node: bool = False
+
+
+def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
+    """Fold ledger records into attempts, ordered by number.
+
+    An attempt's runtime is its `end` record's, else its latest `alive` record's (seconds). It is a
+    bad-node attempt when its end or any node's result exited EXIT_BAD_NODE.
+    """
+    acc: dict[int, dict[str, object]] = {}
+    for rec in records:
+        number = rec["attempt"]
+        assert isinstance(number, int)
+        a = acc.setdefault(number, {"number": number})
+        event = rec["event"]
+        if event == "start":
+            a["start_time"] = _number(rec.get("time"))
+        elif event == "alive":
+            runtime = _number(rec.get("runtime_s")) or 0.0
+            a["runtime_s"] = max(runtime, a.get("runtime_s", 0.0))  # type: ignore[type-var]
+        elif event == "end":
+            a["runtime_s"] = _number(rec.get("runtime_s")) or a.get("runtime_s", 0.0)
+            a["exit_code"] = _code(rec.get("exit_code"))
+            a["reason"] = str(rec.get("reason"))
+            if a["exit_code"] == EXIT_BAD_NODE:
+                a["bad_node"] = True
+        elif event == "node_result" and _code(rec.get("exit_code")) == EXIT_BAD_NODE:
+            a["bad_node"] = True
+    return [Attempt(**a) for _, a in sorted(acc.items())]  # type: ignore[arg-type]
+
+
+def attempt_number(attempts: Sequence[Attempt], *, writer: bool) -> int:
+    """This attempt's number (1-based). The writer (node rank 0) counts every attempt in the ledger;
+    other nodes count the ended ones, since rank 0 may already have recorded this attempt's start."""
+    seen = [a.number for a in attempts if writer or a.reason is not None]
+    return max(seen, default=0) + 1
+
+
+def is_crash_loop(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> bool:
+    """Whether the last `crash_loop_attempts` failed attempts all started within the window (wall-clock
+    seconds, the only clock shared across nodes and recoveries) and average under the minimum runtime.
+
+    Attempts that succeeded, were cancelled or preempted (130, 143) or were lost do not count.
+    """
+    k = limits.crash_loop_attempts
+    if k <= 0 or limits.crash_loop_min_runtime_s <= 0:
+        return False
+    failed = [a for a in attempts if a.exit_code not in (None, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM)]
+    last = failed[-k:]
+    if len(last) < k or any(
+        a.start_time is None or now_wall - a.start_time > limits.crash_loop_window_s for a in last
+    ):
+        return False
+    return sum(a.runtime_s for a in last) / k < limits.crash_loop_min_runtime_s
+
+
+def decide(
+    stop: str | None,
+    job_code: int | None,
+    *,
+    prior: Sequence[Attempt],
+    current: Attempt,
+    limits: Limits,
+    now_wall: float,
+) -> tuple[int, str]:
+    """Apply the exit-code contract (docs/contract.md) to how the attempt ended.
+
+    `stop` is the reason the supervisor stopped the job (REASON_SIGTERM, REASON_SIGINT,
+    REASON_MAX_RUNTIME, REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED, REASON_PREFLIGHT_ERROR) or None when the job
+    exited on its own with `job_code`. `prior` are the earlier attempts of this managed job;
+    `current` is this one (its exit code and reason are filled in here). Returns (exit code, reason).
+    """
+    if stop == REASON_SIGTERM:
+        return EXIT_SIGTERM, REASON_SIGTERM
+    if stop == REASON_SIGINT:
+        return EXIT_SIGINT, REASON_SIGINT
+    if stop == REASON_MAX_RUNTIME:
+        return EXIT_OK, REASON_MAX_RUNTIME
+    if stop in (REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED):
+        code, reason = EXIT_BAD_NODE, stop
+    elif stop == REASON_PREFLIGHT_ERROR:
+        code, reason = EXIT_FAILURE, REASON_PREFLIGHT_ERROR
+    elif job_code == 0:
+        return EXIT_OK, REASON_COMPLETED
+    elif job_code in RESERVED_EXIT_CODES:
+        code, reason = EXIT_FAILURE, REASON_JOB_FAILED_RESERVED
+    else:
+        code, reason = (job_code if job_code is not None else EXIT_FAILURE), REASON_JOB_FAILED
+    if code == EXIT_BAD_NODE and sum(a.bad_node for a in prior) >= limits.max_recover_restarts:
+        code, reason = EXIT_FAILURE, REASON_RECOVER_CAP
+    this = Attempt(current.number, current.start_time, current.runtime_s, code, reason, code == EXIT_BAD_NODE)
+    if is_crash_loop([*prior, this], limits, now_wall):
+        return EXIT_CRASH_LOOP, REASON_CRASH_LOOP
+    return code, reason
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes: events, spawn, teardown
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _prctl(option: int, value: int) -> bool:
+    libc = _libc()
+    try:
+        return libc is not None and libc.prctl(option, value, 0, 0, 0) == 0
+    except AttributeError:
+        return False
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Events:
+    """Signals and child exits delivered as readiness of one socket (signal.set_wakeup_fd).
+
+    A context manager: installs handlers for SIGCHLD, SIGTERM and SIGINT on entry, restores on exit.
+    `signals` lists the SIGTERM/SIGINT received, in order.
+    """
+
+    HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> Events:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._on_signal) for s in self.HANDLED}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._old_fd)
+        self._r.close()
+        self._w.close()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum != signal.SIGCHLD:
+            self.signals.append(signum)
+
+    def wait(self, timeout: float | None, fds: Sequence[int] = ()) -> None:
+        """Block until a handled signal arrives, one of `fds` is readable, or `timeout` seconds pass."""
+        poller = select.poll()
+        poller.register(self._r, select.POLLIN)
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        with contextlib.suppress(BlockingIOError):
+            while self._r.recv(4096):
+                pass
+
+
+def _child_preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # If the supervisor dies without tearing down (SIGKILL), the job gets SIGTERM rather than living on.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Phase:
+    """How one supervised process tree ended: `stop` is the supervisor's reason to stop it, or None
+    when it exited by itself; `code` its exit code (128+S for signal S), None if never started."""
+
+    stop: str | None
+    code: int | None
+
+
+class Supervisor:
+    """Runs process trees one at a time and tears each down completely.
+
+    `clock` gives monotonic seconds (time.monotonic) for every timeout; `wall_ns` wall-clock
+    nanoseconds (time.time_ns), used only to read the heartbeat file's mtime. No fixed-interval
+    polling: the loop sleeps in poll(2) until SIGCHLD/SIGTERM/SIGINT or the next deadline.
+    """
+
+    def __init__(
+        self,
+        events: Events,
+        grace_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.events = events
+        self.grace_s = grace_s
+        self.clock = clock
+        self.wall_ns = wall_ns
+        # As the subreaper, orphans of the job (workers whose launcher died) become our children,
+        # so they can be found and reaped; no descendant escapes to PID 1.
+        self.subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        self._foreign = {p.pid for p in psutil.Process().children()}
+        self._root: int | None = None
+        self._root_code: int | None = None
+
+    # -- one process tree ------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        deadlines: Sequence[tuple[float | None, str]] = (),
+        heartbeat: tuple[HeartbeatMonitor, Path] | None = None,
+        tick: tuple[float, Callable[[], None]] | None = None,
+        stdout: int | None = None,
+    ) -> Phase:
+        """Run argv in its own session until it exits or a deadline, the heartbeat or a signal stops
+        it; then tear down whatever of its tree is left. `deadlines` are (monotonic time, reason);
+        `tick` is (interval seconds, callback) for periodic records."""
+        pending = self._signal_reason()
+        if pending is not None:
+            return Phase(pending, None)
+        log.debug("running: %s", shlex.join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv, env=dict(env), start_new_session=True, stdout=stdout, preexec_fn=_child_preexec
+            )
+        except OSError as exc:
+            log.error("cannot start %s: %s", argv[0], exc)
+            return Phase(None, EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE)
+        self._root, self._root_code = proc.pid, None
+        next_tick = self.clock() + tick[0] if tick else None
+        stop = None
+        while True:
+            self._reap()
+            if self._root_code is not None:
+                break
+            now = self.clock()
+            stop = self._signal_reason()
+            for when, reason in deadlines:
+                if stop is None and when is not None and now >= when:
+                    stop = reason
+            if stop is None and heartbeat is not None:
+                monitor, path = heartbeat
+                wake = monitor.next_wakeup()
+                if (
+                    wake is not None
+                    and now >= wake
+                    and monitor.observe(now, self.wall_ns(), heartbeat_mtime(path))
+                ):
+                    stop = REASON_HEARTBEAT_TIMEOUT
+            if stop is not None:
+                break
+            if tick and next_tick is not None and now >= next_tick:
+                tick[1]()
+                next_tick = now + tick[0]
+            wakes = [when for when, _ in deadlines if when is not None]
+            wakes += [
+                w for w in (heartbeat[0].next_wakeup() if heartbeat else None, next_tick) if w is not None
+            ]
+            self.events.wait(max(0.0, min(wakes) - now) if wakes else None)
+        if stop is not None:
+            log.warning("stopping the job: %s", stop)
+        self.teardown()
+        proc.returncode = self._root_code  # reaped here, not by Popen
+        return Phase(stop, self._root_code)
+
+    def _signal_reason(self) -> str | None:
+        if not self.events.signals:
+            return None
+        return REASON_SIGINT if self.events.signals[0] == signal.SIGINT else REASON_SIGTERM
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self._root:
+                self._root_code = _exit_code(status)
+
+    def tree(self) -> list[psutil.Process]:
+        """Every process descended from the job: our children (the job, and orphans adopted as the
+        subreaper) and their descendants, in any session or process group."""
+        procs: list[psutil.Process] = []
+        for child in psutil.Process().children():
+            if child.pid in self._foreign:
+                continue
+            procs.append(child)
+            with contextlib.suppress(psutil.Error):
+                procs.extend(child.children(recursive=True))
+        return procs
+
+    def teardown(self) -> float:
+        """SIGTERM every live process of the tree, SIGKILL what is left after the grace period, reap.
+
+        Never signals the supervisor or its process group. New processes that appear meanwhile get
+        the same treatment; a further SIGTERM/SIGINT to the supervisor ends the grace period at once.
+        Returns the seconds it took; logs processes that survive even SIGKILL for KILL_WAIT_S.
+        """
+        start = self.clock()
+        term_until = start + self.grace_s
+        give_up = term_until + KILL_WAIT_S
+        seen_signals = len(self.events.signals)
+        sent: dict[psutil.Process, int] = {}
+        pidfds: dict[psutil.Process, int | None] = {}
+        try:
+            while True:
+                self._reap()
+                live = [p for p in self.tree() if _alive(p)]
+                if not live:
+                    self._reap()
+                    break
+                now = self.clock()
+                if len(self.events.signals) > seen_signals:
+                    term_until = min(term_until, now)
+                if now >= give_up:
+                    log.error("processes survive SIGKILL: %s", ", ".join(str(p.pid) for p in live))
+                    break
+                sig = signal.SIGTERM if now < term_until else signal.SIGKILL
+                for proc in live:
+                    if sent.get(proc) != sig:
+                        with contextlib.suppress(psutil.Error):
+                            proc.send_signal(sig)
+                            if sig == signal.SIGTERM:  # a stopped process must run to handle it
+                                proc.send_signal(signal.SIGCONT)
+                        sent[proc] = sig
+                fds = [fd for fd in (self._pidfd(p, pidfds) for p in live) if fd is not None]
+                until = term_until if now < term_until else give_up
+                # Without pidfds (not Linux) exits of grandchildren are noticed by a short poll.
+                timeout = until - now if len(fds) == len(live) else min(until - now, 0.05)
+                self.events.wait(timeout, fds)
+        finally:
+            for fd in pidfds.values():
+                if fd is not None:
+                    os.close(fd)
+        if sent:
+            log.info("teardown: %d process(es) stopped in %.2f s", len(sent), self.clock() - start)
+        return self.clock() - start
+
+    @staticmethod
+    def _pidfd(proc: psutil.Process, cache: dict[psutil.Process, int | None]) -> int | None:
+        if proc not in cache:
+            try:
+                fd = os.pidfd_open(proc.pid)
+            except (AttributeError, OSError):
+                fd = None
+            if fd is not None and not proc.is_running():  # the pid was reused meanwhile
+                os.close(fd)
+                fd = None
+            cache[proc] = fd
+        return cache[proc]
+
+
+# --------------------------------------------------------------------------------------------------
+# One attempt
+
+
+class AttemptRunner:
+    """One attempt on this node: ledger in, preflight, job, decision, ledger and result out."""
+
+    def __init__(self, cfg: Config, sup: Supervisor) -> None:
+        self.cfg = cfg
+        self.sup = sup
+        ident = cfg.identity
+        self.writer = ident.node_rank == 0
+        self.ledger = ledger_path(cfg.data_dir, cfg.run_id, ident.managed_job_id, ident.task_index)
+        self.number = 0
+        self.start = 0.0
+        self.start_wall = 0.0
+
+    def _record(self, event: str, **fields: object) -> None:
+        if self.writer:
+            append_record(
+                self.ledger, {"event": event, "attempt": self.number, "time": time.time(), **fields}
+            )
+
+    def _history(self) -> list[Attempt]:
+        """Earlier attempts; the writer closes any that never recorded an end and folds in other
+        nodes' bad-node results (SkyPilot restarts on ANY node's 86; rank 0 may have exited 143)."""
+        cfg, ident = self.cfg, self.cfg.identity
+        records = read_ledger(self.ledger)
+        attempts = summarize(records)
+        known = {a.number for a in attempts}
+        known_bad = {a.number for a in attempts if a.bad_node}
+        extra: list[dict[str, object]] = []
+        try:
+            results = sorted((cfg.data_dir / cfg.run_id / "supervisor").glob("result-node*.json"))
+        except OSError:
+            results = []
+        for path in results:
+            try:
+                res = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(res, dict) or (res.get("managed_job_id"), res.get("task_index")) != (
+                ident.managed_job_id,
+                ident.task_index,
+            ):
+                continue
+            number = _code(res.get("attempt"))
+            if number in known and _code(res.get("exit_code")) == EXIT_BAD_NODE and number not in known_bad:
+                extra.append(
+                    {
+                        "event": "node_result",
+                        "attempt": number,
+                        "node_rank": res.get("node_rank"),
+                        "exit_code": EXIT_BAD_NODE,
+                        "reason": res.get("reason"),
+                    }
+                )
+                known_bad.add(number)
+        if self.writer:
+            for a in attempts:
+                if a.reason is None:
+                    extra.append(
+                        {
+                            "event": "end",
+                            "attempt": a.number,
+                            "runtime_s": a.runtime_s,
+                            "exit_code": None,
+                            "reason": LEDGER_LOST,
+                        }
+                    )
+            for rec in extra:
+                append_record(self.ledger, {**rec, "time": time.time()})
+        return summarize([*records, *extra])
+
+    def run(self) -> int:
+        cfg, lim = self.cfg, self.cfg.limits
+        prior = self._history()
+        self.number = attempt_number(prior, writer=self.writer)
+        self.start, self.start_wall = self.sup.clock(), time.time()
+        used = sum(a.runtime_s for a in prior)
+        budget_end = self.start + (lim.max_runtime_s - used) if lim.max_runtime_s > 0 else None
+        ident = cfg.identity
+        self._record(
+            "start",
+            node_rank=ident.node_rank,
+            num_nodes=ident.num_nodes,
+            cluster=dict(ident.cluster_info) if ident.cluster_info else None,
+            managed_job_id=ident.managed_job_id,
+            task_index=ident.task_index,
+            task_id=ident.task_id,
+            hostname=socket.gethostname(),
+            command=list(cfg.command),
+        )
+        log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
+        if budget_end is not None and budget_end <= self.start:
+            log.warning("the runtime budget (%.0f s) is spent; not starting the job", lim.max_runtime_s)
+            phase = Phase(REASON_MAX_RUNTIME, None)
+        else:
+            phase = self._preflight_then_job(budget_end)
+        runtime = self.sup.clock() - self.start
+        current = Attempt(self.number, self.start_wall, runtime)
+        code, reason = decide(
+            phase.stop, phase.code, prior=prior, current=current, limits=lim, now_wall=time.time()
+        )
+        self._record(
+            "end",
+            runtime_s=round(runtime, 3),
+            exit_code=code,
+            reason=reason,
+            job_exit_code=phase.code,
+            num_nodes=ident.num_nodes,
+            cluster=dict(ident.cluster_info) if ident.cluster_info else None,
+        )
+        result = {
+            "run_id": cfg.run_id,
+            "managed_job_id": ident.managed_job_id,
+            "task_index": ident.task_index,
+            "node_rank": ident.node_rank,
+            "num_nodes": ident.num_nodes,
+            "attempt": self.number,
+            "exit_code": code,
+            "reason": reason,
+            "job_exit_code": phase.code,
+            "runtime_s": round(runtime, 3),
+            "start_time": self.start_wall,
+            "end_time": time.time(),
+        }
+        write_json(result_path(cfg.data_dir, cfg.run_id, ident.node_rank), result)
+        log.info(
+            "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f",
+            ident.node_rank,
+            self.number,
+            reason,
+            code,
+            runtime,
+        )
+        return code
+
+    def _deadline(self, budget_end: float | None) -> list[tuple[float | None, str]]:
+        return [(budget_end, REASON_MAX_RUNTIME)]
+
+    def _tick(self) -> tuple[float, Callable[[], None]] | None:
+        if not self.writer:
+            return None
+        return ALIVE_INTERVAL_S, lambda: self._record(
+            "alive", runtime_s=round(self.sup.clock() - self.start, 3)
+        )
+
+    def _python(self, script: Path, budget_end: float | None) -> tuple[str | None, Phase | None]:
+        """The interpreter for `script` (see build_job_command); a Phase instead if preparing failed."""
+        kind = python_kind(script)
+        if kind != "uv":
+            return ("python3" if kind else None), None
+        uv = self.cfg.uv or "uv"
+        phase = self.sup.run(
+            [uv, "sync", "--quiet", "--script", str(script)],
+            self.cfg.env,
+            deadlines=self._deadline(budget_end),
+            tick=self._tick(),
+            stdout=sys.stderr.fileno(),
+        )
+        if phase.stop is not None or phase.code != 0:
+            log.error("uv sync --script %s failed (exit %s)", script, phase.code)
+            return None, Phase(phase.stop, phase.code if phase.stop else EXIT_FAILURE)
+        find = [uv, "python", "find", "--script", str(script)]
+        log.debug("running: %s", shlex.join(find))
+        try:
+            out = subprocess.run(
+                find, env=dict(self.cfg.env), capture_output=True, text=True, check=True
+            ).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.error("uv python find --script %s failed: %s", script, exc)
+            return None, Phase(None, EXIT_FAILURE)
+        return out.strip().splitlines()[-1], None
+
+    def _job_env(self, **extra: str) -> dict[str, str]:
+        env = dict(self.cfg.env)
+        env.update(
+            DATA_DIR=str(self.cfg.data_dir), RUN_ID=self.cfg.run_id, SKYOPS_ATTEMPT=str(self.number), **extra
+        )
+        return env
+
+    def _preflight_then_job(self, budget_end: float | None) -> Phase:
+        cfg, lim = self.cfg, self.cfg.limits
+        if cfg.preflight:
+            phase = self._preflight(budget_end)
+            if phase is not None:
+                return phase
+        python, failed = self._python(Path(cfg.command[0]), budget_end)
+        if failed is not None:
+            return failed
+        argv = build_job_command(cfg.command, cfg.dist, python)
+        hb_dir = Path(tempfile.mkdtemp(prefix=f"skyops-heartbeat-{self.number}-", dir=cfg.tmp_dir))
+        hb_file = hb_dir / "heartbeat"
+        try:
+            monitor = HeartbeatMonitor(
+                timeout_s=lim.heartbeat_timeout_s,
+                startup_grace_s=lim.startup_grace_s,
+                start=self.sup.clock(),
+                start_wall_ns=self.sup.wall_ns(),
+                baseline_mtime_ns=heartbeat_mtime(hb_file),
+            )
+            return self.sup.run(
+                argv,
+                self._job_env(HEARTBEAT_FILE=str(hb_file)),
+                deadlines=self._deadline(budget_end),
+                heartbeat=(monitor, hb_file),
+                tick=self._tick(),
+            )
+        finally:
+            shutil.rmtree(hb_dir, ignore_errors=True)
+
+    def _preflight(self, budget_end: float | None) -> Phase | None:
+        """Run the NCCL preflight; a Phase to end the attempt with, or None when it passed."""
+        cfg = self.cfg
+        script = cfg.preflight_script
+        if not script.is_file():
+            log.warning("NCCL preflight skipped: %s does not exist", script)
+            return None
+        python, failed = self._python(script, budget_end)
+        if failed is not None:
+            return failed
+        report = cfg.data_dir / cfg.run_id / "preflight" / "nccl-report.json"
+        # nccl_test.py starts this node's ranks itself (NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_*
+        # from the environment) and keeps its exit codes exact: under torchrun every failure is 1.
+        argv = [python or "python3", str(script), "--json-out", str(report)]
+        limit = self.sup.clock() + cfg.limits.startup_grace_s if cfg.limits.startup_grace_s > 0 else None
+        phase = self.sup.run(
+            argv,
+            self._job_env(),
+            deadlines=[*self._deadline(budget_end), (limit, REASON_PREFLIGHT_FAILED)],
+            tick=self._tick(),
+        )
+        if phase.stop is not None:
+            return phase
+        if phase.code == EXIT_BAD_NODE:
+            log.error("NCCL preflight failed: this node or its fabric is bad (report: %s)", report)
+            return Phase(REASON_PREFLIGHT_FAILED, phase.code)
+        if phase.code != 0:
+            log.error("NCCL preflight could not run (exit %s): not a node fault, counted as a job failure", phase.code)
+            return Phase(REASON_PREFLIGHT_ERROR, phase.code)
+        log.info("NCCL preflight passed")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts = args[: args.index("--")] if "--" in args else args
+    verbose = "-v" in opts or "--verbose" in opts
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="run.py: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    here = Path(__file__).resolve().parent
+    try:
+        cfg = load_config(args, os.environ, tmp_dir=Path(tempfile.gettempdir()), here=here)
+    except BadInput as exc:
+        if verbose:
+            log.exception("bad input")
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    with Events() as events:
+        sup = Supervisor(events, cfg.limits.grace_s)
+        try:
+            return AttemptRunner(cfg, sup).run()
+        except Exception as exc:
+            log.error("internal error: %s", exc, exc_info=cfg.verbose)
+            sup.teardown()
+            return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

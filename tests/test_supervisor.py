@@ -1,0 +1,789 @@
+"""scripts/remote/run.py: the node-side supervisor (issue 3; CASES.md R1-R3).
+
+Fault tests run the real script as a process under a small harness that is a child subreaper: any
+process of the job's tree the supervisor leaves behind (alive or zombie) is adopted by the harness
+and reported. Jobs are tiny Python scripts written into tmp_path; they log events (start, beat,
+sigterm) with their pid and CLOCK_MONOTONIC time, which is shared by every process on the machine.
+Timeouts are a few seconds; timing assertions have generous upper bounds (2 busy cores) and strict
+lower bounds (a monitor must never fire early).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psutil
+import pytest
+import run
+from _contract import (
+    EXIT_BAD_INPUT,
+    EXIT_BAD_NODE,
+    EXIT_CRASH_LOOP,
+    EXIT_FAILURE,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    RESERVED_EXIT_CODES,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "scripts" / "remote" / "run.py"
+NCCL_TEST = ROOT / "scripts" / "remote" / "nccl_test.py"
+JOB_ID, TASK = 7, 0
+TASK_ID = f"sky-managed-2026-01-02-03-04-05-000006_train_{JOB_ID}-{TASK}"
+
+pytestmark = pytest.mark.timeout(90)
+
+HARNESS = """
+import ctypes, json, os, signal, subprocess, sys, time
+import psutil
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: adopt what the supervisor leaves
+out = sys.argv[1]
+proc = subprocess.Popen(sys.argv[2:])
+with open(out + ".pid", "w") as f:
+    f.write(str(proc.pid))
+code = proc.wait()
+left = []
+for p in psutil.Process().children(recursive=True):
+    try:
+        left.append({"pid": p.pid, "status": p.status(), "cmdline": p.cmdline()})
+        p.kill()
+    except psutil.Error:
+        pass
+psutil.wait_procs(psutil.Process().children(), timeout=5)
+with open(out, "w") as f:
+    json.dump({"code": code, "left": left}, f)
+"""
+
+PRELUDE = """
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+def note(event, **kw):
+    with open(os.environ["TEST_EVENTS"], "a") as f:
+        f.write(json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **kw}) + "\\n")
+
+def beat():
+    Path(os.environ["HEARTBEAT_FILE"]).touch()
+    note("beat")
+
+def on_sigterm(signum, frame):
+    note("sigterm")
+    sys.exit(143)
+
+signal.signal(signal.SIGTERM, on_sigterm)
+note("start", attempt=os.environ.get("SKYOPS_ATTEMPT"), heartbeat_file=os.environ.get("HEARTBEAT_FILE"))
+"""
+
+WORKER = PRELUDE + "\ntime.sleep(300)\n"
+
+
+@dataclass
+class Outcome:
+    code: int
+    stderr: str
+    left: list[dict]
+    events: list[dict]
+    ledger: list[dict]
+    result: dict | None
+    wall_s: float
+
+    def reason(self) -> str | None:
+        return self.result["reason"] if self.result else None
+
+    def pids(self) -> set[int]:
+        return {e["pid"] for e in self.events}
+
+    def of(self, event: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == event]
+
+
+class Node:
+    """One emulated node's supervisor invocations against a shared data dir."""
+
+    def __init__(self, tmp_path: Path, rank: int = 0, **env: str) -> None:
+        self.tmp = tmp_path
+        self.data = tmp_path / "data"
+        self.events = tmp_path / f"events-node{rank}.jsonl"
+        (tmp_path / "harness.py").write_text(HARNESS)
+        (tmp_path / "worker.py").write_text(WORKER)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
+        for key in (
+            "NNODES",
+            "NODE_RANK",
+            "NPROC_PER_NODE",
+            "WORLD_SIZE",
+            "MASTER_ADDR",
+            "HEARTBEAT_FILE",
+            *run.DEFAULTS,
+        ):
+            self.env.pop(key, None)
+        self.env.update(
+            DATA_DIR=str(self.data),
+            RUN_ID="r",
+            NCCL_PREFLIGHT="0",
+            HEARTBEAT_TIMEOUT="30",
+            STARTUP_GRACE="30",
+            GRACE="2",
+            SKYPILOT_NODE_RANK=str(rank),
+            SKYPILOT_NUM_NODES="2" if rank else "1",
+            SKYPILOT_MANAGED_JOB_ID=str(JOB_ID),
+            SKYPILOT_TASK_ID=TASK_ID,
+            SKYPILOT_CLUSTER_INFO='{"cluster_name": "c", "cloud": "local", "region": "r", "zone": null}',
+            TEST_EVENTS=str(self.events),
+            WORKER=str(tmp_path / "worker.py"),
+        )
+        self.env.update(env)
+        self.rank = rank
+        self.count = 0
+
+    @property
+    def ledger_path(self) -> Path:
+        return run.ledger_path(self.data, "r", JOB_ID, TASK)
+
+    def job(self, body: str) -> Path:
+        self.count += 1
+        path = self.tmp / f"job{self.count}_node{self.rank}.py"
+        path.write_text(PRELUDE + textwrap.dedent(body))
+        return path
+
+    def start(self, body: str, *flags: str, **env: str) -> tuple[subprocess.Popen, Path]:
+        out = self.tmp / f"harness{self.count + 1}_node{self.rank}.json"
+        job = self.job(body)
+        argv = [
+            sys.executable,
+            str(self.tmp / "harness.py"),
+            str(out),
+            sys.executable,
+            str(RUN),
+            *flags,
+            "--",
+            str(job),
+        ]
+        proc = subprocess.Popen(
+            argv, env={**self.env, **env}, stderr=subprocess.PIPE, text=True, cwd=self.tmp
+        )
+        return proc, out
+
+    def finish(self, proc: subprocess.Popen, out: Path, started: float) -> Outcome:
+        _, stderr = proc.communicate(timeout=60)
+        wall = time.monotonic() - started
+        sys.stderr.write(stderr)
+        harness = json.loads(out.read_text())
+        events = (
+            [json.loads(line) for line in self.events.read_text().splitlines()]
+            if self.events.exists()
+            else []
+        )
+        self.events.unlink(missing_ok=True)
+        result_file = run.result_path(self.data, "r", self.rank)
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        ledger = run.parse_ledger(self.ledger_path.read_bytes()) if self.ledger_path.exists() else []
+        outcome = Outcome(harness["code"], stderr, harness["left"], events, ledger, result, wall)
+        assert_no_survivors(outcome, self.tmp)
+        return outcome
+
+    def __call__(self, body: str, *flags: str, **env: str) -> Outcome:
+        started = time.monotonic()
+        proc, out = self.start(body, *flags, **env)
+        return self.finish(proc, out, started)
+
+    def supervisor_pid(self, out: Path, timeout: float = 20) -> int:
+        pid_file = Path(str(out) + ".pid")
+        wait_for(pid_file.exists, timeout)
+        return int(pid_file.read_text())
+
+    def wait_event(self, event: str, count: int = 1, timeout: float = 20) -> None:
+        def seen() -> bool:
+            if not self.events.exists():
+                return False
+            return (
+                sum(json.loads(line)["event"] == event for line in self.events.read_text().splitlines())
+                >= count
+            )
+
+        wait_for(seen, timeout)
+
+
+def wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def assert_no_survivors(outcome: Outcome, tmp: Path) -> None:
+    """No process of the job's tree is alive or a zombie once the supervisor has exited."""
+    assert outcome.left == [], f"left behind: {outcome.left}"
+    for pid in outcome.pids():
+        try:
+            proc = psutil.Process(pid)
+            alive = str(tmp) in " ".join(proc.cmdline()) or proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            continue
+        assert not alive, f"pid {pid} survived"
+
+
+def ends(outcome: Outcome) -> list[tuple[int, int | None, str]]:
+    return [(r["attempt"], r["exit_code"], r["reason"]) for r in outcome.ledger if r["event"] == "end"]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# One test per fault (issue 3, "Tests")
+
+
+def test_job_crash_code_3(node: Node) -> None:
+    out = node("sys.exit(3)\n")
+    assert (out.code, out.reason()) == (3, "job_failed")
+    assert ends(out) == [(1, 3, "job_failed")]
+    start = next(r for r in out.ledger if r["event"] == "start")
+    assert start["num_nodes"] == 1 and start["cluster"]["cluster_name"] == "c"
+    assert (start["managed_job_id"], start["task_index"]) == (JOB_ID, TASK)
+    assert out.of("start")[0]["attempt"] == "1"
+    assert "summary: node=0 attempt=1 reason=job_failed exit_code=3" in out.stderr
+
+
+def test_hang_without_heartbeat_r3(node: Node) -> None:
+    """R3: heartbeats for a while, then a hang; teardown starts timeout..timeout+slack after the last."""
+    body = """
+        subprocess.Popen([sys.executable, os.environ["WORKER"]], start_new_session=True)
+        for _ in range(6):
+            beat()
+            time.sleep(0.25)
+        time.sleep(300)
+    """
+    out = node(body, "--heartbeat-timeout", "2", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    last_beat = max(e["t"] for e in out.of("beat"))
+    first_term = min(e["t"] for e in out.of("sigterm"))
+    assert 2 - run.MTIME_SLACK_S <= first_term - last_beat < 2 + 1.5
+    assert len(out.of("sigterm")) == 2  # the job and its worker in its own session
+    assert ends(out) == [(1, EXIT_BAD_NODE, "heartbeat_timeout")]
+
+
+def test_never_a_first_heartbeat(node: Node) -> None:
+    out = node("time.sleep(300)\n", "--startup-grace", "1.5", "--heartbeat-timeout", "1", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    start, term = out.of("start")[0]["t"], out.of("sigterm")[0]["t"]
+    assert 1.5 - 0.3 <= term - start < 1.5 + 2  # startup grace counts from the job's spawn
+    assert ends(out) == [(1, EXIT_BAD_NODE, "heartbeat_timeout")]
+
+
+def test_stale_heartbeat_file_from_before(node: Node) -> None:
+    """A file from an earlier attempt is neither a heartbeat nor a reason to kill at start."""
+    first = node("beat()\nsys.exit(1)\n", "--crash-loop-attempts", "0")
+    old_path = first.of("start")[0]["heartbeat_file"]
+    body = f"""
+        hb = Path(os.environ["HEARTBEAT_FILE"])
+        assert hb != Path({old_path!r}) and not hb.exists(), "a fresh path per attempt"
+        hb.touch()
+        old = time.time() - 3600
+        os.utime(hb, (old, old))  # as if restored from an earlier attempt
+        time.sleep(300)
+    """
+    out = node(body, "--startup-grace", "3", "--heartbeat-timeout", "1", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    start, term = out.of("start")[0]["t"], out.of("sigterm")[0]["t"]
+    # Counted as stale, the kill would come at ~1 s; counted as a beat, at ~2 s. Never a beat: at 3 s.
+    assert term - start >= 3 - 0.3
+    assert ends(out) == [(1, 1, "job_failed"), (2, EXIT_BAD_NODE, "heartbeat_timeout")]
+    assert out.of("start")[0]["attempt"] == "2"
+
+
+def test_job_ignores_sigterm(node: Node) -> None:
+    body = """
+        signal.signal(signal.SIGTERM, lambda *a: note("sigterm"))
+        time.sleep(300)
+    """
+    out = node(body, "--startup-grace", "0.5", "--heartbeat-timeout", "0.5", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    assert len(out.of("sigterm")) == 1  # got SIGTERM, ignored it, then SIGKILL after the grace period
+    assert out.result["job_exit_code"] == 128 + signal.SIGKILL
+    assert out.wall_s >= 0.5 + 1
+    assert ends(out) == [(1, EXIT_BAD_NODE, "heartbeat_timeout")]
+
+
+@pytest.mark.parametrize("how", ["launcher_exits", "supervisor_sigterm"])
+def test_grandchildren_in_new_sessions_r2(node: Node, how: str) -> None:
+    """R2: torchrun-like workers in their own sessions die with the job, whichever way it ends."""
+    body = """
+        workers = [subprocess.Popen([sys.executable, os.environ["WORKER"]], start_new_session=True) for _ in range(2)]
+        while sum(1 for line in open(os.environ["TEST_EVENTS"]) if '"start"' in line) < 3:
+            time.sleep(0.01)
+        note("ready")
+        if os.environ["HOW"] == "launcher_exits":
+            os._exit(3)  # orphans its workers, as a crashed launcher would
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # like a launcher busy elsewhere
+        time.sleep(300)
+    """
+    started = time.monotonic()
+    proc, out_file = node.start(body, "--grace", "1", HOW=how)
+    node.wait_event("ready")
+    if how == "supervisor_sigterm":
+        os.kill(node.supervisor_pid(out_file), signal.SIGTERM)
+    out = node.finish(proc, out_file, started)
+    assert len(out.pids()) == 3
+    if how == "launcher_exits":
+        assert (out.code, out.reason()) == (3, "job_failed")
+    else:
+        assert (out.code, out.reason()) == (EXIT_SIGTERM, "sigterm")
+    assert len(out.of("sigterm")) == 2  # both workers; each in its own session
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "reason"),
+    [(signal.SIGTERM, EXIT_SIGTERM, "sigterm"), (signal.SIGINT, EXIT_SIGINT, "sigint")],
+)
+def test_supervisor_gets_signal(node: Node, signum: int, code: int, reason: str) -> None:
+    started = time.monotonic()
+    proc, out_file = node.start("beat()\nnote('ready')\ntime.sleep(300)\n")
+    node.wait_event("ready")
+    os.kill(node.supervisor_pid(out_file), signum)
+    out = node.finish(proc, out_file, started)
+    assert (out.code, out.reason()) == (code, reason)
+    assert len(out.of("sigterm")) == 1  # the job got SIGTERM and its grace period
+    assert ends(out) == [(1, code, reason)]
+
+
+def test_corrupt_last_ledger_line(node: Node) -> None:
+    node.ledger_path.parent.mkdir(parents=True)
+    good = [
+        {"event": "start", "attempt": 1, "time": time.time() - 100},
+        {
+            "event": "end",
+            "attempt": 1,
+            "time": time.time() - 50,
+            "runtime_s": 50.0,
+            "exit_code": 3,
+            "reason": "job_failed",
+        },
+    ]
+    half = b'{"event": "end", "attempt": 2, "runtime'
+    node.ledger_path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in good) + half)
+    out = node("sys.exit(0)\n")
+    assert (out.code, out.reason()) == (0, "completed")
+    assert "skipping a corrupt ledger line" in out.stderr
+    lines = node.ledger_path.read_bytes().split(b"\n")
+    assert lines[2] == half, "the half-written line is kept as it was; new records start on a new line"
+    assert ends(out) == [(1, 3, "job_failed"), (2, 0, "completed")]
+    assert out.of("start")[0]["attempt"] == "2"
+
+
+def test_read_only_data_dir(node: Node, tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root writes through permission bits: make DATA_DIR's parent a plain file
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        data = blocker / "data"
+    else:
+        data = tmp_path / "ro"
+        data.mkdir()
+        data.chmod(0o555)
+    out = node("beat()\nsys.exit(0)\n", "--data-dir", str(data))
+    assert out.code == 0
+    assert "cannot write the ledger" in out.stderr and "supervision continues" in out.stderr
+    assert out.of("start")[0]["attempt"] == "1"
+    assert not (data / "r").exists(), "nothing half-written"
+    assert "summary: node=0 attempt=1 reason=completed exit_code=0" in out.stderr
+
+
+def test_max_runtime_across_two_attempts(node: Node) -> None:
+    budget = ["--max-runtime-hours", str(3.0 / 3600), "--crash-loop-attempts", "0", "--grace", "2"]
+    first = node("beat()\ntime.sleep(2)\nsys.exit(1)\n", *budget)
+    assert (first.code, first.reason()) == (1, "job_failed")
+    body = """
+        def checkpoint(signum, frame):
+            note("sigterm")
+            note("checkpointed")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, checkpoint)
+        while True:
+            beat()
+            time.sleep(0.2)
+    """
+    out = node(body, *budget)
+    assert (out.code, out.reason()) == (0, "max_runtime")
+    assert out.of("checkpointed"), "the job got SIGTERM and time to checkpoint"
+    runtimes = {r["attempt"]: r["runtime_s"] for r in out.ledger if r["event"] == "end"}
+    assert runtimes[1] >= 2
+    assert runtimes[2] < 3 - 2 + 1.5, "only what was left of the 3 s budget"
+    assert ends(out) == [(1, 1, "job_failed"), (2, 0, "max_runtime")]
+    third = node("sys.exit(0)\n", *budget)  # budget spent: done without starting the job
+    assert (third.code, third.reason()) == (0, "max_runtime") and not third.events
+
+
+def test_crash_loop(node: Node) -> None:
+    guard = [
+        "--crash-loop-attempts",
+        "3",
+        "--crash-loop-window-minutes",
+        "60",
+        "--crash-loop-min-minutes",
+        "5",
+    ]
+    codes = [node("sys.exit(3)\n", *guard).code for _ in range(3)]
+    assert codes == [3, 3, EXIT_CRASH_LOOP]
+    out = node("sys.exit(3)\n", *guard)
+    assert (out.code, out.reason()) == (EXIT_CRASH_LOOP, "crash_loop")
+    assert ends(out)[:3] == [(1, 3, "job_failed"), (2, 3, "job_failed"), (3, EXIT_CRASH_LOOP, "crash_loop")]
+
+
+def test_recover_code_cap(node: Node) -> None:
+    flags = [
+        "--startup-grace",
+        "0.5",
+        "--heartbeat-timeout",
+        "0.5",
+        "--grace",
+        "1",
+        "--max-recover-restarts",
+        "1",
+    ]
+    flags += ["--crash-loop-attempts", "0"]
+    first = node("time.sleep(300)\n", *flags)
+    assert (first.code, first.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    out = node("time.sleep(300)\n", *flags)
+    assert (out.code, out.reason()) == (EXIT_FAILURE, "recover_cap")
+    assert ends(out) == [(1, EXIT_BAD_NODE, "heartbeat_timeout"), (2, EXIT_FAILURE, "recover_cap")]
+
+
+def test_recover_cap_counts_other_nodes_bad_node_exits(tmp_path: Path) -> None:
+    """SkyPilot restarts uncounted when ANY node exits 86; rank 0 itself may have exited otherwise."""
+    head, worker = Node(tmp_path), Node(tmp_path, rank=1)
+    flags = ["--grace", "1", "--max-recover-restarts", "1", "--crash-loop-attempts", "0"]
+    started = time.monotonic()
+    head_proc, head_out = head.start("note('ready')\ntime.sleep(300)\n", *flags)
+    head.wait_event("ready")
+    bad = worker("time.sleep(300)\n", *flags, "--startup-grace", "0.5", "--heartbeat-timeout", "0.5")
+    assert (bad.code, bad.result["attempt"]) == (EXIT_BAD_NODE, 1)
+    os.kill(head.supervisor_pid(head_out), signal.SIGTERM)  # SkyPilot stops the other nodes
+    assert head.finish(head_proc, head_out, started).code == EXIT_SIGTERM
+    out = head("time.sleep(300)\n", *flags, "--startup-grace", "0.5", "--heartbeat-timeout", "0.5")
+    assert (out.code, out.reason()) == (EXIT_FAILURE, "recover_cap")
+    assert {"event": "node_result", "attempt": 1, "node_rank": 1, "exit_code": EXIT_BAD_NODE}.items() <= next(
+        r for r in out.ledger if r["event"] == "node_result"
+    ).items()
+    assert all(r["event"] != "start" or r.get("node_rank") == 0 for r in out.ledger), "only rank 0 writes"
+
+
+def test_job_exit_with_reserved_code(node: Node) -> None:
+    out = node(f"sys.exit({EXIT_BAD_NODE})\n")
+    assert (out.code, out.reason()) == (EXIT_FAILURE, "job_failed_reserved_code")
+
+
+def test_lost_attempt_is_closed_and_counted(node: Node) -> None:
+    node.ledger_path.parent.mkdir(parents=True)
+    lost = [
+        {"event": "start", "attempt": 1, "time": time.time() - 900},
+        {"event": "alive", "attempt": 1, "time": time.time() - 600, "runtime_s": 300.0},
+    ]
+    node.ledger_path.write_text("".join(json.dumps(r) + "\n" for r in lost))
+    out = node("sys.exit(0)\n")
+    assert ends(out) == [(1, None, run.LEDGER_LOST), (2, 0, "completed")]
+    assert "runtime used so far 300 s" in out.stderr
+
+
+def test_preflight_wiring(node: Node, tmp_path: Path) -> None:
+    fake = tmp_path / "fake_nccl_test.py"  # stands in for nccl_test.py: records argv, exits as told
+    fake.write_text(
+        PRELUDE + "note('preflight', argv=sys.argv[1:])\nsys.exit(int(os.environ['FAKE_CODE']))\n"
+    )
+    flags = ["--preflight", "--preflight-script", str(fake), "--crash-loop-attempts", "0"]
+    bad = node("note('job')\n", *flags, FAKE_CODE=str(EXIT_BAD_NODE))
+    assert (bad.code, bad.reason()) == (EXIT_BAD_NODE, "preflight_failed")
+    assert not bad.of("job"), "the job does not start on a bad node"
+    report = node.data / "r" / "preflight" / "nccl-report.json"
+    assert bad.of("preflight")[0]["argv"] == ["--json-out", str(report)]
+    broken = node("note('job')\n", *flags, FAKE_CODE="1")  # the preflight's own bug: not a bad node
+    assert (broken.code, broken.reason()) == (EXIT_FAILURE, "preflight_error") and not broken.of("job")
+    good = node("note('job')\n", *flags, FAKE_CODE="0")
+    assert (good.code, good.reason()) == (0, "completed") and good.of("job")
+    off = node("note('job')\n", "--preflight-script", str(fake), NCCL_PREFLIGHT="0", FAKE_CODE="86")
+    assert off.code == 0 and not off.of("preflight")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not NCCL_TEST.exists(), reason="scripts/remote/nccl_test.py is not written yet")
+def test_real_preflight_passes_on_this_machine(node: Node) -> None:
+    env = {"UV_FIND_LINKS": os.environ.get("UV_FIND_LINKS", os.environ.get("PIP_FIND_LINKS", ""))}
+    out = node("sys.exit(0)\n", "--preflight", **env)
+    assert (out.code, out.reason()) == (0, "completed")
+    assert (node.data / "r" / "preflight" / "nccl-report.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_flaky_example_fails_then_resumes(node: Node) -> None:
+    """examples/flaky_train.py: attempt 1 checkpoints and fails, attempt 2 resumes and succeeds."""
+    find_links = os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
+    if not find_links:
+        pytest.skip("no local wheel folder for torch (UV_FIND_LINKS / PIP_FIND_LINKS)")
+    script = ROOT / "examples" / "flaky_train.py"
+    argv = [sys.executable, str(RUN), "--crash-loop-attempts", "0", "--", str(script), "--steps", "20"]
+    env = {**node.env, "UV_FIND_LINKS": find_links}
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert first.returncode == 1, first.stderr
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    result = json.loads((node.data / "r" / "train_result.json").read_text())
+    assert result["attempt"] == 2 and result["resumed_from_step"] == 10 and result["steps"] == 20
+    assert result["final_loss"] < result["first_loss"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def limits(**overrides: float) -> run.Limits:
+    return replace(
+        run.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=RUN.parent).limits, **overrides
+    )
+
+
+def test_monotonic_clock_wall_jump_never_kills_r3() -> None:
+    """R3: the wall clock jumps 2 h (either way) between beats; no kill while beats keep coming."""
+    start_wall = 1_000_000 * 10**9
+    for jump in (2 * 3600, -2 * 3600):
+        mon = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=10, start=100.0, start_wall_ns=start_wall)
+        offset = 0
+        for i in range(1, 20):  # a beat every second of monotonic time, looked at every 2.5 s
+            now = 100.0 + i
+            if i == 8:
+                offset = jump * 10**9
+            mtime = start_wall + i * 10**9 + offset
+            if i % 2:
+                assert not mon.observe(now + 0.5, start_wall + int((i + 0.5) * 1e9) + offset, mtime)
+        assert mon.kill_deadline() is not None and mon.kill_deadline() > 119
+        # and a hang after the jump is still caught, timeout_s after the last beat
+        assert not mon.observe(121.0, start_wall + 21 * 10**9 + offset, mtime)
+        assert mon.observe(119.5 + 3 + 0.01, start_wall + 23 * 10**9 + offset, mtime)
+
+
+def test_heartbeat_monitor_uses_clock_values_only() -> None:
+    mon = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=20, start=0.0, start_wall_ns=0)
+    assert mon.next_wakeup() == 3  # before the first beat: look every timeout_s
+    assert not mon.observe(3.0, 3 * 10**9, 10**9)  # a beat at 1 s, seen at 3 s
+    assert mon.last_beat == pytest.approx(1.0)
+    assert mon.next_wakeup() == pytest.approx(4.0)
+    assert mon.observe(4.0, 4 * 10**9, 10**9)  # no newer beat: stale exactly timeout_s after the last
+    never = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    assert not never.observe(4.9, 0, None) and never.observe(5.0, 0, None)
+    off = run.HeartbeatMonitor(timeout_s=0, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    assert off.next_wakeup() is None and not off.observe(10**6, 0, None)
+
+
+def test_leftover_heartbeat_file_never_counts() -> None:
+    start_wall = 5_000 * 10**9
+    old = start_wall - 3600 * 10**9
+    mon = run.HeartbeatMonitor(
+        timeout_s=3, startup_grace_s=10, start=0.0, start_wall_ns=start_wall, baseline_mtime_ns=old
+    )
+    assert not mon.observe(3.0, start_wall + 3 * 10**9, old)  # not stale at start despite its age
+    assert mon.last_beat is None
+    fresh = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=10, start=0.0, start_wall_ns=start_wall)
+    assert not fresh.observe(3.0, start_wall + 3 * 10**9, old)  # appears, but with an old mtime
+    assert fresh.last_beat is None
+    assert not fresh.observe(6.0, start_wall + 6 * 10**9, start_wall + 5 * 10**9)  # a real touch
+    assert fresh.last_beat == pytest.approx(5.0)
+
+
+def test_build_job_command_r1() -> None:
+    dist = run.distributed_from_env(
+        {
+            "NNODES": "2",
+            "NODE_RANK": "1",
+            "NPROC_PER_NODE": "8",
+            "MASTER_ADDR": "10.0.0.11",
+            "WORLD_SIZE": "16",
+        }
+    )
+    argv = run.build_job_command(["examples/train.py", "--steps", "5"], dist, "/env/bin/python")
+    assert argv == [
+        "/env/bin/python", "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--nproc-per-node=8",
+        "--master-addr=10.0.0.11", "--master-port=29500", "examples/train.py", "--steps", "5",
+    ]  # fmt: skip
+    assert not any(a.endswith("=") for a in argv), "never a flag with an empty value"
+    laptop = run.distributed_from_env({"MASTER_ADDR": "", "NNODES": " "})
+    assert laptop == run.Distributed()
+    assert run.build_job_command(["job.py", "a"], laptop, "python3") == ["python3", "job.py", "a"]
+    assert run.build_job_command(["bash", "-c", "exit 3"], dist, None) == ["bash", "-c", "exit 3"]
+
+
+def test_python_kind(tmp_path: Path) -> None:
+    uv_script = tmp_path / "a.py"
+    uv_script.write_text('# /// script\n# requires-python = ">=3.11"\n# dependencies = []\n# ///\nprint(1)\n')
+    plain = tmp_path / "b.py"
+    plain.write_text("print(1)  # /// script\n")
+    assert (run.python_kind(uv_script), run.python_kind(plain), run.python_kind(tmp_path / "c.sh")) == (
+        "uv",
+        "python",
+        None,
+    )
+
+
+def test_identity_from_skypilot_env() -> None:
+    ident = run.identity_from_env(
+        {"SKYPILOT_NODE_RANK": "1", "SKYPILOT_MANAGED_JOB_ID": "12", "SKYPILOT_TASK_ID": "sky-managed-2026-01-02-03-04-05-000006_my-run_12-3", "SKYPILOT_NUM_NODES": "2"},
+        1,
+    )  # fmt: skip
+    assert (ident.node_rank, ident.managed_job_id, ident.task_index, ident.num_nodes) == (1, 12, 3, 2)
+    assert run.identity_from_env({}, 1) == run.Identity()
+    assert run.task_index_from("sky-2026-01-02-03-04-05-000006_cluster_4") == 0
+
+
+def test_ledger_parsing_tolerates_corruption(tmp_path: Path) -> None:
+    data = b'{"event": "start", "attempt": 1, "time": 1.0}\n\nnot json\n{"event": "start", "attempt": "2"}\n[1]\n{"event": "end", "attempt": 1, "runtime_s": 4, "exit_code": 86, "reason": "heartbeat_timeout"}\n{"event": "al'
+    records = run.parse_ledger(data)
+    assert [r["event"] for r in records] == ["start", "end"]
+    [attempt] = run.summarize(records)
+    assert (attempt.number, attempt.runtime_s, attempt.bad_node) == (1, 4.0, True)
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b'{"event": "st')
+    assert run.append_record(path, {"event": "start", "attempt": 1})
+    assert len(run.read_ledger(path)) == 1
+    assert run.read_ledger(tmp_path / "missing.jsonl") == []
+
+
+def test_attempt_numbers() -> None:
+    ended = run.Attempt(1, 0.0, 10.0, 3, "job_failed")
+    current = run.Attempt(2, 0.0)  # rank 0 already wrote this attempt's start
+    assert run.attempt_number([ended], writer=True) == 2
+    assert run.attempt_number([ended, current], writer=False) == 2
+
+
+def test_decide_contract() -> None:
+    lim = limits()
+    now = 10_000.0
+    cur = run.Attempt(1, now - 10, 10.0)
+
+    def d(stop, code, prior=(), lim=lim):
+        return run.decide(stop, code, prior=list(prior), current=cur, limits=lim, now_wall=now)
+
+    assert d(None, 0) == (0, "completed")
+    assert d(None, 3) == (3, "job_failed")
+    for code in RESERVED_EXIT_CODES:
+        assert d(None, code) == (EXIT_FAILURE, "job_failed_reserved_code")
+    assert d("heartbeat_timeout", 137) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    assert d("preflight_failed", 86) == (EXIT_BAD_NODE, "preflight_failed")
+    assert d("preflight_error", 1) == (EXIT_FAILURE, "preflight_error")
+    assert d("max_runtime", 143) == (0, "max_runtime")
+    assert d("sigterm", 1) == (EXIT_SIGTERM, "sigterm")
+    assert d("sigint", None) == (EXIT_SIGINT, "sigint")
+    bad = [run.Attempt(i, now - 5000, 4000.0, EXIT_BAD_NODE, "heartbeat_timeout", True) for i in range(1, 11)]
+    assert d("heartbeat_timeout", None, bad[:9]) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    assert d("heartbeat_timeout", None, bad) == (EXIT_FAILURE, "recover_cap")
+    fast = [run.Attempt(i, now - 600, 30.0, 3, "job_failed") for i in (1, 2)]
+    assert d(None, 3, fast) == (EXIT_CRASH_LOOP, "crash_loop")
+    assert d(None, 3, fast[:1]) == (3, "job_failed")
+    assert d(None, 3, fast, replace(lim, crash_loop_attempts=0)) == (3, "job_failed")
+    old = [run.Attempt(i, now - 7200, 30.0, 3, "job_failed") for i in (1, 2)]
+    assert d(None, 3, old) == (3, "job_failed"), "outside the window"
+    slow = [run.Attempt(i, now - 1200, 900.0, 3, "job_failed") for i in (1, 2)]
+    assert d(None, 3, slow) == (3, "job_failed"), "average runtime above the minimum"
+    preempted = [run.Attempt(i, now - 600, 30.0, EXIT_SIGTERM, "sigterm") for i in (1, 2)]
+    assert d(None, 3, preempted) == (3, "job_failed"), "preemptions are not crashes"
+    assert d(None, 0, fast) == (0, "completed")
+
+
+def test_exit_codes_match_job_yaml() -> None:
+    yaml = pytest.importorskip("yaml")
+    task = yaml.safe_load((ROOT / "job.yaml").read_text())
+    codes = task["resources"]["job_recovery"]["recover_on_exit_codes"]
+    codes = [codes] if isinstance(codes, int) else codes
+    assert EXIT_BAD_NODE in codes
+    assert EXIT_CRASH_LOOP not in codes and 137 not in codes and EXIT_FAILURE not in codes
+    envs = task["envs"]
+    for key, default in run.DEFAULTS.items():
+        assert envs[key] == default, f"run.py's default for {key} differs from job.yaml"
+    assert "run.py -- " in task["run"].splitlines()[-1]
+
+
+def test_precedence_flags_env_defaults() -> None:
+    here = RUN.parent
+    cfg = run.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=here)
+    assert (cfg.limits.heartbeat_timeout_s, cfg.limits.max_runtime_s, cfg.limits.grace_s, cfg.preflight) == (
+        600,
+        86400,
+        60,
+        True,
+    )
+    env = {
+        "HEARTBEAT_TIMEOUT": "5",
+        "NCCL_PREFLIGHT": "0",
+        "DATA_DIR": "/d",
+        "RUN_ID": "x",
+        "CRASH_LOOP_WINDOW_MINUTES": "2",
+    }
+    cfg = run.load_config(["--", "true"], env, tmp_dir=Path("/tmp"), here=here)
+    assert (cfg.limits.heartbeat_timeout_s, cfg.preflight, cfg.data_dir, cfg.run_id) == (
+        5,
+        False,
+        Path("/d"),
+        "x",
+    )
+    assert cfg.limits.crash_loop_window_s == 120
+    cfg = run.load_config(
+        ["--heartbeat-timeout", "7", "--preflight", "--", "true", "--heartbeat-timeout", "9"],
+        env,
+        tmp_dir=Path("/tmp"),
+        here=here,
+    )
+    assert (cfg.limits.heartbeat_timeout_s, cfg.preflight, cfg.command) == (
+        7,
+        True,
+        ("true", "--heartbeat-timeout", "9"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--grace", "soon", "--", "true"], {}, "--grace"),
+        (["--heartbeat-timeout", "nan", "--", "true"], {}, "--heartbeat-timeout"),
+        (["--", "true"], {"MAX_RUNTIME_HOURS": "-1"}, "MAX_RUNTIME_HOURS"),
+        (["--", "true"], {"CRASH_LOOP_ATTEMPTS": "1.5"}, "CRASH_LOOP_ATTEMPTS"),
+        (["--", "true"], {"NCCL_PREFLIGHT": "maybe"}, "NCCL_PREFLIGHT"),
+        (["--run-id", "a/b", "--", "true"], {}, "--run-id"),
+        (["--", "true"], {"SKYPILOT_NODE_RANK": "x"}, "SKYPILOT_NODE_RANK"),
+        (["--", "true"], {"NNODES": "0"}, "NNODES"),
+        (["--nope", "--", "true"], {}, "--nope"),
+        (["--grace", "1"], {}, "CMD"),
+        (["--", "missing-job.py"], {}, "missing-job.py"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, env, named, monkeypatch, capsys) -> None:
+    for key in [*run.DEFAULTS, "NNODES", "SKYPILOT_NODE_RANK"]:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert run.main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err and "Traceback" not in err
+
+
+def test_help_shows_defaults(capsys) -> None:
+    assert run.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--heartbeat-timeout" in out and "600" in out and "--max-recover-restarts" in out
+
+
+def test_script_header() -> None:
+    text = RUN.read_text()
+    assert text.startswith("#!/usr/bin/env -S uv run --script\n# /// script\n")
+    assert 'requires-python = ">=3.11"' in text and 'dependencies = ["psutil==7.2.2"]' in text
+    assert os.access(RUN, os.X_OK)
+    assert "raise SystemExit(main())" in text and "allow_abbrev=False" in text
+    assert math.isclose(run.ALIVE_INTERVAL_S, 300.0)
