@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train  # noqa: E402 - the sibling example, in this script's own uv environment
+import train
 
 DEFAULTS = ["--fail-at-step", "10", "--checkpoint-every", "10"]
 

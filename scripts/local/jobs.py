@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    st = sub.add_parser("status", help="list jobs, finished ones included (why each ended)", allow_abbrev=False)
+    st = sub.add_parser(
+        "status", help="list jobs, finished ones included (why each ended)", allow_abbrev=False
+    )
     st.add_argument("--active", action="store_true", help="only jobs that have not finished")
     st.add_argument("--json", action="store_true", help="JSON records instead of a table")
     st.add_argument("ids", metavar="ID", nargs="*", help="job ids or run names")
@@ -371,9 +373,7 @@ def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
             records = sdk.queue(None, False, False)
         match = sorted(int(r["job_id"]) for r in records if ident in (r.get("job_name"), r.get("task_name")))
         if not match:
-            raise ConfigError(
-                f"ID {ident!r}: no managed job of that name (see jobs.py --backend sky status)"
-            )
+            raise ConfigError(f"ID {ident!r}: no managed job of that name (see jobs.py --backend sky status)")
         ids.append(match[-1])
     return ids
 

@@ -1299,7 +1299,10 @@ class AttemptRunner:
             log.error("NCCL preflight failed: this node or its fabric is bad (report: %s)", report)
             return Phase(REASON_PREFLIGHT_FAILED, phase.code)
         if phase.code != 0:
-            log.error("NCCL preflight could not run (exit %s): not a node fault, counted as a job failure", phase.code)
+            log.error(
+                "NCCL preflight could not run (exit %s): not a node fault, counted as a job failure",
+                phase.code,
+            )
             return Phase(REASON_PREFLIGHT_ERROR, phase.code)
         log.info("NCCL preflight passed")
         return None
