@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _task
 import launch
 import pytest
 import yaml
@@ -233,4 +234,4 @@ def test_job_args_reach_the_job_verbatim() -> None:
     ],
 )
 def test_gpu_count_patch_keeps_the_shape(accelerators: object, expected: object) -> None:
-    assert launch.set_accelerator_count(accelerators, 4) == expected
+    assert _task.set_accelerator_count(accelerators, 4) == expected

@@ -49,6 +49,7 @@ os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry go
 
 import _config  # noqa: E402
 import _sky_backend as sb  # noqa: E402
+import _task  # noqa: E402
 import launch  # noqa: E402
 from _config import ConfigError  # noqa: E402
 
@@ -162,7 +163,7 @@ SHAPES = [
 
 @pytest.mark.parametrize(("resources", "gpus", "expected"), SHAPES)
 def test_y2_gpu_count_patch_keeps_the_shape_and_builds(resources: dict, gpus: int, expected: dict) -> None:
-    patched = sb.patch_resources(resources, gpus=gpus)
+    patched = _task.patch_resources(resources, gpus=gpus)
     assert patched == expected
     import sky
 
@@ -174,23 +175,23 @@ def test_y2_gpu_count_patch_keeps_the_shape_and_builds(resources: dict, gpus: in
 @pytest.mark.parametrize("value", ["A100:0", {"A100": 0, "H100": 8}, ["A100:8", "H100:0"], "A100:-1"])
 def test_y2_zero_count_is_an_error(value: Any) -> None:
     with pytest.raises(ConfigError, match=r"resources.accelerators: .*count must be > 0"):
-        sb.patch_resources({"accelerators": value})
+        _task.patch_resources({"accelerators": value})
 
 
 def test_spot_and_cpus_apply_to_every_candidate() -> None:
     res = {"accelerators": "H100:8", "any_of": [{"use_spot": True, "cpus": 4}, {"use_spot": False}]}
-    assert sb.patch_resources(res, use_spot=False) == {
+    assert _task.patch_resources(res, use_spot=False) == {
         "accelerators": "H100:8",
         "any_of": [{"cpus": 4}, {}],
         "use_spot": False,
     }
-    assert sb.patch_resources(res, use_spot=True, cpus="8+") == {
+    assert _task.patch_resources(res, use_spot=True, cpus="8+") == {
         "accelerators": "H100:8",
         "use_spot": True,
         "cpus": "8+",
     }
     ordered = {"ordered": [{"accelerators": "A100:8"}, {"accelerators": "H100:8", "use_spot": False}]}
-    assert sb.patch_resources(ordered, use_spot=True) == {
+    assert _task.patch_resources(ordered, use_spot=True) == {
         "ordered": [{"accelerators": "A100:8"}, {"accelerators": "H100:8"}],
         "use_spot": True,
     }
@@ -199,13 +200,13 @@ def test_spot_and_cpus_apply_to_every_candidate() -> None:
 
 def test_gpus_zero_drops_accelerators_and_max_restarts_everywhere() -> None:
     res = {"ordered": [{"accelerators": "A100:8", "job_recovery": "FAILOVER"}, {"accelerators": "H100:8"}]}
-    patched = sb.patch_resources(res, gpus=0, max_restarts=5)
+    patched = _task.patch_resources(res, gpus=0, max_restarts=5)
     assert patched == {
         "ordered": [{"job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 5}}, {}],
         "job_recovery": {"max_restarts_on_errors": 5},
     }
     with pytest.raises(ConfigError, match=r"--gpus 2: job\.yaml names no accelerator type"):
-        sb.patch_resources({"cpus": 4}, gpus=2)
+        _task.patch_resources({"cpus": 4}, gpus=2)
 
 
 def test_task_built_with_all_patches(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ file:line; nothing launched); 3 SkyPilot error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import logging
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import _config
+import _task
 from _config import ConfigError
 
 EXIT_OK = 0
@@ -51,7 +51,6 @@ EXIT_INTERRUPTED = 130
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
-REDACTED = "<redacted>"
 
 log = logging.getLogger("skyops.launch")
 
@@ -356,60 +355,24 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
 
 def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
     """The resolved task as a SkyPilot YAML config (a plain dict): job.yaml with the resolved envs,
-    secrets (values shown as `<redacted>` unless `redact` is False), node count and resource patches."""
+    secrets (values shown as `<redacted>` unless `redact` is False; null when nobody supplied one),
+    node count and the resource patches of the launch flags."""
     assert cfg.task is not None
-    config = {k: v for k, v in cfg.task.config.items()}
+    config = dict(cfg.task.config)
     config["name"] = cfg.run
     config["num_nodes"] = cfg.nodes
     config["envs"] = dict(cfg.envs)
-    secrets: dict[str, Any] = {k: (REDACTED if redact else cfg.secrets[k]) for k in cfg.secrets}
-    for key in cfg.missing_secrets:
-        secrets[key] = None
+    secrets: dict[str, Any] = {k: (_task.REDACTED if redact else v) for k, v in cfg.secrets.items()}
+    secrets.update(dict.fromkeys(cfg.missing_secrets))
     config["secrets"] = secrets
-    resources = copy.deepcopy(dict(config.get("resources") or {}))
-    if cfg.gpus is not None:
-        for holder in [resources, *resources.get("any_of", []), *resources.get("ordered", [])]:
-            if holder.get("accelerators"):
-                if cfg.gpus == 0:
-                    del holder["accelerators"]
-                else:
-                    holder["accelerators"] = set_accelerator_count(holder["accelerators"], cfg.gpus)
-    if cfg.max_restarts is not None:
-        recovery = dict(resources.get("job_recovery") or {})
-        recovery["max_restarts_on_errors"] = cfg.max_restarts
-        resources["job_recovery"] = recovery
-    config["resources"] = {k: v for k, v in resources.items() if v is not None}
-    return config
-
-
-def set_accelerator_count(accelerators: Any, count: int) -> Any:
-    """`accelerators` with every candidate's count set to `count`, keeping the shape: a string
-    `A100:8`, a mapping `{A100: 8, H100: 8}` (any of) or a list `["A100:8", "H100:8"]` (ordered)."""
-    if isinstance(accelerators, str):
-        return f"{accelerators.split(':', 1)[0].strip()}:{count}"
-    if isinstance(accelerators, dict):
-        return {name: count for name in accelerators}
-    if isinstance(accelerators, list):
-        return [set_accelerator_count(a, count) for a in accelerators]
-    raise ConfigError(f"resources.accelerators: unsupported value {accelerators!r}")
-
-
-def dump_yaml(config: Mapping[str, Any]) -> str:
-    """YAML text for a task config: block style, keys in order, multi-line strings as `|` blocks."""
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-        if "\n" in data:
-            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data)
-
-    Dumper.add_representer(str, str_presenter)
-    return yaml.dump(
-        dict(config), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    config["resources"] = _task.patch_resources(
+        config.get("resources"),
+        gpus=cfg.gpus,
+        cpus=cfg.cpus,
+        use_spot=cfg.use_spot,
+        max_restarts=cfg.max_restarts,
     )
+    return config
 
 
 def pip_find_links(environ: Mapping[str, str]) -> str | None:
@@ -455,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sky_backend.launch(cfg)
         if cfg.gpus is None:
             cfg = replace(cfg, gpus=0)
-        rendered = dump_yaml(task_config(cfg))
+        rendered = _task.dump_yaml(task_config(cfg))
         if cfg.dry_run:
             sys.stdout.write(rendered)
             return EXIT_OK
