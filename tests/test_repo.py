@@ -96,11 +96,11 @@ def test_contract_doc_matches_code() -> None:
     for name in ("EXIT_BAD_NODE", "EXIT_CRASH_LOOP", "EXIT_SIGTERM", "EXIT_SIGINT"):
         assert f"| {getattr(_contract, name)} |" in doc, name
     for code in (
-        launch.EXIT_OK,
-        launch.EXIT_FAILED,
-        launch.EXIT_BAD_INPUT,
-        launch.EXIT_SKY_ERROR,
-        launch.EXIT_INTERRUPTED,
+        _config.EXIT_OK,
+        _config.EXIT_FAILED,
+        _config.EXIT_BAD_INPUT,
+        _config.EXIT_SKY_ERROR,
+        _config.EXIT_INTERRUPTED,
     ):
         assert f"| {code} |" in doc
 

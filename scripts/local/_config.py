@@ -19,13 +19,22 @@ Nothing here reads `os.environ`: callers pass the process environment in.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+#: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the one place they live.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SKY_ERROR = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 #: SkyPilot's env-key rule (sky/utils/schemas.py): also what a POSIX shell accepts.
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -68,6 +77,13 @@ TASK_KEYS = frozenset(
 
 class ConfigError(Exception):
     """Bad user input: the message is one line naming the flag, key or file:line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 # --------------------------------------------------------------------------------------- values

@@ -36,12 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+
 log = logging.getLogger("skyops.local")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 KILLED_PEER_CODE = 137  # what SkyPilot records for the nodes it kills after another node failed
 STOP_GRACE_EXTRA = 10.0  # seconds on top of the supervisor's GRACE before the launcher uses SIGKILL
 

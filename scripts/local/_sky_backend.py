@@ -38,14 +38,10 @@ from typing import IO, Any
 import _config
 import _git
 import _task
-from _config import ConfigError
+from _config import EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError
 
 log = logging.getLogger("skyops.sky")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_SKY_ERROR = 3
 
 REDACTED = _task.REDACTED
 #: sky.jobs.tail_logs return codes (sky/exceptions.py JobExitCode).

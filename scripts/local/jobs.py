@@ -45,15 +45,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import _config
-from _config import ConfigError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_SKY_ERROR = 3
+from _config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError, OneLineParser
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
@@ -85,11 +80,6 @@ class JobsConfig:
     wait: float = 90.0
     verbose: bool = False
     runs_dir: Path = REPO / ".skyops" / "runs"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,17 +37,17 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import _config
 import _task
-from _config import ConfigError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_SKY_ERROR = 3
-EXIT_INTERRUPTED = 130
+from _config import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    OneLineParser,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
@@ -96,13 +96,6 @@ class LaunchConfig:
     dump_config: str | None = None  # "yaml" | "json"
     repo: Path = REPO
     base_env: dict[str, str] = field(default_factory=dict, repr=False)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def _positive(text: str) -> int:
