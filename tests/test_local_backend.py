@@ -36,12 +36,14 @@ def task_file(tmp_path: Path, run: str, setup: str = "", recovery: str = "") -> 
     return path
 
 
-def launch_local(tmp_path: Path, task: Path, *args: str) -> tuple[int, str, dict]:
+def launch_local(
+    tmp_path: Path, task: Path, *args: str, env_file: str = "/dev/null"
+) -> tuple[int, str, dict]:
     run = f"t-{uuid.uuid4().hex[:8]}"
     code = launch.main(
         [
             "--env-file",
-            "/dev/null",
+            env_file,
             "--task",
             str(task),
             "--run",
@@ -261,21 +263,7 @@ def test_secret_canary_appears_in_no_output_or_file(
     env_file = tmp_path / "canary.env"
     env_file.write_text(f"MY_TOKEN={canary}\n")
     task = task_file(tmp_path, '[ -n "$MY_TOKEN" ] && echo "token present" > "$OUT/seen"')
-    run = f"t-{uuid.uuid4().hex[:8]}"
-    code = launch.main(
-        [
-            "--env-file",
-            str(env_file),
-            "--task",
-            str(task),
-            "--run",
-            run,
-            "--set",
-            f"OUT={tmp_path}",
-            "--follow",
-            "examples/train.py",
-        ]
-    )
+    code, run, _ = launch_local(tmp_path, task, "--follow", env_file=str(env_file))
     out, err = capsys.readouterr()
     assert code == 0
     assert (tmp_path / "seen").read_text() == "token present\n"  # the node got it
