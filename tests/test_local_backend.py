@@ -165,11 +165,15 @@ def test_setup_failure_spends_the_budget(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (uv forwards it
+    too, so the launcher sees it twice). Nodes still get their grace period: a node process that
+    needs a second to clean up on SIGTERM finishes; one that ignores SIGTERM is killed; none survive."""
     pids = tmp_path / "pids"
     run = (
         'echo $$ >> "$OUT/pids"\n'
         'setsid bash -c \'echo $$ >> "$OUT/pids"; trap "" TERM; sleep 300\' &\n'
-        "bash -c 'echo $$ >> \"$OUT/pids\"; sleep 300' &\n"
+        'bash -c \'echo $$ >> "$OUT/pids"; trap "sleep 1; echo clean > $OUT/clean-$SKYPILOT_NODE_RANK; exit 0" TERM;'
+        " sleep 300 & wait' &\n"
         "wait"
     )
     task = task_file(tmp_path, run)
@@ -195,16 +199,18 @@ def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 6):
         time.sleep(0.1)
     recorded = [int(p) for p in pids.read_text().split()]
     assert len(recorded) == 6
-    os.kill(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert out == ""
+    assert sorted(p.name for p in tmp_path.glob("clean-*")) == ["clean-0", "clean-1"]
     time.sleep(0.2)
     alive = [
         p for p in recorded if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE

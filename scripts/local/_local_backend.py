@@ -41,6 +41,7 @@ from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 log = logging.getLogger("skyops.local")
 
 KILLED_PEER_CODE = 137  # what SkyPilot records for the nodes it kills after another node failed
+SECOND_SIGNAL_AFTER = 1.0  # seconds: a later Ctrl-C skips the grace period and kills at once
 STOP_GRACE_EXTRA = 10.0  # seconds on top of the supervisor's GRACE before the launcher uses SIGKILL
 
 #: Variables of the launcher's own environment that must not leak into an emulated node.
@@ -255,27 +256,34 @@ def _descendants(pids: Sequence[int]) -> dict[int, Any]:
 
 
 def stop_nodes(nodes: Sequence[Node], grace: float, *, kill_now: threading.Event | None = None) -> None:
-    """Stop every node: SIGTERM to each node's process group (the supervisor tears its job down),
-    wait up to `grace` seconds, then SIGKILL every process of every node's tree, including processes
-    that moved to sessions of their own (torchrun workers), and reap the nodes."""
+    """Stop every node as a cancel does: SIGTERM to each node's process group and to every process of
+    its tree, including those in sessions of their own (torchrun workers); wait until all of them have
+    exited or `grace` seconds have passed (or `kill_now` is set); SIGKILL whatever is left; reap."""
     import psutil
 
     running = [n for n in nodes if n.proc.poll() is None]
-    seen = _descendants([n.proc.pid for n in running])
+    roots = {n.proc.pid for n in running}
+    seen = _descendants(list(roots))
     for node in running:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(node.proc.pid, signal.SIGTERM)
+    for pid, proc in seen.items():
+        if pid not in roots:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
     deadline = time.monotonic() + grace
-    for node in running:
-        while node.proc.poll() is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (kill_now is not None and kill_now.is_set()):
-                break
-            seen.update(_descendants([node.proc.pid]))
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(timeout=min(remaining, 0.5))
+    while time.monotonic() < deadline and not (kill_now is not None and kill_now.is_set()):
+        live_roots = [n.proc.pid for n in running if n.proc.poll() is None]
+        seen.update(_descendants(live_roots))
+        if not live_roots and not any(_alive(p) for pid, p in seen.items() if pid not in roots):
+            break
+        time.sleep(0.1)
     seen.update(_descendants([n.proc.pid for n in running if n.proc.poll() is None]))
-    survivors = [p for p in seen.values() if _alive(p)]
+    survivors = [p for pid, p in seen.items() if pid not in roots and _alive(p)]
+    for node in running:
+        if node.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(node.proc.pid, signal.SIGKILL)
     for proc in survivors:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -329,9 +337,15 @@ def run_phase(
             log.warning("interrupted: stopping %d node(s) (again to kill at once)", len(nodes))
             stopper = threading.Thread(target=stop_nodes, args=(nodes, grace), kwargs={"kill_now": kill_now})
             stopper.start()
+            first = time.monotonic()
             while stopper.is_alive():
                 with contextlib.suppress(queue.Empty):
-                    if events.get(timeout=0.2)[0] == "signal":
+                    # Ctrl-C reaches the launcher twice at once (from the terminal and forwarded by
+                    # `uv run`): only a signal after SECOND_SIGNAL_AFTER seconds means "kill now".
+                    if (
+                        events.get(timeout=0.2)[0] == "signal"
+                        and time.monotonic() - first > SECOND_SIGNAL_AFTER
+                    ):
                         kill_now.set()
             return None
         rank, code = rest[0].rank, exit_code_of(rest[1])
