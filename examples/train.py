@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -97,7 +98,7 @@ def train(s: Settings) -> dict[str, object]:
     ddp = DistributedDataParallel(model) if distributed else model
     opt = torch.optim.SGD(ddp.parameters(), lr=s.lr)
     ckpt_path = s.run_dir / "checkpoint.pt"
-    start_step, first_loss = 0, None
+    start_step, first_loss, ckpt = 0, None, {}
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
@@ -105,7 +106,9 @@ def train(s: Settings) -> dict[str, object]:
         start_step, first_loss = int(ckpt["step"]), ckpt["first_loss"]
         print(f"[rank {s.rank}] resumed from step {start_step}", flush=True)
     started = time.monotonic()
-    loss_value = float("nan")
+    # A run restarted after its last step (e.g. a node failed while shutting down) trains no more
+    # and reports the checkpoint's loss: the result of a finished run never changes.
+    loss_value = float(ckpt["last_loss"]) if start_step and "last_loss" in ckpt else float("nan")
     for step in range(start_step, s.steps):
         touch(s.heartbeat)
         if s.fail_at_step and step == s.fail_at_step and s.attempt == 1:
@@ -136,6 +139,7 @@ def train(s: Settings) -> dict[str, object]:
                         "optimizer": opt.state_dict(),
                         "step": step + 1,
                         "first_loss": first_loss,
+                        "last_loss": loss_value,
                     },
                     tmp,
                 )
@@ -146,7 +150,7 @@ def train(s: Settings) -> dict[str, object]:
         "world_size": s.world_size,
         "steps": s.steps,
         "first_loss": first_loss,
-        "final_loss": loss_value,
+        "final_loss": loss_value if math.isfinite(loss_value) else None,
         "resumed_from_step": start_step,
         "backend": backend if distributed else "none",
         "attempt": s.attempt,

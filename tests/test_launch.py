@@ -81,6 +81,18 @@ def test_help_returns_without_importing_skypilot() -> None:
         ([], "my-key=1\n", "my-key"),
         ([], "B\n", ".env:1: B has no value"),
         (["--unknown-flag"], "", "--unknown-flag"),
+        (["--set", "GRACE=abc"], "", "GRACE (from flag): expected a number of seconds >= 0, got 'abc'"),
+        (["--set", "HEARTBEAT_TIMEOUT=-5"], "", "HEARTBEAT_TIMEOUT (from flag)"),
+        (["--set", "NCCL_PREFLIGHT=maybe"], "", "NCCL_PREFLIGHT (from flag): expected one of 1/0"),
+        (["--set", "MASTER_PORT=70000"], "", "MASTER_PORT (from flag): expected a port"),
+        ([], "GRACE= # later\n", "GRACE (from "),
+        ([], "MAX_RUNTIME_HOURS=x\n", "MAX_RUNTIME_HOURS (from "),
+        ([], "JOB=other.py\n", ".env:1: JOB is set by the launcher"),
+        ([], "RUN_ID=zzz\n", ".env:1: RUN_ID is set by the launcher"),
+        (["--run", "r" * 64], "", "at most 63 characters"),
+        (["--cpus", "8++"], "", "--cpus: expected a vCPU count"),
+        (["--nodes", "100"], "", "--nodes 100: the local backend emulates at most 32"),
+        ([], "BIG=" + "x" * 140000 + "\n", "BIG (from "),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -235,3 +247,52 @@ def test_job_args_reach_the_job_verbatim() -> None:
 )
 def test_gpu_count_patch_keeps_the_shape(accelerators: object, expected: object) -> None:
     assert _task.set_accelerator_count(accelerators, 4) == expected
+
+
+def test_a_secret_never_leaks_through_expansion_or_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_env: None
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"WANDB_API_KEY={CANARY}\nNOTE=key is ${{WANDB_API_KEY}}\n")
+    code, out, err = call(["--env-file", str(env_file), "--dry-run", "examples/train.py"], capsys)
+    assert code == 2 and out == ""
+    assert "NOTE expands the secret WANDB_API_KEY" in err and CANARY not in err
+    env_file.write_text(f'WANDB_API_KEY="{CANARY}\n')  # unclosed quote: the error must not echo it
+    code, out, err = call(["--env-file", str(env_file), "--dry-run", "examples/train.py"], capsys)
+    assert code == 2 and ".env:1: cannot parse the value of WANDB_API_KEY (unclosed quote?)" in err
+    assert CANARY not in err + out
+
+
+def test_self_reference_expands_from_the_layers_below(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_env: None
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("GRACE=${GRACE}0\nSTARTUP_GRACE=${STARTUP_GRACE}\n")
+    monkeypatch.setenv("GRACE", "5")
+    code, out, _ = call(["--env-file", str(env_file), "--dry-run", "examples/train.py"], capsys)
+    envs = yaml.safe_load(out)["envs"]
+    assert code == 0
+    assert envs["GRACE"] == "5"  # the environment beats the file: its own value, unexpanded
+    assert envs["STARTUP_GRACE"] == "1200"  # ${STARTUP_GRACE} is job.yaml's value
+
+
+def test_job_must_be_a_script(capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    code, out, err = call(["--env-file", "/dev/null", "README.md"], capsys)
+    assert (code, out) == (2, "") and "must be a Python script (.py) or an executable file" in err
+
+
+def test_local_dry_run_shows_what_the_nodes_get(capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    code, out, _ = call(["--env-file", "/dev/null", "--dry-run", "examples/train.py"], capsys)
+    envs = yaml.safe_load(out)["envs"]
+    assert code == 0
+    assert envs["DATA_DIR"] == str(REPO / ".skyops" / "data")
+    assert envs["MASTER_PORT"] != "29500" and 1 <= int(envs["MASTER_PORT"]) <= 65535
+
+
+def test_misspelled_key_gets_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, no_env: None
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("GRACEE=5\n")
+    code, _, _ = call(["--env-file", str(env_file), "--dry-run", "examples/train.py"], capsys)
+    assert code == 0 and "did you mean GRACE?" in caplog.text

@@ -301,3 +301,40 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_text().splitlines()
     ends = [json.loads(line) for line in ledger if '"end"' in line]
     assert [(e["attempt"], e["reason"]) for e in ends] == [(1, "job_failed"), (2, "completed")]
+
+
+def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = task_file(tmp_path, "exit 0")
+    with lb.run_lock(REPO / ".skyops", "locked-run"):
+        code = launch.main(
+            ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "examples/train.py"]
+        )
+    _, err = capsys.readouterr()
+    assert code == 2 and "--run locked-run: a job of this run is still running" in err
+    assert not (REPO / ".skyops" / "runs" / "locked-run").exists()
+
+
+def test_sighup_tears_down_and_records_the_end(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP) stops every node like a cancel: exit 129, state CANCELLED."""
+    run = f"hup-{uuid.uuid4().hex[:6]}"
+    task = task_file(tmp_path, 'echo $$ >> "$OUT/pids"; sleep 300 & echo $! >> "$OUT/pids"; wait')
+    proc = subprocess.Popen(
+        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--env-file", "/dev/null", "--task", str(task),
+         "--run", run, "--nodes", "2", "--set", f"OUT={tmp_path}", "examples/train.py"],
+        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    pids = tmp_path / "pids"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 4):
+        time.sleep(0.1)
+    recorded = [int(p) for p in pids.read_text().split()]
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    assert status["state"] == "CANCELLED" and "SIGHUP" in status["failure_reason"]
+    assert len(status["node_pids"]) == 2
+    time.sleep(0.2)
+    assert [
+        p for p in recorded if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ] == []

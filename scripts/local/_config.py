@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import io
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[._-]{1,2}[a-zA-Z0-9]+)*$")
 SECRET_LIKE_RE = re.compile(
     r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|WEBHOOK|CREDENTIAL)"
 )
+
+#: Longest run name accepted: a DNS label (Kubernetes and most clouds name resources after it).
+MAX_RUN_NAME = 63
+#: Longest `KEY=value` the kernel passes to a process (MAX_ARG_STRLEN, 32 pages of 4 KiB).
+MAX_ENV_ENTRY = 131072
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -121,6 +127,8 @@ def run_name_problem(name: str) -> str | None:
     """
     if not name:
         return "must not be empty"
+    if len(name) > MAX_RUN_NAME:
+        return f"at most {MAX_RUN_NAME} characters, got {len(name)}"
     for pos, ch in enumerate(name):
         if not (ch.isascii() and (ch.isalnum() or ch in "-_.")):
             return f"character {ch!r} at position {pos} is not allowed (use letters, digits, '-', '_', '.')"
@@ -152,6 +160,61 @@ def default_run_name(job: str, stamp: str) -> str:
     if not stem[0].isalpha():
         stem = f"run-{stem}"
     return f"{stem}-{stamp}"
+
+
+# --------------------------------------------------------------------------------------- typed envs
+
+
+def _number(text: str, minimum: float, strict: bool = False) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError
+    return value
+
+
+#: Task envs that the node side parses as numbers or flags (docs/contract.md), checked here before
+#: anything is launched, so a typo costs exit 2 instead of a failed attempt on paid nodes.
+#: key -> (what it must be, check, empty allowed). tests/test_repo.py keeps this in step with
+#: the node-side parsers of scripts/remote/run.py and nccl_test.py.
+TYPED_ENVS: dict[str, tuple[str, Any, bool]] = {
+    "MASTER_PORT": ("a port 1..65535", lambda t: 1 <= int(t) <= 65535 or _fail(), False),
+    "HEARTBEAT_TIMEOUT": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
+    "STARTUP_GRACE": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
+    "GRACE": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
+    "MAX_RUNTIME_HOURS": ("a number of hours >= 0", lambda t: _number(t, 0), False),
+    "CRASH_LOOP_ATTEMPTS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), False),
+    "CRASH_LOOP_WINDOW_MINUTES": ("a number of minutes >= 0", lambda t: _number(t, 0), False),
+    "CRASH_LOOP_MIN_MINUTES": ("a number of minutes >= 0", lambda t: _number(t, 0), False),
+    "MAX_RECOVER_RESTARTS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), False),
+    "NCCL_PREFLIGHT": ("one of 1/0, true/false, yes/no, on/off", lambda t: parse_bool(t, ""), False),
+    "NCCL_PREFLIGHT_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
+    "NCCL_PREFLIGHT_INIT_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
+    "NCCL_PREFLIGHT_STAGE_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
+    "NCCL_PREFLIGHT_MIN_SHM_GIB": ("a number of GiB >= 0", lambda t: _number(t, 0), True),
+    "NCCL_PREFLIGHT_ITERS": ("an integer >= 1", lambda t: int(t) >= 1 or _fail(), True),
+    "NCCL_PREFLIGHT_WARMUP": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
+    "NCCL_PREFLIGHT_SLOW_FRACTION": ("a number > 0", lambda t: _number(t, 0, strict=True), True),
+    "NCCL_PREFLIGHT_PAIR_PARTNERS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
+}
+
+
+def _fail() -> bool:
+    raise ValueError
+
+
+def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> None:
+    """Raise ConfigError naming the key and where its value came from when a TYPED_ENVS value would
+    be rejected on the node (CASES.md E9: strings that mean numbers and booleans)."""
+    for key, (expected, check, empty_ok) in TYPED_ENVS.items():
+        if key not in values:
+            continue
+        text = values[key].strip()
+        if not text and empty_ok:
+            continue
+        try:
+            check(text)
+        except (ValueError, ConfigError):
+            raise ConfigError(f"{key} (from {sources.get(key, '?')}): expected {expected}, got {values[key]!r}") from None
 
 
 # --------------------------------------------------------------------------------------- .env
@@ -199,8 +262,10 @@ def read_env_file(path: Path) -> list[EnvLine]:
         original = binding.original.string
         line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
         if binding.error:
-            snippet = original.strip().splitlines()[0] if original.strip() else ""
-            raise ConfigError(f"{path}:{line}: cannot parse {snippet[:60]!r} (unclosed quote?)")
+            key = original.strip().split("=", 1)[0].strip() if "=" in original else ""
+            what = f"the value of {key}" if key else "this line"
+            hint = " (unclosed quote?)" if "=" in original and original.split("=", 1)[1].lstrip()[:1] in "'\"" else ""
+            raise ConfigError(f"{path}:{line}: cannot parse {what}{hint}")
         if binding.key is None:
             continue
         value = binding.value
@@ -224,6 +289,12 @@ def expand(value: str, lookup: Mapping[str, str]) -> str:
     from dotenv.variables import parse_variables
 
     return "".join(atom.resolve(dict(lookup)) or "" for atom in parse_variables(value))
+
+
+def _variables(value: str) -> list[Any]:
+    from dotenv.variables import Variable, parse_variables
+
+    return [atom for atom in parse_variables(value) if isinstance(atom, Variable)]
 
 
 def parse_set_flags(items: Sequence[str]) -> dict[str, str]:
@@ -250,6 +321,7 @@ class Resolved:
     values: dict[str, str]
     sources: dict[str, str]  # key -> "flag" | "environment" | "<file>:<line>" | "job.yaml"
     missing: tuple[str, ...] = ()  # secrets declared null and supplied by nobody
+    expanded_from: dict[str, list[str]] = field(default_factory=dict)  # key -> ${VARS} it expanded
 
 
 def resolve_values(
@@ -277,6 +349,7 @@ def resolve_values(
     sources: dict[str, str] = {}
     missing: list[str] = []
     pending: list[str] = []
+    expanded_from: dict[str, list[str]] = {}
     for key in keys:
         entry = file_map.get(key)
         if key in flags:
@@ -297,9 +370,16 @@ def resolve_values(
         else:
             missing.append(key)
     # Expand in file order against the merged values (then the environment, as python-dotenv does).
+    base = {k: v for k, v in defaults.items() if v is not None}
     for key in sorted(pending, key=lambda k: file_map[k].line):
-        values[key] = expand(values[key], {**environ, **values})
-    return Resolved(values, sources, tuple(missing))
+        # `KEY=${KEY}/x` means the KEY of the layers below (environment, job.yaml), not itself.
+        below = {**base, **environ}
+        lookup = {**below, **{k: v for k, v in values.items() if k != key}}
+        if key in below:
+            lookup[key] = below[key]
+        values[key] = expand(values[key], lookup)
+        expanded_from[key] = [v.name for v in _variables(file_map[key].value or "")]
+    return Resolved(values, sources, tuple(missing), expanded_from)
 
 
 # --------------------------------------------------------------------------------------- job.yaml

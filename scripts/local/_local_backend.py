@@ -31,18 +31,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 log = logging.getLogger("skyops.local")
 
 KILLED_PEER_CODE = 137  # what SkyPilot records for the nodes it kills after another node failed
 SECOND_SIGNAL_AFTER = 1.0  # seconds: a later Ctrl-C skips the grace period and kills at once
-STOP_GRACE_EXTRA = 10.0  # seconds on top of the supervisor's GRACE before the launcher uses SIGKILL
+STOP_GRACE_EXTRA = 10.0
+MAX_LOCAL_NODES = 32  # emulated nodes on one machine  # seconds on top of the supervisor's GRACE before the launcher uses SIGKILL
 
 #: Variables of the launcher's own environment that must not leak into an emulated node.
 _NODE_ENV_DROP_PREFIXES = ("SKYPILOT_", "TORCHELASTIC_")
@@ -317,6 +318,7 @@ def run_phase(
     events: queue.SimpleQueue,
     interrupt: Interrupt,
     first_rank: int = 0,
+    started: Callable[[list[int]], None] | None = None,
 ) -> list[int] | None:
     """Run one phase (setup or run) on every node; returns the node exit codes, or None when
     interrupted. When a node fails, the others are stopped and recorded as 137 (SkyPilot's rule)."""
@@ -324,6 +326,8 @@ def run_phase(
         Node(rank, script, env, cwd, path, follow)
         for rank, ((script, env), path) in enumerate(zip(scripts, log_paths, strict=True), start=first_rank)
     ]
+    if started is not None:
+        started([n.proc.pid for n in nodes])
     for node in nodes:
         threading.Thread(target=lambda n=node: events.put(("exit", n, n.proc.wait())), daemon=True).start()
     codes: dict[int, int] = {}
@@ -363,14 +367,69 @@ def run_phase(
     return [codes[node.rank] for node in nodes]
 
 
-def launch(cfg: Any, task_yaml: str) -> int:
-    """Run the task of `cfg` (a launch.LaunchConfig) on `cfg.nodes` emulated nodes; block until done.
-    `task_yaml` is the resolved task (secrets redacted), kept in the run directory.
+def prepare(cfg: Any) -> Any:
+    """`cfg` (a launch.LaunchConfig) with the local backend's defaults applied, so that --dry-run
+    shows what the nodes will get: GPUs 0 unless --gpus; DATA_DIR `.skyops/data` unless the user
+    set one (a relative path is relative to the repository); a free MASTER_PORT unless set.
 
-    Returns 0 if the job succeeded, 1 if it failed, 130/143 if interrupted.
+    Raises ConfigError for more nodes than one machine can emulate.
     """
-    assert cfg.task is not None
+    from dataclasses import replace
+
+    from _config import ConfigError
+
+    if cfg.nodes > MAX_LOCAL_NODES:
+        raise ConfigError(
+            f"--nodes {cfg.nodes}: the local backend emulates at most {MAX_LOCAL_NODES} nodes on one machine"
+        )
+    envs = dict(cfg.envs)
+    if cfg.sources.get("DATA_DIR", "job.yaml") == "job.yaml":
+        envs["DATA_DIR"] = str(cfg.repo / ".skyops" / "data")
+    else:
+        envs["DATA_DIR"] = str((cfg.repo / envs["DATA_DIR"]).resolve())
+    if cfg.sources.get("MASTER_PORT", "job.yaml") == "job.yaml":
+        envs["MASTER_PORT"] = str(free_port())
+    gpus = cfg.gpus or 0
+    if gpus and not shutil.which("nvidia-smi"):
+        log.warning(
+            "--gpus %d: this machine shows no NVIDIA GPU (no nvidia-smi); the job decides what to run on",
+            gpus,
+        )
+    return replace(cfg, envs=envs, gpus=gpus)
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path, run: str) -> Iterator[None]:
+    """Hold the run's lock while its job runs: two jobs of one run name would share
+    `$DATA_DIR/$RUN_ID/` (checkpoints, ledger). Raises ConfigError if another job holds it."""
+    from _config import ConfigError
+
+    locks = state_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{run}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"--run {run}: a job of this run is still running on this machine; wait for it, cancel it, or pick another --run"
+            ) from None
+        yield
+
+
+def launch(cfg: Any, task_yaml: str) -> int:
+    """Run the task of `cfg` (a launch.LaunchConfig, after `prepare`) on `cfg.nodes` emulated nodes;
+    block until done. `task_yaml` is the resolved task (secrets redacted), kept in the run directory.
+
+    Returns 0 if the job succeeded, 1 if it failed, 130 (SIGINT) or 128+N (signal N) if interrupted.
+    Raises ConfigError if another job of the same run is still running here.
+    """
     state_dir = cfg.repo / ".skyops"
+    with run_lock(state_dir, cfg.run):
+        return _launch_locked(cfg, task_yaml, state_dir)
+
+
+def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path) -> int:
+    assert cfg.task is not None
     job_id = allocate_job_id(state_dir)
     job_dir = state_dir / "runs" / cfg.run / f"job-{job_id}"
     job_dir.mkdir(parents=True)
@@ -378,13 +437,7 @@ def launch(cfg: Any, task_yaml: str) -> int:
         print(cfg.run, flush=True)
 
     envs = dict(cfg.envs)
-    # DATA_DIR: a local folder unless the user set one (relative paths are relative to the repo).
-    use_default = cfg.sources.get("DATA_DIR", "job.yaml") == "job.yaml"
-    data_dir = (state_dir / "data") if use_default else (cfg.repo / envs["DATA_DIR"])
-    envs["DATA_DIR"] = str(data_dir.resolve())
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.sources.get("MASTER_PORT", "job.yaml") == "job.yaml":
-        envs["MASTER_PORT"] = str(free_port())
+    Path(envs["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     for key in cfg.missing_secrets:
         log.warning(
             "secret %s is not set (.env or environment): the local backend runs without it; --backend sky would refuse",
@@ -427,7 +480,7 @@ def launch(cfg: Any, task_yaml: str) -> int:
     interrupt = Interrupt()
     previous = {
         sig: signal.signal(sig, lambda signum, _frame: events.put(("signal", signum)))
-        for sig in (signal.SIGINT, signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
         return _recovery_loop(
@@ -462,6 +515,13 @@ def _recovery_loop(
         for path in tmpdirs:
             path.mkdir()
         phases = [("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])]
+
+        def record_pids(pids: list[int]) -> None:
+            """Node process-group leaders in job.json: `jobs.py cancel` can reach them if the
+            launcher dies without tearing down."""
+            status["node_pids"] = pids
+            write_json(job_dir / "job.json", status)
+
         codes: list[int] | None = []
         phase = "run"
         for phase, script in phases:
@@ -502,6 +562,7 @@ def _recovery_loop(
                         events,
                         interrupt,
                         first_rank=rank,
+                        started=record_pids,
                     )
                     codes = None if one is None else codes + one
                     if not codes or codes[-1]:
@@ -509,7 +570,9 @@ def _recovery_loop(
                 if codes and len(codes) < cluster.num_nodes:
                     codes += [KILLED_PEER_CODE] * (cluster.num_nodes - len(codes))
             else:
-                codes = run_phase(scripts, cfg.repo, logs, cfg.follow, grace, events, interrupt)
+                codes = run_phase(
+                    scripts, cfg.repo, logs, cfg.follow, grace, events, interrupt, started=record_pids
+                )
             record[f"{phase}_exit_codes"] = codes
             if codes is None or any(codes):
                 break
@@ -521,7 +584,7 @@ def _recovery_loop(
             status["failure_reason"] = f"interrupted by {signal.Signals(interrupt.signum).name}"
             write_json(job_dir / "job.json", status)
             log.warning("run %s: cancelled; every node stopped", cfg.run)
-            return EXIT_TERMINATED if interrupt.signum == signal.SIGTERM else EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED if interrupt.signum == signal.SIGINT else 128 + interrupt.signum
         if not any(codes):
             status["state"] = "SUCCEEDED"
             write_json(job_dir / "job.json", status)
@@ -532,10 +595,16 @@ def _recovery_loop(
         )
         failed = "FAILED_SETUP" if phase == "setup" else "FAILED"
         _show_failure(cfg.run, attempt_dir, phase, codes)
+        why = node_reasons(
+            Path(envs["DATA_DIR"]) / envs.get("RUN_ID", cfg.run), cluster.num_nodes, record["started_at"]
+        )
+        record["node_reasons"] = why
         if decision == "fail":
             status["state"] = failed
             status["failure_reason"] = (
-                f"{phase} failed with node exit codes {codes}; max_restarts_on_errors={max_restarts} spent"
+                f"{phase} failed with node exit codes {codes}"
+                + (f" ({'; '.join(why)})" if why else "")
+                + f"; max_restarts_on_errors={max_restarts} spent"
             )
             write_json(job_dir / "job.json", status)
             log.error("run %s: %s (%s)", cfg.run, failed, status["failure_reason"])
@@ -551,15 +620,30 @@ def _recovery_loop(
             )
         else:
             log.warning(
-                "run %s: restart %d of %d after node exit codes %s",
+                "run %s: restart %d of %d after node exit codes %s%s",
                 cfg.run,
                 restarts_on_errors,
                 max_restarts,
                 codes,
+                f" ({'; '.join(why)})" if why else "",
             )
 
 
-def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int], lines: int = 15) -> None:
+def node_reasons(run_data: Path, num_nodes: int, since: float) -> list[str]:
+    """The supervisor's end-of-attempt reason of every node that wrote one since `since` (Unix
+    seconds), from `$DATA_DIR/$RUN_ID/supervisor/result-node<rank>.json` (docs/contract.md), e.g.
+    `["node0: sigterm (exit 143)", "node1: job_failed (exit 3)"]`. Unreadable results are skipped."""
+    reasons = []
+    for rank in range(num_nodes):
+        path = run_data / "supervisor" / f"result-node{rank}.json"
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if path.stat().st_mtime >= since:
+                result = json.loads(path.read_text())
+                reasons.append(f"node{rank}: {result['reason']} (exit {result['exit_code']})")
+    return reasons
+
+
+def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int], lines: int = 40) -> None:
     """Log the tail of the first failed node's log, so the reason is visible without opening files."""
     for rank, code in enumerate(codes):
         if code not in (0, KILLED_PEER_CODE):

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import logging
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -237,6 +239,8 @@ def relative_job_path(job: str, repo: Path) -> str:
         ) from None
     if not full.is_file():
         raise ConfigError(f"JOB {job!r}: no such file")
+    if full.suffix != ".py" and not os.access(full, os.X_OK):
+        raise ConfigError(f"JOB {job!r}: must be a Python script (.py) or an executable file")
     return rel.as_posix()
 
 
@@ -277,7 +281,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     cpus = None
     if found := setting("SKYOPS_CPUS", args.cpus):
         cpus = str(found[0]).strip()
-        if not cpus.rstrip("+").isdigit() or int(cpus.rstrip("+")) < 1:
+        if not re.fullmatch(r"[1-9][0-9]*\+?", cpus):
             raise ConfigError(f"{found[1]}: expected a vCPU count like 8 or 8+, got {cpus!r}")
     use_spot = None
     if found := setting("SKYOPS_USE_SPOT", args.use_spot):
@@ -295,9 +299,13 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     _config.validate_run_name(run)
     launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args), "RUN_ID": run}
     for key in launcher_flags:
+        origin = "--run" if key == "RUN_ID" else "JOB"
         if key in flags:
+            raise ConfigError(f"--set {key}: set by the launcher from {origin}")
+        owned = next((e for e in env_entries if e.key == key), None)
+        if owned is not None:
             raise ConfigError(
-                f"--set {key}: set by the launcher from {'--run' if key == 'RUN_ID' else 'JOB'}"
+                f"{file_label}:{owned.line}: {key} is set by the launcher from {origin}; remove it"
             )
 
     defaults: dict[str, str | None] = {**task.envs, **task.secrets}
@@ -315,6 +323,25 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
             f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task.path.name}"
             " so it is never sent as a plaintext env"
         )
+    for key, names in resolved.expanded_from.items():
+        exposed = [n for n in names if n in task.secrets and key not in task.secrets]
+        if exposed:
+            raise ConfigError(
+                f"{resolved.sources[key]}: {key} expands the secret {exposed[0]} into a plaintext env;"
+                f" declare {key} under secrets: in {task.path.name} or drop the reference"
+            )
+    _config.check_typed_envs(resolved.values, resolved.sources)
+    for key, value in resolved.values.items():
+        if len(key) + 1 + len(value.encode()) >= _config.MAX_ENV_ENTRY:
+            raise ConfigError(
+                f"{key} (from {resolved.sources[key]}): {len(value.encode())} bytes is too long for an"
+                f" environment variable (limit {_config.MAX_ENV_ENTRY - 1} bytes with its name); pass a file path instead"
+            )
+    known = [*task.envs, *task.secrets, *SETTINGS]
+    for key in resolved.values:
+        if key not in known and (close := difflib.get_close_matches(key, known, n=1, cutoff=0.85)):
+            log.warning("%s: %s is not in %s; passed to the job as a new env (did you mean %s?)",
+                        resolved.sources[key], key, task.path.name, close[0])  # fmt: skip
     secrets = {k: v for k, v in resolved.values.items() if k in task.secrets}
     envs = {k: v for k, v in resolved.values.items() if k not in task.secrets}
     return LaunchConfig(
@@ -409,8 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             import _sky_backend  # SkyPilot (1-2 s to import) is loaded only on this path
 
             return _sky_backend.launch(cfg)
-        if cfg.gpus is None:
-            cfg = replace(cfg, gpus=0)
+        import _local_backend
+
+        cfg = _local_backend.prepare(cfg)  # local defaults, so --dry-run shows what nodes get
         rendered = _task.dump_yaml(task_config(cfg))
         if cfg.dry_run:
             sys.stdout.write(rendered)
@@ -418,8 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
         if "UV_FIND_LINKS" not in cfg.base_env and (links := pip_find_links(cfg.base_env)):
             cfg = replace(cfg, base_env={**cfg.base_env, "UV_FIND_LINKS": links})
-        import _local_backend
-
         return _local_backend.launch(cfg, rendered)
     except ConfigError as exc:
         if args.verbose:
