@@ -85,6 +85,15 @@ class ConfigError(Exception):
     """Bad user input: the message is one line naming the flag, key or file:line."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default in --help only when there is one (no "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == argparse.REMAINDER:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit 2 (no usage dump)."""
 

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="launch.py",
         description="Launch JOB (a script in this repository) as a SkyPilot task, locally or on the cloud.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_config.DefaultsHelpFormatter,
         allow_abbrev=False,
     )
     p.add_argument(
