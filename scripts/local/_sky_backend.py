@@ -10,7 +10,9 @@ What `launch(cfg)` does, in order (nothing costs money before step 5):
    resolved envs (the text the user wrote, CASES.md Y1) and secrets (passed only as SkyPilot
    secrets, Y3), and the resource patches of `patch_resources` applied to every candidate (Y2);
 4. `--dry-run` / `--dump-config {yaml,json}`: print the final task, secrets `<redacted>`, and stop
-   before any server call; `--confirm` shows a summary and asks;
+   before any server call (a git gate refusal, or a remote URL the nodes cannot clone, is only a
+   warning there); `--confirm` shows a summary on stderr and asks on stderr, reading the answer
+   from stdin: declined exits 1 ("not launched"), no answer (EOF) exits 2;
 5. one `sky.jobs.launch` per copy; job ids on stdout with `--print-id`; `--follow` tails the logs
    (`sky.jobs.tail_logs`; 101 "not finished" means still running, e.g. while a job recovers).
 
@@ -18,6 +20,13 @@ Every SkyPilot failure (no API server, no cloud enabled, catalog unreachable, an
 in one actionable line and exit 3 (`SkyError`); the traceback only with --verbose. Copies that did
 launch before a failure are named. The SkyPilot SDK is reached only through `SkyJobsSDK`, the one
 boundary tests replace with a fake.
+
+stdout carries data only. SkyPilot prints to stdout itself (its logger holds the original
+`sys.stdout`; when no API server is reachable the client starts a local one and announces it there),
+so `import sky` and every SDK call run inside `stdout_to_stderr()`, which points file descriptor 1
+at stderr for the duration; data is written outside those blocks (or, for streamed logs, to the
+real stdout that block hands out). A local API server SkyPilot started keeps running after the
+command (SkyPilot's behaviour; `sky api stop` stops it).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import copy
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -134,14 +144,15 @@ def build_task(plan: Plan) -> Any:
     Raises ConfigError when SkyPilot rejects the task (a job.yaml or flag problem), SkyError when it
     cannot build it for another reason (e.g. the accelerator catalog cannot be fetched).
     """
-    import sky
-
     try:
-        return sky.Task.from_yaml_config(
-            copy.deepcopy(plan.config),
-            env_overrides=list(plan.envs.items()),
-            secrets_overrides=list(plan.secrets.items()),
-        )
+        with stdout_to_stderr():
+            import sky
+
+            return sky.Task.from_yaml_config(
+                copy.deepcopy(plan.config),
+                env_overrides=list(plan.envs.items()),
+                secrets_overrides=list(plan.secrets.items()),
+            )
     except ValueError as exc:  # includes sky.exceptions.InvalidSkyPilotConfigError
         raise ConfigError(f"job.yaml (as patched by the flags): {_first_line(exc)}") from exc
     except Exception as exc:
@@ -186,46 +197,119 @@ def normalise_job_ids(value: Any) -> list[int]:
     raise SkyError(f"unexpected job id {value!r} from the API server")
 
 
+_REDIRECT: dict[str, Any] = {"depth": 0, "data": None}
+
+
+def _flush_stdout() -> None:
+    for stream in {id(s): s for s in (sys.stdout, sys.__stdout__) if s is not None}.values():
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[IO[str]]:
+    """Point file descriptor 1 at stderr while the block runs, so that whatever SkyPilot prints to
+    stdout (its logger holds the original `sys.stdout` object, so `contextlib.redirect_stdout` is
+    not enough; the local API server's start-up messages; C-level writes to fd 1) reaches stderr.
+
+    `sys.stdout` is flushed before and after; fd 1 is restored in `finally`. Yields a text stream
+    on the real stdout (a duplicate of the original fd 1) for data that must be written inside the
+    block, e.g. streamed log lines. Re-entrant (an inner block yields the outer block's stream).
+    Without a usable fd 1 or fd 2 nothing is redirected and `sys.stdout` is yielded.
+    """
+    if _REDIRECT["depth"]:
+        _REDIRECT["depth"] += 1
+        try:
+            yield _REDIRECT["data"]
+        finally:
+            _REDIRECT["depth"] -= 1
+        return
+    _flush_stdout()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:
+        saved = None
+    if saved is not None:
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            os.close(saved)
+            saved = None
+    if saved is None:
+        data: IO[str] = sys.stdout
+    else:
+        encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
+        data = open(saved, "w", encoding=encoding, errors="replace", closefd=False)  # noqa: SIM115
+    _REDIRECT.update(depth=1, data=data)
+    try:
+        yield data
+    finally:
+        _REDIRECT.update(depth=0, data=None)
+        _flush_stdout()
+        if saved is not None:
+            with contextlib.suppress(Exception):
+                data.close()  # flushes; closefd=False keeps `saved` open
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 class SkyJobsSDK:
     """The boundary to SkyPilot's managed-jobs client SDK (every call goes to the API server).
+    Every call, `import sky` included, runs inside `stdout_to_stderr()`.
     Tests replace it with a fake of the same shape (FakeSkyJobsSDK)."""
 
     def launch(self, task: Any, name: str) -> Any:
         """Submit one managed job; returns job ids as the server gives them (list or int)."""
-        import sky
+        with stdout_to_stderr():
+            import sky
 
-        job_ids, _handle = sky.get(sky.jobs.launch(task, name=name))
+            job_ids, _handle = sky.get(sky.jobs.launch(task, name=name))
         return job_ids
 
     def queue(
         self, job_ids: Sequence[int] | None, skip_finished: bool, all_users: bool
     ) -> list[dict[str, Any]]:
         """Managed-job records with status, failure_reason and recovery_count."""
-        import sky
-
         fields = ["job_id", "task_id", "job_name", "task_name", "status", "recovery_count", "failure_reason",
                   "submitted_at", "end_at", "job_duration", "resources", "infra", "user_name"]  # fmt: skip
-        records, *_ = sky.get(
-            sky.jobs.queue_v2(
-                refresh=False,
-                skip_finished=skip_finished,
-                all_users=all_users,
-                job_ids=list(job_ids) if job_ids else None,
-                fields=fields,
+        with stdout_to_stderr():
+            import sky
+
+            records, *_ = sky.get(
+                sky.jobs.queue_v2(
+                    refresh=False,
+                    skip_finished=skip_finished,
+                    all_users=all_users,
+                    job_ids=list(job_ids) if job_ids else None,
+                    fields=fields,
+                )
             )
-        )
-        return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
+            return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
 
     def tail_logs(self, job_id: int, follow: bool, stream: IO[str]) -> int:
-        import sky
+        """Write the job's logs to `stream`; returns sky.jobs.tail_logs' code (TAIL_*). When `stream`
+        is the process's stdout, the lines go to the real stdout while SkyPilot's own chatter goes
+        to stderr."""
+        with stdout_to_stderr() as real_stdout:
+            import sky
 
-        code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=stream)
+            target = real_stdout if _fileno(stream) == 1 else stream
+            code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=target)
+            target.flush()
         return int(code if code is not None else TAIL_SUCCEEDED)
 
     def cancel(self, job_ids: Sequence[int]) -> None:
-        import sky
+        with stdout_to_stderr():
+            import sky
 
-        sky.get(sky.jobs.cancel(job_ids=list(job_ids)))
+            sky.get(sky.jobs.cancel(job_ids=list(job_ids)))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -330,7 +414,13 @@ def follow_logs(
 
 def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
     """The git pin and GIT_COMMIT for a launch. With --skip-git-check: no pin (the working tree is
-    uploaded as workdir) and GIT_COMMIT = HEAD if known. On a dry run a refusal is only a warning."""
+    uploaded as workdir) and GIT_COMMIT = HEAD if known. On a dry run (--dry-run, --dump-config) a
+    refusal is only a warning on stderr.
+
+    Raises GitError (exit 2) when the gate refuses (`_git.gate`) or when the remote's URL is a local
+    path the cloud nodes cannot clone (`_git.remote_url_problem`).
+    """
+    dry = bool(cfg.dry_run or cfg.dump_config)
     if cfg.skip_git_check:
         if cfg.git_ref:
             raise ConfigError(
@@ -345,11 +435,16 @@ def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
     try:
         pin = _git.gate(cfg.repo, cfg.git_ref)
     except _git.GitError as exc:
-        if not cfg.dry_run:
+        if not dry:
             raise
         log.warning("git gate: %s (a launch would refuse)", exc)
         commit = _git.resolve_ref(cfg.repo, cfg.git_ref) if cfg.git_ref else _git.head_commit(cfg.repo)
         return None, commit
+    problem = _git.remote_url_problem(pin.remote, pin.url)
+    if problem:
+        if not dry:
+            raise _git.GitError(problem)
+        log.warning("git gate: %s (a launch would refuse)", problem)
     return pin, pin.commit
 
 
@@ -366,11 +461,27 @@ def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
     return "\n".join(lines)
 
 
-def confirm(question: str, ask: Callable[[str], str]) -> bool:
+def ask_stdin(question: str, prompt_to: IO[str], answer_from: IO[str] | None) -> str:
+    """Write `question` to `prompt_to` (stderr: stdout carries data only) and read one line of
+    `answer_from` (stdin). A piped answer counts like a typed one.
+
+    Raises EOFError when there is no answer (no stdin, or end of file: e.g. `< /dev/null`, CI).
+    """
+    prompt_to.write(question)
+    prompt_to.flush()
+    line = answer_from.readline() if answer_from is not None and not answer_from.closed else ""
+    if not line:
+        prompt_to.write("\n")
+        raise EOFError(question)
+    return line
+
+
+def confirm(question: str, ask: Callable[[str], str]) -> bool | None:
+    """True for y/yes, False for anything else, None when there is no answer (EOFError)."""
     try:
         answer = ask(question)
     except EOFError:
-        return False
+        return None
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -380,16 +491,22 @@ def launch(
     sdk: Any = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
-    ask: Callable[[str], str] = input,
+    ask: Callable[[str], str] | None = None,
 ) -> int:
     """Launch `cfg` (a launch.LaunchConfig with backend sky) as `cfg.copies` managed jobs.
 
+    `ask` asks the --confirm question (default: `ask_stdin` on stderr/stdin).
     Returns 0 (launched; or the followed job succeeded; or a dry run), 1 (the followed job failed, or
-    --confirm declined), 3 (SkyPilot error). Raises ConfigError (exit 2) for bad input before
-    anything is launched; KeyboardInterrupt propagates (130).
+    --confirm declined: "not launched"), 3 (SkyPilot error). Raises ConfigError (exit 2) for bad
+    input before anything is launched, --confirm without an answer on stdin included;
+    KeyboardInterrupt propagates (130).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
+    if ask is None:
+
+        def ask(question: str) -> str:
+            return ask_stdin(question, err, sys.stdin)
     if not cfg.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # SkyPilot's database set-up chatter
     dump = cfg.dump_config or ("yaml" if cfg.dry_run else None)
@@ -422,8 +539,11 @@ def launch(
 
     if cfg.confirm:
         print(summary(cfg, plans, pin), file=err, flush=True)
-        if not confirm(f"Launch {len(plans)} managed job(s)? [y/N] ", ask):
-            print("launch.py: not confirmed: nothing launched", file=err)
+        answer = confirm(f"Launch {len(plans)} managed job(s)? [y/N] ", ask)
+        if answer is None:
+            raise ConfigError("--confirm: no answer on stdin (use it from a terminal, or drop --confirm)")
+        if not answer:
+            print("launch.py: not launched (declined at the --confirm prompt)", file=err, flush=True)
             return EXIT_FAILED
 
     sdk = sdk if sdk is not None else SkyJobsSDK()

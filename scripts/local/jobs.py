@@ -84,7 +84,7 @@ class JobsConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="jobs.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                      formatter_class=_config.DefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--backend", choices=BACKENDS, default=None, help="[env SKYOPS_BACKEND; default local]")
     p.add_argument(
         "--env-file", type=Path, default=None, help="configuration file [default: <repo>/.env if present]"

@@ -289,7 +289,10 @@ def _parser(env: Mapping[str, str], preflight_script: Path) -> argparse.Argument
     parser = _Parser(
         prog="run.py",
         description=(__doc__ or "").split("\n\n")[0],
-        epilog="Exit codes and reasons: see the module docstring and docs/contract.md.",
+        epilog=(
+            "CMD [ARGS...]: the job; a .py file runs under torchrun when WORLD_SIZE is above 1.\n"
+            "Exit codes and reasons: see the module docstring and docs/contract.md."
+        ),
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -313,6 +316,8 @@ def _parser(env: Mapping[str, str], preflight_script: Path) -> argparse.Argument
         help=f"the preflight (default: {preflight_script})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, commands and tracebacks")
+    # argparse never sees what follows `--` (load_config splits it off), so the usage says it.
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " -- CMD [ARGS...]"
     return parser
 
 
@@ -465,22 +470,48 @@ def python_kind(path: Path) -> str | None:
     return "uv" if has_pep723_block(text) else "python"
 
 
-def build_job_command(command: Sequence[str], dist: Distributed, python: str | None) -> list[str]:
+#: Runs torch.distributed.run (torchrun) and, when a worker fails, writes the first failure (the
+#: "Root Cause" of torchrun's summary) as JSON to the path given as its first argument, then fails as
+#: torchrun does (exit 1). torchrun itself reports every worker failure as 1 (its ChildFailedError), and
+#: TORCHELASTIC_ERROR_FILE only receives a worker's error when the worker wrote one (`@record`), never a
+#: plain `sys.exit(3)` or a signal death. Output and exit code are otherwise torchrun's own.
+TORCHRUN_SHIM = """\
+import json, sys
+out = sys.argv.pop(1)
+sys.argv[0] = "torchrun"
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+try:
+    main()
+except ChildFailedError as exc:
+    rank, failure = exc.get_first_failure()
+    with open(out, "w") as f:
+        json.dump({"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
+                   "message": str(failure.message)[:1000]}, f)
+    raise
+"""
+
+
+def build_job_command(
+    command: Sequence[str], dist: Distributed, python: str | None, failure_file: Path | None = None
+) -> list[str]:
     """The argv that runs `command` on this node.
 
     `python` is the interpreter for a `.py` command (its uv environment's, or "python3"); None runs
     the command as is. A world size above 1 runs the script under torch.distributed.run (torchrun)
-    with this node's rendezvous settings. Never emits a flag with an empty value.
+    with this node's rendezvous settings, through TORCHRUN_SHIM when `failure_file` is given (where
+    the first failed worker's exit code is written; read it with worker_failure). Never emits a flag
+    with an empty value.
     """
     if python is None:
         return list(command)
     script, *args = command
     if dist.world_size <= 1:
         return [python, script, *args]
+    launcher = ["-c", TORCHRUN_SHIM, str(failure_file)] if failure_file else ["-m", "torch.distributed.run"]
     return [
         python,
-        "-m",
-        "torch.distributed.run",
+        *launcher,
         f"--nnodes={dist.nnodes}",
         f"--node-rank={dist.node_rank}",
         f"--nproc-per-node={dist.nproc_per_node}",
@@ -489,6 +520,40 @@ def build_job_command(command: Sequence[str], dist: Distributed, python: str | N
         script,
         *args,
     ]
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """The first failed torchrun worker: its global `rank`, `local_rank`, and `code`, the job's own exit
+    code (1..255; 128+N when signal N killed it, then `signal` is N)."""
+
+    rank: int | None
+    local_rank: int | None
+    code: int
+    signal: int | None = None
+
+    def describe(self) -> str:
+        how = f"killed by signal {self.signal}" if self.signal else f"exited {self.code}"
+        local = f" (local rank {self.local_rank})" if self.local_rank is not None else ""
+        return f"worker rank {self.rank}{local} {how}"
+
+
+def worker_failure(path: Path) -> WorkerFailure | None:
+    """The first failed worker as TORCHRUN_SHIM wrote it to `path`; None when there is no such file, it
+    is not valid, or its exit code is no failure (torchrun gives -N for a death by signal N)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    raw = _code(data.get("exitcode"))
+    if raw is None or raw == 0 or not -127 <= raw <= 255:
+        return None
+    rank, local_rank = _code(data.get("rank")), _code(data.get("local_rank"))
+    if raw < 0:
+        return WorkerFailure(rank, local_rank, 128 - raw, -raw)
+    return WorkerFailure(rank, local_rank, raw)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -875,10 +940,12 @@ def _child_preexec() -> None:  # pragma: no cover - runs in the child between fo
 @dataclass
 class Phase:
     """How one supervised process tree ended: `stop` is the supervisor's reason to stop it, or None
-    when it exited by itself; `code` its exit code (128+S for signal S), None if never started."""
+    when it exited by itself; `code` its exit code (128+S for signal S), None if never started;
+    `detail` a note for people on where a failure came from (e.g. which torchrun worker)."""
 
     stop: str | None
     code: int | None
+    detail: str | None = None
 
 
 class Supervisor:
@@ -1251,9 +1318,10 @@ class AttemptRunner:
         python, failed = self._python(Path(cfg.command[0]), budget_end)
         if failed is not None:
             return failed
-        argv = build_job_command(cfg.command, cfg.dist, python)
-        hb_dir = Path(tempfile.mkdtemp(prefix=f"skyops-heartbeat-{self.number}-", dir=cfg.tmp_dir))
-        hb_file = hb_dir / "heartbeat"
+        attempt_dir = Path(tempfile.mkdtemp(prefix=f"skyops-attempt-{self.number}-", dir=cfg.tmp_dir))
+        hb_file = attempt_dir / "heartbeat"
+        failure_file = attempt_dir / "torchrun-failure.json"
+        argv = build_job_command(cfg.command, cfg.dist, python, failure_file)
         try:
             monitor = HeartbeatMonitor(
                 timeout_s=lim.heartbeat_timeout_s,
@@ -1262,15 +1330,21 @@ class AttemptRunner:
                 start_wall_ns=self.sup.wall_ns(),
                 baseline_mtime_ns=heartbeat_mtime(hb_file),
             )
-            return self.sup.run(
+            phase = self.sup.run(
                 argv,
                 self._job_env(HEARTBEAT_FILE=str(hb_file)),
                 deadlines=self._deadline(budget_end),
                 heartbeat=(monitor, hb_file),
                 tick=self._tick(),
             )
+            # torchrun exits 1 for any worker failure: the job's own code is the first failed worker's.
+            failure = worker_failure(failure_file) if phase.stop is None and phase.code else None
+            if failure is not None:
+                log.error("torchrun: %s (torchrun itself exited %s)", failure.describe(), phase.code)
+                return Phase(None, failure.code, failure.describe())
+            return phase
         finally:
-            shutil.rmtree(hb_dir, ignore_errors=True)
+            shutil.rmtree(attempt_dir, ignore_errors=True)
 
     def _preflight(self, budget_end: float | None) -> Phase | None:
         """Run the NCCL preflight; a Phase to end the attempt with, or None when it passed."""
