@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -155,9 +157,12 @@ class Node:
         path.write_text(PRELUDE + textwrap.dedent(body))
         return path
 
-    def start(self, body: str, *flags: str, **env: str) -> tuple[subprocess.Popen, Path]:
+    def start(
+        self, body: str, *flags: str, script: Path | None = None, **env: str
+    ) -> tuple[subprocess.Popen, Path]:
+        """Start run.py on a job made of PRELUDE + `body`, or on `script` as it is."""
         out = self.tmp / f"harness{self.count + 1}_node{self.rank}.json"
-        job = self.job(body)
+        job = self.job(body) if script is None else script
         argv = [
             sys.executable,
             str(self.tmp / "harness.py"),
@@ -174,7 +179,7 @@ class Node:
         return proc, out
 
     def finish(self, proc: subprocess.Popen, out: Path, started: float) -> Outcome:
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
         wall = time.monotonic() - started
         sys.stderr.write(stderr)
         harness = json.loads(out.read_text())
@@ -191,9 +196,9 @@ class Node:
         assert_no_survivors(outcome, self.tmp)
         return outcome
 
-    def __call__(self, body: str, *flags: str, **env: str) -> Outcome:
+    def __call__(self, body: str, *flags: str, script: Path | None = None, **env: str) -> Outcome:
         started = time.monotonic()
-        proc, out = self.start(body, *flags, **env)
+        proc, out = self.start(body, *flags, script=script, **env)
         return self.finish(proc, out, started)
 
     def supervisor_pid(self, out: Path, timeout: float = 20) -> int:
@@ -478,6 +483,74 @@ def test_recover_cap_counts_other_nodes_bad_node_exits(tmp_path: Path) -> None:
     assert all(r["event"] != "start" or r.get("node_rank") == 0 for r in out.ledger), "only rank 0 writes"
 
 
+def test_crash_loop_anywhere_in_the_cluster(tmp_path: Path) -> None:
+    """Node 1's job fails fast on every attempt; SkyPilot then stops node 0 (SIGTERM: 143, which never
+    counts as a crash). Node 1's failures still count: its K-th failure is a crash loop, and so is rank
+    0's own next failure, from the node results rank 0 folded into the ledger."""
+    two = {"SKYPILOT_NUM_NODES": "2"}
+    head, worker = Node(tmp_path, **two), Node(tmp_path, rank=1, **two)
+    guard = ["--grace", "1", "--crash-loop-attempts", "3", "--crash-loop-window-minutes", "60"]
+    guard += ["--crash-loop-min-minutes", "5"]
+
+    def attempt() -> tuple[Outcome, Outcome]:
+        started = time.monotonic()
+        head_proc, head_out = head.start("note('ready')\ntime.sleep(300)\n", *guard)
+        head.wait_event("ready")
+        failed = worker("print('boom', flush=True)\nsys.exit(3)\n", *guard)
+        os.kill(head.supervisor_pid(head_out), signal.SIGTERM)  # SkyPilot stops the other nodes
+        return head.finish(head_proc, head_out, started), failed
+
+    outcomes = [attempt() for _ in range(3)]
+    assert [(h.code, h.reason()) for h, _ in outcomes] == [(EXIT_SIGTERM, "sigterm")] * 3
+    assert [(w.result["attempt"], w.code, w.reason()) for _, w in outcomes] == [
+        (1, 3, "job_failed"),
+        (2, 3, "job_failed"),
+        (3, EXIT_CRASH_LOOP, "crash_loop"),
+    ]
+    last = outcomes[-1][1]
+    assert re.fullmatch(
+        r"the last 3 failed attempts started within 60 min and ran [0-9.]+ s on average \(under 300 s\): "
+        r"attempt 1: node1 job_failed \(exit 3\); attempt 2: node1 job_failed \(exit 3\); "
+        r"attempt 3: node1 job_failed \(exit 3\)",
+        last.result["cause"],
+    )
+    assert "summary: node=1 attempt=3 reason=crash_loop exit_code=87" in last.stderr
+    assert "cause: the last 3 failed attempts" in last.stderr
+    # Rank 0's own next failure: the ledger knows attempts 1-3 failed on node 1.
+    out = head("sys.exit(3)\n", *guard)
+    assert (out.code, out.reason(), out.result["attempt"]) == (EXIT_CRASH_LOOP, "crash_loop", 4)
+    assert "attempt 4: node0 job_failed (exit 3)" in out.result["cause"]
+    assert "previous attempt 3: node1 crash_loop (exit 87)" in out.stderr
+    folded = [
+        (r["attempt"], r["node_rank"], r["exit_code"], r["reason"])
+        for r in out.ledger
+        if r["event"] == "node_result"
+    ]
+    assert folded == [(1, 1, 3, "job_failed"), (2, 1, 3, "job_failed"), (3, 1, EXIT_CRASH_LOOP, "crash_loop")]
+    assert ends(out) == [
+        *[(n, EXIT_SIGTERM, "sigterm") for n in (1, 2, 3)],
+        (4, EXIT_CRASH_LOOP, "crash_loop"),
+    ]
+    assert [(a.exit_code, a.reason, a.node_rank) for a in run.summarize(out.ledger)] == [
+        (3, "job_failed", 1),
+        (3, "job_failed", 1),
+        (EXIT_CRASH_LOOP, "crash_loop", 1),
+        (EXIT_CRASH_LOOP, "crash_loop", 0),
+    ]
+
+
+def test_worker_attempt_numbers_follow_its_own_results(tmp_path: Path) -> None:
+    """Rank 0 was lost (no end yet) when node 1 starts the next attempt: node 1 still counts up."""
+    head, worker = Node(tmp_path), Node(tmp_path, rank=1, SKYPILOT_NUM_NODES="2")
+    head.ledger_path.parent.mkdir(parents=True)
+    head.ledger_path.write_text(json.dumps({"event": "start", "attempt": 1, "time": time.time() - 60}) + "\n")
+    first = worker("sys.exit(3)\n", "--crash-loop-attempts", "0")
+    second = worker("sys.exit(3)\n", "--crash-loop-attempts", "0")
+    assert (first.result["attempt"], second.result["attempt"]) == (1, 2)
+    assert second.of("start")[0]["attempt"] == "2"
+    assert not any(r["event"] == "end" for r in second.ledger), "only rank 0 writes"
+
+
 def test_job_exit_with_reserved_code(node: Node) -> None:
     out = node(f"sys.exit({EXIT_BAD_NODE})\n")
     assert (out.code, out.reason()) == (EXIT_FAILURE, "job_failed_reserved_code")
@@ -541,6 +614,49 @@ def test_flaky_example_fails_then_resumes(node: Node) -> None:
     result = json.loads((node.data / "r" / "train_result.json").read_text())
     assert result["attempt"] == 2 and result["resumed_from_step"] == 10 and result["steps"] == 20
     assert result["final_loss"] < result["first_loss"]
+
+
+TORCH_JOB = """\
+# /// script
+# requires-python = ">=3.11"
+# dependencies = ["torch==2.13.0"]
+# ///
+import os, signal, sys, time
+if os.environ["RANK"] == "1":
+    print("boom", flush=True)
+    {fail}
+time.sleep(120)  # rank 0 is still working when rank 1 fails: torchrun stops it (SIGTERM)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("fail", "code", "reason", "cause"),
+    [
+        ("sys.exit(3)", 3, "job_failed", "worker rank 1 (local rank 1) exited 3"),
+        (f"sys.exit({EXIT_BAD_NODE})", EXIT_FAILURE, "job_failed_reserved_code", "exit 86 is reserved"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", 128 + signal.SIGKILL, "job_failed", "killed by signal 9"),
+    ],
+)
+def test_torchrun_passes_the_workers_exit_code(node: Node, tmp_path: Path, fail, code, reason, cause) -> None:
+    """torchrun exits 1 whatever its worker did; run.py reports the first failed worker's own code."""
+    find_links = os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
+    if not find_links:
+        pytest.skip("no local wheel folder for torch (UV_FIND_LINKS / PIP_FIND_LINKS)")
+    script = tmp_path / "torch_job.py"
+    script.write_text(TORCH_JOB.format(fail=fail))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {"NNODES": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "2", "MASTER_PORT": port}
+    out = node("", "--crash-loop-attempts", "0", script=script, UV_FIND_LINKS=find_links, **env)
+    assert (out.code, out.reason()) == (code, reason), out.stderr[-3000:]
+    assert "ChildFailedError" in out.stderr, "ran under torchrun, whose own output is kept"
+    assert cause in out.result["cause"] and out.result["job_exit_code"] == (
+        EXIT_BAD_NODE if reason == "job_failed_reserved_code" else code
+    )
+    assert ends(out) == [(1, code, reason)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -616,6 +732,11 @@ def test_build_job_command_r1() -> None:
         "--master-addr=10.0.0.11", "--master-port=29500", "examples/train.py", "--steps", "5",
     ]  # fmt: skip
     assert not any(a.endswith("=") for a in argv), "never a flag with an empty value"
+    shim = run.build_job_command(
+        ["examples/train.py", "--steps", "5"], dist, "/env/bin/python", Path("/t/f.json")
+    )
+    assert shim == ["/env/bin/python", "-c", run.TORCHRUN_SHIM, "/t/f.json", *argv[3:]]
+    compile(run.TORCHRUN_SHIM, "<shim>", "exec")
     laptop = run.distributed_from_env({"MASTER_ADDR": "", "NNODES": " "})
     assert laptop == run.Distributed()
     assert run.build_job_command(["job.py", "a"], laptop, "python3") == ["python3", "job.py", "a"]
@@ -658,10 +779,110 @@ def test_ledger_parsing_tolerates_corruption(tmp_path: Path) -> None:
 
 
 def test_attempt_numbers() -> None:
-    ended = run.Attempt(1, 0.0, 10.0, 3, "job_failed")
+    ended = run.Attempt(1, 0.0, 10.0, 3, "job_failed", ended=True)
     current = run.Attempt(2, 0.0)  # rank 0 already wrote this attempt's start
     assert run.attempt_number([ended], writer=True) == 2
     assert run.attempt_number([ended, current], writer=False) == 2
+    # rank 0's attempt 2 was lost and is not closed yet; this node's own last result was attempt 2
+    assert run.attempt_number([ended, current], writer=False, own_last=2) == 3
+
+
+def test_attempt_outcome_over_all_nodes() -> None:
+    """An attempt's outcome is its most significant node result: bad node > failure > signal."""
+    now = 10_000.0
+
+    def attempt(n: int, *outcomes: tuple[int, int | None, str]) -> list[dict]:
+        recs = [{"event": "start", "attempt": n, "time": now - 600 + n}]
+        for rank, code, reason in outcomes:
+            event = (
+                {"event": "end", "runtime_s": 20.0}
+                if rank == 0
+                else {"event": "node_result", "node_rank": rank}
+            )
+            recs.append({**event, "attempt": n, "exit_code": code, "reason": reason})
+        return recs
+
+    records = [
+        *attempt(1, (0, EXIT_SIGTERM, "sigterm"), (1, 3, "job_failed")),
+        *attempt(
+            2, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_BAD_NODE, "heartbeat_timeout"), (2, 3, "job_failed")
+        ),
+        *attempt(3, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm"), (2, EXIT_SIGINT, "sigint")),
+        *attempt(4, (0, 1, "job_failed"), (1, 3, "job_failed")),
+        *attempt(5, (0, None, run.LEDGER_LOST), (1, 0, "completed")),
+    ]
+    records.append(
+        {
+            "event": "node_result",
+            "attempt": 5,
+            "node_rank": 1,
+            "runtime_s": 900.0,
+            "exit_code": 0,
+            "reason": "completed",
+        }
+    )
+    got = [(a.exit_code, a.reason, a.node_rank, a.bad_node, a.runtime_s) for a in run.summarize(records)]
+    assert got == [
+        (3, "job_failed", 1, False, 20.0),
+        (EXIT_BAD_NODE, "heartbeat_timeout", 1, True, 20.0),
+        (EXIT_SIGTERM, "sigterm", 0, False, 20.0),  # every node ended by signal: cancel or preemption
+        (1, "job_failed", 0, False, 20.0),  # a tie goes to rank 0's own end
+        (0, "completed", 1, False, 900.0),  # a lost attempt's runtime: the longest node's
+    ]
+    lim = limits(crash_loop_attempts=3)
+    attempts = run.summarize(records)
+    assert not run.is_crash_loop(attempts[:3], lim, now), "attempt 3 (all signals) does not count"
+    assert run.is_crash_loop(attempts[:4], lim, now)
+    cur = run.Attempt(6, now - 10, 10.0, node_rank=0)
+    signals_only = run.summarize(attempt(1, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm")))
+    two = replace(lim, crash_loop_attempts=2)
+    decision = run.decide(None, 3, prior=signals_only, current=cur, limits=two, now_wall=now)
+    assert decision == (3, "job_failed", None), "cancel or preemption on every node never counts"
+    decision = run.decide(None, 3, prior=attempts[:2], current=cur, limits=lim, now_wall=now)
+    assert decision == (
+        EXIT_CRASH_LOOP,
+        "crash_loop",
+        "the last 3 failed attempts started within 60 min and ran 16.7 s on average (under 300 s): "
+        "attempt 1: node1 job_failed (exit 3); attempt 2: node1 heartbeat_timeout (exit 86); "
+        "attempt 6: node0 job_failed (exit 3)",
+    )
+    # the recover cap counts any node's bad-node exit
+    one = replace(lim, max_recover_restarts=1, crash_loop_attempts=0)
+    assert run.decide("heartbeat_timeout", None, prior=attempts[:2], current=cur, limits=one, now_wall=now)[
+        :2
+    ] == (
+        EXIT_FAILURE,
+        "recover_cap",
+    )
+
+
+def test_worker_failure_file(tmp_path: Path) -> None:
+    """TORCHRUN_SHIM's record of the first failed worker; torchrun gives -N for a death by signal N."""
+    path = tmp_path / "failure.json"
+
+    def parse(**data: object) -> run.WorkerFailure | None:
+        path.write_text(json.dumps(data))
+        return run.worker_failure(path)
+
+    assert parse(rank=1, local_rank=1, exitcode=3) == run.WorkerFailure(1, 1, 3)
+    assert parse(rank=9, local_rank=1, exitcode=-11) == run.WorkerFailure(9, 1, 139, 11)
+    assert (
+        parse(rank=9, local_rank=1, exitcode=-11).describe()
+        == "worker rank 9 (local rank 1) killed by signal 11"
+    )
+    assert parse(rank=0, local_rank=0, exitcode=0) is None
+    assert parse(rank=0, exitcode="3") is None
+    path.write_text("{half")
+    assert run.worker_failure(path) is None
+    assert run.worker_failure(tmp_path / "missing.json") is None
+    now = 10_000.0
+    cur = run.Attempt(1, now - 10, 10.0)
+    lim = limits()
+    for job_code, expected in ((3, (3, "job_failed")), (86, (EXIT_FAILURE, "job_failed_reserved_code"))):
+        decision = run.decide(
+            None, job_code, prior=[], current=cur, limits=lim, now_wall=now, detail="worker rank 1 exited"
+        )
+        assert decision[:2] == expected and decision.cause.startswith("worker rank 1 exited")
 
 
 def test_decide_contract() -> None:
@@ -670,7 +891,7 @@ def test_decide_contract() -> None:
     cur = run.Attempt(1, now - 10, 10.0)
 
     def d(stop, code, prior=(), lim=lim):
-        return run.decide(stop, code, prior=list(prior), current=cur, limits=lim, now_wall=now)
+        return run.decide(stop, code, prior=list(prior), current=cur, limits=lim, now_wall=now)[:2]
 
     assert d(None, 0) == (0, "completed")
     assert d(None, 3) == (3, "job_failed")
@@ -778,6 +999,8 @@ def test_help_shows_defaults(capsys) -> None:
     assert run.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--heartbeat-timeout" in out and "600" in out and "--max-recover-restarts" in out
+    usage = out.split("\n\n")[0]
+    assert usage.startswith("usage: run.py ") and usage.endswith(" -- CMD [ARGS...]")
 
 
 def test_script_header() -> None:

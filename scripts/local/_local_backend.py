@@ -639,7 +639,8 @@ def node_reasons(run_data: Path, num_nodes: int, since: float) -> list[str]:
         with contextlib.suppress(OSError, ValueError, TypeError):
             if path.stat().st_mtime >= since:
                 result = json.loads(path.read_text())
-                reasons.append(f"node{rank}: {result['reason']} (exit {result['exit_code']})")
+                cause = f": {result['cause']}" if result.get("cause") else ""
+                reasons.append(f"node{rank}: {result['reason']} (exit {result['exit_code']}){cause}")
     return reasons
 
 

@@ -16,11 +16,17 @@ environment when it has a PEP 723 block), anything else as is. CMD runs in its o
 the next monitor deadline), never on a fixed poll. Every way out ends with a teardown of every
 descendant (also those in their own sessions): SIGTERM, `--grace` seconds, SIGKILL, reap.
 
+Every node writes `result-node<rank>.json` at the end of its attempt. At the start of the next one
+every node folds the other nodes' results into the ledger's attempts (rank 0 also records them), so an
+attempt's outcome is its most significant node result (bad node > failure > cancel or preemption):
+a crash loop on any node is caught although SkyPilot then stops the others (rank 0 exits 143).
+
 Configuration precedence: flags > process environment (the job.yaml envs) > docs/contract.md defaults.
 
 Exit codes (docs/contract.md; constants in _contract.py), each with a reason string:
   0    completed, max_runtime
-  N    job_failed: the job's own non-zero code (128+S when a signal S killed it)
+  N    job_failed: the job's own non-zero code (128+S when a signal S killed it); under torchrun, the
+       first failed worker's (torchrun itself exits 1 for any worker failure)
   1    job_failed_reserved_code (the job itself exited 86 or 87), recover_cap
   2    bad_input (one line on stderr naming the flag or key)
   86   heartbeat_timeout, preflight_failed (bad node: job.yaml recover_on_exit_codes)
@@ -51,9 +57,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 import psutil
 from _contract import (
@@ -479,15 +486,21 @@ TORCHRUN_SHIM = """\
 import json, sys
 out = sys.argv.pop(1)
 sys.argv[0] = "torchrun"
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
+try:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+except ImportError:  # another torch layout: plain torchrun, its exit code 1 is reported
+    ChildFailedError = ()
 try:
     main()
 except ChildFailedError as exc:
-    rank, failure = exc.get_first_failure()
-    with open(out, "w") as f:
-        json.dump({"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
-                   "message": str(failure.message)[:1000]}, f)
+    try:
+        rank, failure = exc.get_first_failure()
+        with open(out, "w") as f:
+            json.dump({"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
+                       "message": str(failure.message)[:1000]}, f)
+    except Exception as note:
+        print(f"run.py: cannot record the failed worker: {note}", file=sys.stderr)
     raise
 """
 
@@ -749,9 +762,31 @@ def _code(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def significance(code: int | None) -> int:
+    """How much one node's exit code says about the attempt it ended, to pick the attempt's outcome
+    across nodes: 4 a bad node (EXIT_BAD_NODE) > 3 a failure (any other non-zero code, the crash-loop
+    stop included) > 2 cancelled or preempted (EXIT_SIGINT, EXIT_SIGTERM) > 1 success (0) > 0 unknown
+    (None: the node's end was lost). SkyPilot stops the other nodes when one fails, so the failing node's
+    code, not the stopped nodes' 143 (or 137), says why the attempt ended."""
+    if code is None:
+        return 0
+    if code == EXIT_OK:
+        return 1
+    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+        return 2
+    return 4 if code == EXIT_BAD_NODE else 3
+
+
 @dataclass(frozen=True)
 class Attempt:
-    """One attempt as the ledger knows it. `reason` None: no `end` record (still running, or lost)."""
+    """One attempt of the managed job, over all its nodes, as the ledger knows it.
+
+    `exit_code` and `reason` are the attempt's effective outcome: the most significant (see
+    `significance`; rank 0 first on a tie) of rank 0's `end` record and the other nodes' results folded
+    in as `node_result` records; `node_rank` is the node it came from. `reason` None: no node recorded an
+    end (still running, or lost). `ended`: rank 0 recorded an end (a `lost` one included). `bad_node`:
+    any node exited EXIT_BAD_NODE.
+    """
 
     number: int
     start_time: float | None = None
@@ -759,59 +794,117 @@ class Attempt:
     exit_code: int | None = None
     reason: str | None = None
     bad_node: bool = False
+    node_rank: int | None = None
+    ended: bool = False
+
+    def describe(self) -> str:
+        """E.g. `attempt 3: node1 job_failed (exit 3)`."""
+        node = f"node{self.node_rank} " if self.node_rank is not None else ""
+        return f"attempt {self.number}: {node}{self.reason} (exit {self.exit_code})"
 
 
 def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
     """Fold ledger records into attempts, ordered by number.
 
-    An attempt's runtime is its `end` record's, else its latest `alive` record's (seconds). It is a
-    bad-node attempt when its end or any node's result exited EXIT_BAD_NODE.
+    An attempt's runtime (seconds) is its `end` record's; for one without an end, or a `lost` one, the
+    longest of its latest `alive` record's and the other nodes' results. Its outcome is the most
+    significant node outcome (see Attempt).
     """
     acc: dict[int, dict[str, object]] = {}
+    outcomes: dict[int, list[tuple[int | None, str | None, int | None]]] = {}
     for rec in records:
         number = rec["attempt"]
         assert isinstance(number, int)
-        a = acc.setdefault(number, {"number": number})
+        a = acc.setdefault(number, {"runtime_s": 0.0})
+        mine = outcomes.setdefault(number, [])
         event = rec["event"]
+        runtime = _number(rec.get("runtime_s"))
         if event == "start":
             a["start_time"] = _number(rec.get("time"))
         elif event == "alive":
-            runtime = _number(rec.get("runtime_s")) or 0.0
-            a["runtime_s"] = max(runtime, a.get("runtime_s", 0.0))  # type: ignore[type-var]
+            a["runtime_s"] = max(runtime or 0.0, a["runtime_s"])  # type: ignore[type-var]
         elif event == "end":
-            a["runtime_s"] = _number(rec.get("runtime_s")) or a.get("runtime_s", 0.0)
-            a["exit_code"] = _code(rec.get("exit_code"))
-            a["reason"] = str(rec.get("reason"))
-            if a["exit_code"] == EXIT_BAD_NODE:
-                a["bad_node"] = True
-        elif event == "node_result" and _code(rec.get("exit_code")) == EXIT_BAD_NODE:
-            a["bad_node"] = True
-    return [Attempt(**a) for _, a in sorted(acc.items())]  # type: ignore[arg-type]
+            reason = str(rec.get("reason"))
+            a["ended"] = True
+            if reason == LEDGER_LOST:
+                a["runtime_s"] = max(runtime or 0.0, a["runtime_s"])  # type: ignore[type-var]
+            else:
+                a["final_runtime_s"] = runtime if runtime is not None else a["runtime_s"]
+            mine.insert(0, (_code(rec.get("exit_code")), reason, 0))
+        elif event == "node_result":
+            a["node_runtime_s"] = max(runtime or 0.0, a.get("node_runtime_s", 0.0))  # type: ignore[type-var]
+            reason = rec.get("reason")
+            mine.append(
+                (
+                    _code(rec.get("exit_code")),
+                    None if reason is None else str(reason),
+                    _code(rec.get("node_rank")),
+                )
+            )
+    attempts = []
+    for number, a in sorted(acc.items()):
+        mine = outcomes[number]
+        code, reason, node = max(mine, key=lambda o: significance(o[0]), default=(None, None, None))
+        if "final_runtime_s" in a:
+            runtime = a["final_runtime_s"]
+        else:
+            runtime = max(a["runtime_s"], a.get("node_runtime_s", 0.0))  # type: ignore[type-var]
+        attempts.append(
+            Attempt(
+                number=number,
+                start_time=a.get("start_time"),  # type: ignore[arg-type]
+                runtime_s=float(runtime),  # type: ignore[arg-type]
+                exit_code=code,
+                reason=reason,
+                bad_node=any(c == EXIT_BAD_NODE for c, _, _ in mine),
+                node_rank=node,
+                ended=bool(a.get("ended")),
+            )
+        )
+    return attempts
 
 
-def attempt_number(attempts: Sequence[Attempt], *, writer: bool) -> int:
+def attempt_number(attempts: Sequence[Attempt], *, writer: bool, own_last: int | None = None) -> int:
     """This attempt's number (1-based). The writer (node rank 0) counts every attempt in the ledger;
-    other nodes count the ended ones, since rank 0 may already have recorded this attempt's start."""
-    seen = [a.number for a in attempts if writer or a.reason is not None]
-    return max(seen, default=0) + 1
+    other nodes count those rank 0 recorded an end for, since rank 0 may already have recorded this
+    attempt's start. `own_last` is the attempt of this node's own previous result: a node's attempts
+    only go up, also when rank 0 has not yet closed a lost attempt."""
+    seen = [a.number for a in attempts if writer or a.ended]
+    return max(max(seen, default=0), own_last or 0) + 1
 
 
-def is_crash_loop(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> bool:
-    """Whether the last `crash_loop_attempts` failed attempts all started within the window (wall-clock
-    seconds, the only clock shared across nodes and recoveries) and average under the minimum runtime.
+def crash_loop_evidence(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> list[Attempt] | None:
+    """The last `crash_loop_attempts` failed attempts when they all started within the window (wall-clock
+    seconds, the only clock shared across nodes and recoveries) and average under the minimum runtime;
+    None when that is not a crash loop.
 
-    Attempts that succeeded, were cancelled or preempted (130, 143) or were lost do not count.
+    An attempt's outcome is over all its nodes (see Attempt): attempts that succeeded, were lost, or
+    that every node ended by cancel or preemption (130, 143) do not count; one where any node failed does.
     """
     k = limits.crash_loop_attempts
     if k <= 0 or limits.crash_loop_min_runtime_s <= 0:
-        return False
-    failed = [a for a in attempts if a.exit_code not in (None, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM)]
+        return None
+    failed = [a for a in attempts if significance(a.exit_code) >= significance(EXIT_FAILURE)]
     last = failed[-k:]
     if len(last) < k or any(
         a.start_time is None or now_wall - a.start_time > limits.crash_loop_window_s for a in last
     ):
-        return False
-    return sum(a.runtime_s for a in last) / k < limits.crash_loop_min_runtime_s
+        return None
+    return last if sum(a.runtime_s for a in last) / k < limits.crash_loop_min_runtime_s else None
+
+
+def is_crash_loop(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> bool:
+    """Whether `attempts` end in a crash loop (see crash_loop_evidence)."""
+    return crash_loop_evidence(attempts, limits, now_wall) is not None
+
+
+class Decision(NamedTuple):
+    """The node's exit code and reason (docs/contract.md), and `cause`: one line for people on where
+    the outcome came from (which worker, which nodes and attempts), None when the reason says it all."""
+
+    code: int
+    reason: str
+    cause: str | None = None
 
 
 def decide(
@@ -822,36 +915,51 @@ def decide(
     current: Attempt,
     limits: Limits,
     now_wall: float,
-) -> tuple[int, str]:
+    detail: str | None = None,
+) -> Decision:
     """Apply the exit-code contract (docs/contract.md) to how the attempt ended.
 
     `stop` is the reason the supervisor stopped the job (REASON_SIGTERM, REASON_SIGINT,
-    REASON_MAX_RUNTIME, REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED, REASON_PREFLIGHT_ERROR) or None when the job
-    exited on its own with `job_code`. `prior` are the earlier attempts of this managed job;
-    `current` is this one (its exit code and reason are filled in here). Returns (exit code, reason).
+    REASON_MAX_RUNTIME, REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED, REASON_PREFLIGHT_ERROR) or
+    None when the job exited on its own with `job_code`; `detail` says where a failure came from (the
+    first failed torchrun worker). `prior` are the earlier attempts of this managed job with their
+    outcomes over all nodes; `current` is this one on this node (its exit code and reason are filled in
+    here).
     """
     if stop == REASON_SIGTERM:
-        return EXIT_SIGTERM, REASON_SIGTERM
+        return Decision(EXIT_SIGTERM, REASON_SIGTERM)
     if stop == REASON_SIGINT:
-        return EXIT_SIGINT, REASON_SIGINT
+        return Decision(EXIT_SIGINT, REASON_SIGINT)
     if stop == REASON_MAX_RUNTIME:
-        return EXIT_OK, REASON_MAX_RUNTIME
+        return Decision(EXIT_OK, REASON_MAX_RUNTIME)
+    cause = detail
     if stop in (REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED):
         code, reason = EXIT_BAD_NODE, stop
     elif stop == REASON_PREFLIGHT_ERROR:
         code, reason = EXIT_FAILURE, REASON_PREFLIGHT_ERROR
     elif job_code == 0:
-        return EXIT_OK, REASON_COMPLETED
+        return Decision(EXIT_OK, REASON_COMPLETED)
     elif job_code in RESERVED_EXIT_CODES:
         code, reason = EXIT_FAILURE, REASON_JOB_FAILED_RESERVED
+        cause = f"{detail or 'the job'}: exit {job_code} is reserved for the supervisor"
     else:
         code, reason = (job_code if job_code is not None else EXIT_FAILURE), REASON_JOB_FAILED
-    if code == EXIT_BAD_NODE and sum(a.bad_node for a in prior) >= limits.max_recover_restarts:
+    bad_before = sum(a.bad_node for a in prior)
+    if code == EXIT_BAD_NODE and bad_before >= limits.max_recover_restarts:
+        cause = f"{reason} after {bad_before} bad-node attempts (MAX_RECOVER_RESTARTS={limits.max_recover_restarts})"
         code, reason = EXIT_FAILURE, REASON_RECOVER_CAP
-    this = Attempt(current.number, current.start_time, current.runtime_s, code, reason, code == EXIT_BAD_NODE)
-    if is_crash_loop([*prior, this], limits, now_wall):
-        return EXIT_CRASH_LOOP, REASON_CRASH_LOOP
-    return code, reason
+    this = replace(current, exit_code=code, reason=reason, bad_node=code == EXIT_BAD_NODE)
+    loop = crash_loop_evidence([*prior, this], limits, now_wall)
+    if loop is not None:
+        average = sum(a.runtime_s for a in loop) / len(loop)
+        return Decision(
+            EXIT_CRASH_LOOP,
+            REASON_CRASH_LOOP,
+            f"the last {len(loop)} failed attempts started within {limits.crash_loop_window_s / 60:g} min "
+            f"and ran {average:.1f} s on average (under {limits.crash_loop_min_runtime_s:g} s): "
+            + "; ".join(a.describe() for a in loop),
+        )
+    return Decision(code, reason, cause)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1150,44 +1258,65 @@ class AttemptRunner:
                 self.ledger, {"event": event, "attempt": self.number, "time": time.time(), **fields}
             )
 
-    def _history(self) -> list[Attempt]:
-        """Earlier attempts; the writer closes any that never recorded an end and folds in other
-        nodes' bad-node results (SkyPilot restarts on ANY node's 86; rank 0 may have exited 143)."""
+    def _results(self) -> list[dict[str, object]]:
+        """Every node's latest `result-node<rank>.json` of this managed job and task (unreadable ones
+        and those of other managed jobs skipped)."""
         cfg, ident = self.cfg, self.cfg.identity
-        records = read_ledger(self.ledger)
-        attempts = summarize(records)
-        known = {a.number for a in attempts}
-        known_bad = {a.number for a in attempts if a.bad_node}
-        extra: list[dict[str, object]] = []
         try:
-            results = sorted((cfg.data_dir / cfg.run_id / "supervisor").glob("result-node*.json"))
+            paths = sorted((cfg.data_dir / cfg.run_id / "supervisor").glob("result-node*.json"))
         except OSError:
-            results = []
-        for path in results:
+            return []
+        results = []
+        for path in paths:
             try:
                 res = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if not isinstance(res, dict) or (res.get("managed_job_id"), res.get("task_index")) != (
+            if isinstance(res, dict) and (res.get("managed_job_id"), res.get("task_index")) == (
                 ident.managed_job_id,
                 ident.task_index,
             ):
+                results.append(res)
+        return results
+
+    def _history(self) -> tuple[list[Attempt], int]:
+        """The earlier attempts, each with its outcome over all nodes, and this attempt's number.
+
+        Every node folds the other nodes' results (`result-node<rank>.json`, rank > 0; rank 0's own
+        outcome is its `end` record) into the attempts they belong to, so a failure on any node counts
+        for the crash-loop guard and the recover cap although SkyPilot then stops rank 0 (143). The
+        writer also records them (`node_result`) and closes attempts that never recorded an end."""
+        ident = self.cfg.identity
+        records = read_ledger(self.ledger)
+        attempts = summarize(records)
+        results = self._results()
+        own_last = next(
+            (_code(r.get("attempt")) for r in results if _code(r.get("node_rank")) == ident.node_rank), None
+        )
+        number = attempt_number(attempts, writer=self.writer, own_last=own_last)
+        known = {a.number for a in attempts}
+        folded = {(r.get("attempt"), r.get("node_rank")) for r in records if r["event"] == "node_result"}
+        extra: list[dict[str, object]] = []
+        for res in results:
+            done, rank = _code(res.get("attempt")), _code(res.get("node_rank"))
+            if not rank or done is None or done >= number or done not in known or (done, rank) in folded:
                 continue
-            number = _code(res.get("attempt"))
-            if number in known and _code(res.get("exit_code")) == EXIT_BAD_NODE and number not in known_bad:
-                extra.append(
-                    {
-                        "event": "node_result",
-                        "attempt": number,
-                        "node_rank": res.get("node_rank"),
-                        "exit_code": EXIT_BAD_NODE,
-                        "reason": res.get("reason"),
-                    }
-                )
-                known_bad.add(number)
+            extra.append(
+                {
+                    "event": "node_result",
+                    "attempt": done,
+                    "node_rank": rank,
+                    "exit_code": _code(res.get("exit_code")),
+                    "reason": res.get("reason"),
+                    "job_exit_code": _code(res.get("job_exit_code")),
+                    "runtime_s": _number(res.get("runtime_s")),
+                    "cause": res.get("cause"),
+                }
+            )
+            folded.add((done, rank))
         if self.writer:
             for a in attempts:
-                if a.reason is None:
+                if not a.ended:
                     extra.append(
                         {
                             "event": "end",
@@ -1199,12 +1328,14 @@ class AttemptRunner:
                     )
             for rec in extra:
                 append_record(self.ledger, {**rec, "time": time.time()})
-        return summarize([*records, *extra])
+        prior = [a for a in summarize([*records, *extra]) if a.number < number]
+        if prior and prior[-1].reason is not None:
+            log.info("previous %s", prior[-1].describe())
+        return prior, number
 
     def run(self) -> int:
         cfg, lim = self.cfg, self.cfg.limits
-        prior = self._history()
-        self.number = attempt_number(prior, writer=self.writer)
+        prior, self.number = self._history()
         self.start, self.start_wall = self.sup.clock(), time.time()
         used = sum(a.runtime_s for a in prior)
         budget_end = self.start + (lim.max_runtime_s - used) if lim.max_runtime_s > 0 else None
@@ -1227,15 +1358,22 @@ class AttemptRunner:
         else:
             phase = self._preflight_then_job(budget_end)
         runtime = self.sup.clock() - self.start
-        current = Attempt(self.number, self.start_wall, runtime)
-        code, reason = decide(
-            phase.stop, phase.code, prior=prior, current=current, limits=lim, now_wall=time.time()
+        current = Attempt(self.number, self.start_wall, runtime, node_rank=ident.node_rank)
+        code, reason, cause = decide(
+            phase.stop,
+            phase.code,
+            prior=prior,
+            current=current,
+            limits=lim,
+            now_wall=time.time(),
+            detail=phase.detail,
         )
         self._record(
             "end",
             runtime_s=round(runtime, 3),
             exit_code=code,
             reason=reason,
+            cause=cause,
             job_exit_code=phase.code,
             num_nodes=ident.num_nodes,
             cluster=dict(ident.cluster_info) if ident.cluster_info else None,
@@ -1249,6 +1387,7 @@ class AttemptRunner:
             "attempt": self.number,
             "exit_code": code,
             "reason": reason,
+            "cause": cause,
             "job_exit_code": phase.code,
             "runtime_s": round(runtime, 3),
             "start_time": self.start_wall,
@@ -1256,12 +1395,13 @@ class AttemptRunner:
         }
         write_json(result_path(cfg.data_dir, cfg.run_id, ident.node_rank), result)
         log.info(
-            "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f",
+            "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f%s",
             ident.node_rank,
             self.number,
             reason,
             code,
             runtime,
+            f" cause: {cause}" if cause else "",
         )
         return code
 
