@@ -169,3 +169,44 @@ def test_explicit_ref_must_be_pushed_too(pushed: tuple[Path, Path]) -> None:
     assert _git.gate(work, pushed_head[:8]).commit == pushed_head
     with pytest.raises(_git.GitError, match="unpushed"):
         _git.gate(work, local_only)
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("https://github.com/org/repo.git", False),
+        ("http://git.example.com/repo", False),
+        ("ssh://git@github.com/org/repo.git", False),
+        ("git://example.com/repo.git", False),
+        ("git@github.com:org/repo.git", False),
+        ("github.com:org/repo.git", False),  # scp-like without a user
+        ("[::1]:repo.git", False),
+        ("/work/main", True),
+        ("/tmp/x/remote.git", True),
+        ("../remote.git", True),
+        ("remote.git", True),
+        ("~/repos/x.git", True),
+        ("./a:b", True),  # a slash before the colon: a path
+        ("file:///tmp/remote.git", True),
+        ("FILE:///tmp/remote.git", True),
+        ("C:\\repos\\x.git", True),
+        ("", True),
+    ],
+)
+def test_remote_url_the_nodes_can_clone(url: str, local: bool) -> None:
+    assert _git.is_local_url(url) is local
+    problem = _git.remote_url_problem("origin", url)
+    if local:
+        assert problem is not None and "\n" not in problem
+        assert problem.startswith(f"git remote origin is {url!r}, a path on this machine")
+        assert "push to a hosted remote" in problem and "--skip-git-check" in problem
+    else:
+        assert problem is None
+
+
+def test_gate_pins_a_local_bare_remote_url_as_is(pushed: tuple[Path, Path]) -> None:
+    """The gate judges commits only; whether the URL can be cloned is remote_url_problem's job (the
+    launcher applies both), so these tests keep using a local bare remote."""
+    work, remote = pushed
+    pin = _git.gate(work, None)
+    assert pin.url == str(remote) and _git.remote_url_problem(pin.remote, pin.url) is not None

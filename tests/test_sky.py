@@ -48,6 +48,7 @@ os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry goes to the internet
 
 import _config  # noqa: E402
+import _git  # noqa: E402
 import _sky_backend as sb  # noqa: E402
 import _task  # noqa: E402
 import launch  # noqa: E402
@@ -426,30 +427,247 @@ def test_follow_treats_101_as_still_running(tmp_path: Path) -> None:
 
 def test_confirm_asks_and_declining_launches_nothing(tmp_path: Path) -> None:
     sdk = FakeSkyJobsSDK()
-    code, _, err = run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=lambda q: "n")
+    code, out, err = run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=lambda q: "n")
     assert code == 1 and sdk.launched == [] and "launch 1 managed job(s): r1" in err and CANARY not in err
+    assert (
+        out == ""
+        and err.strip().splitlines()[-1] == "launch.py: not launched (declined at the --confirm prompt)"
+    )
     code, _, _ = run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=lambda q: "yes")
     assert code == 0 and len(sdk.launched) == 1
 
+    def no_answer(question: str) -> str:
+        raise EOFError
 
-def test_git_pin_in_workdir_and_git_commit(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^--confirm: no answer on stdin \(use it from a terminal, or drop --confirm\)$"
+    ):
+        run_launch(make_cfg(tmp_path, "--confirm"), sdk, ask=no_answer)
+    assert len(sdk.launched) == 1
+
+
+def test_confirm_prompt_on_stderr_answer_from_stdin() -> None:
+    err = io.StringIO()
+    assert sb.ask_stdin("Launch? [y/N] ", err, io.StringIO("y\n")) == "y\n"
+    assert err.getvalue() == "Launch? [y/N] "
+    for stdin in (io.StringIO(""), None):
+        err = io.StringIO()
+        with pytest.raises(EOFError):
+            sb.ask_stdin("Launch? [y/N] ", err, stdin)
+        assert err.getvalue() == "Launch? [y/N] \n"  # the error line that follows starts a line
+
+
+# ------------------------------------------------------------- stdout = data (real processes)
+
+FAKE_SKY_INIT = '''\
+"""FAKE of SkyPilot's client SDK (the `sky` package), for tests only: no API server here.
+Like the real one it prints to stdout on its own: through a handler that holds the original
+sys.stdout (SkyPilot's logger), through sys.__stdout__, and to file descriptor 1."""
+import os
+import sys
+
+_HANDLER_STREAM = sys.stdout
+
+
+def _chatter(what):
+    _HANDLER_STREAM.write(f"CHATTER handler {what}\\n")
+    _HANDLER_STREAM.flush()
+    sys.__stdout__.write(f"CHATTER __stdout__ {what}\\n")  # left in the buffer
+    os.write(1, f"CHATTER fd1 {what}\\n".encode())
+
+
+_chatter("import")
+
+
+class Task:
+    @staticmethod
+    def from_yaml_config(config, env_overrides=(), secrets_overrides=()):
+        _chatter("task")
+        task = Task()
+        task.name, task.num_nodes = config["name"], config.get("num_nodes", 1)
+        task.envs = dict(env_overrides)
+        task.secrets = dict(secrets_overrides)
+        return task
+
+
+def get(request):
+    _chatter("get")
+    return request
+
+
+from sky import jobs  # noqa: E402
+'''
+
+FAKE_SKY_JOBS = """\
+import sky
+
+RECORDS = [{"job_id": 7, "job_name": "r", "status": "FAILED", "recovery_count": 1,
+            "failure_reason": "setup failed", "submitted_at": 1000.0, "job_duration": 5.0}]
+
+
+def launch(task, name=None):
+    sky._chatter("launch")
+    return ([7], None)
+
+
+def queue_v2(refresh, skip_finished, all_users, job_ids, fields):
+    sky._chatter("queue")
+    return ([r for r in RECORDS if not job_ids or r["job_id"] in job_ids], 1, {}, 1)
+
+
+def tail_logs(job_id, follow, output_stream=None):
+    sky._chatter("tail")
+    output_stream.write(f"log line of {job_id}\\n")
+    return 100
+
+
+def cancel(job_ids):
+    sky._chatter("cancel")
+"""
+FAKE_RECORDS = [{"job_id": 7, "job_name": "r", "status": "FAILED", "recovery_count": 1,
+                 "failure_reason": "setup failed", "submitted_at": 1000.0, "job_duration": 5.0}]  # fmt: skip
+
+
+@pytest.fixture
+def fake_sky_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a real launch.py/jobs.py process whose `import sky` finds FAKE_SKY_*
+    (first on PYTHONPATH) instead of SkyPilot; ENV_FILE names a .env with the job's secrets."""
+    pkg = tmp_path / "fake-sky" / "sky"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_SKY_INIT)
+    (pkg / "jobs.py").write_text(FAKE_SKY_JOBS)
+    (tmp_path / "c.env").write_text("WANDB_API_KEY=x\nHF_TOKEN=\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
+    env.update(
+        PYTHONPATH=str(pkg.parent), SKYPILOT_DISABLE_LOCAL_API_SERVER="1", ENV_FILE=str(tmp_path / "c.env")
+    )
+    return env
+
+
+def run_script(
+    env: dict[str, str], script: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LOCAL / script), *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def assert_chatter_on_stderr(proc: subprocess.CompletedProcess[str], *calls: str) -> None:
+    assert "CHATTER" not in proc.stdout
+    for what in ("import", *calls):
+        for how in ("handler", "__stdout__", "fd1"):
+            assert f"CHATTER {how} {what}" in proc.stderr, (how, what, proc.stderr)
+
+
+def test_stdout_is_data_only_while_the_sdk_prints(fake_sky_env: dict[str, str]) -> None:
+    """QA finding: SkyPilot's start-up messages of a local API server landed on stdout, so
+    `jobs.py --backend sky status --json` printed them before `[]`. With a fake SDK that writes to
+    sys.stdout's original object, sys.__stdout__ and fd 1, stdout is exactly the data."""
+    import jobs
+
+    proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == json.dumps(jobs.sky_rows(FAKE_RECORDS, 0.0), indent=2, default=str) + "\n"
+    assert_chatter_on_stderr(proc, "get", "queue")
+
+    proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "logs", "7")  # streamed data
+    assert proc.returncode == 1 and proc.stdout == "log line of 7\n", proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "job 7 (run r) ended FAILED: setup failed"
+    assert_chatter_on_stderr(proc, "tail")
+
+    proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "cancel", "7")
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert_chatter_on_stderr(proc, "cancel")
+
+    launch_args = [
+        "--backend",
+        "sky",
+        "--env-file",
+        fake_sky_env["ENV_FILE"],
+        "--skip-git-check",
+        "--run",
+        "r",
+    ]
+    proc = run_script(fake_sky_env, "launch.py", *launch_args, "--print-id", "examples/train.py")
+    assert proc.returncode == 0 and proc.stdout == "7\n", proc.stderr
+    assert_chatter_on_stderr(proc, "task", "launch", "get")
+
+
+def test_confirm_in_a_real_process(fake_sky_env: dict[str, str]) -> None:
+    """The prompt goes to stderr; no answer on stdin (EOF) is bad input (2), not a failed job;
+    declining is 1 with "not launched"; a piped yes launches."""
+    args = ["--backend", "sky", "--env-file", fake_sky_env["ENV_FILE"], "--skip-git-check", "--run", "r",
+            "--confirm", "--print-id", "examples/train.py"]  # fmt: skip
+    proc = run_script(fake_sky_env, "launch.py", *args)  # stdin: /dev/null
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert "Launch 1 managed job(s)? [y/N]" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "launch.py: error: --confirm: no answer on stdin (use it from a terminal, or drop --confirm)"
+    )
+    proc = run_script(fake_sky_env, "launch.py", *args, stdin="n\n")
+    assert proc.returncode == 1 and proc.stdout == "" and "not launched" in proc.stderr
+    assert "CHATTER fd1 launch" not in proc.stderr
+    proc = run_script(fake_sky_env, "launch.py", *args, stdin="y\n")
+    assert proc.returncode == 0 and proc.stdout == "7\n", proc.stderr
+
+
+def test_stdout_to_stderr_restores_fd_1_and_nests() -> None:
+    """fd 1 points at stderr inside the block, is restored after (also on an exception), and the
+    yielded stream (the outer one, in a nested block) writes to the real stdout."""
+    probe = (
+        "import os, sys, _sky_backend as sb\n"
+        "print('before', flush=True)\n"
+        "try:\n"
+        "    with sb.stdout_to_stderr() as data:\n"
+        "        print('chatter1')\n"
+        "        with sb.stdout_to_stderr() as inner:\n"
+        "            os.write(1, b'chatter2\\n')\n"
+        "            inner.write('data-inner\\n')\n"
+        "        data.write('data\\n')\n"
+        "        raise KeyError\n"
+        "except KeyError:\n"
+        "    pass\n"
+        "print('after')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(LOCAL)}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "before\ndata-inner\ndata\nafter\n"
+    assert proc.stderr == "chatter1\nchatter2\n"
+
+
+HOSTED_URL = "https://git.example.invalid/org/repo.git"
+
+
+def hosted_clone(tmp_path: Path) -> tuple[Path, str]:
+    """A repository whose origin is a hosted URL (never contacted): `origin/main` and the upstream
+    are recorded locally, as after a push. Returns (work tree, HEAD)."""
     from test_git import commit, sh
 
-    remote, work = tmp_path / "remote.git", tmp_path / "work"
-    sh(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    work = tmp_path / "work"
     sh(tmp_path, "init", "-q", "-b", "main", str(work))
-    sh(work, "remote", "add", "origin", str(remote))
+    sh(work, "remote", "add", "origin", HOSTED_URL)
     head = commit(work, "a.txt")
-    sh(work, "push", "-q", "-u", "origin", "main")
+    sh(work, "update-ref", "refs/remotes/origin/main", head)
+    sh(work, "config", "branch.main.remote", "origin")
+    sh(work, "config", "branch.main.merge", "refs/heads/main")
+    return work, head
+
+
+def test_git_pin_in_workdir_and_git_commit(tmp_path: Path) -> None:
+    from test_git import commit
+
+    work, head = hosted_clone(tmp_path)
     sdk = FakeSkyJobsSDK()
     code, _, _ = run_launch(make_cfg(tmp_path, repo=work), sdk)
     assert code == 0
     task = sdk.launched[0][0]
-    assert task.workdir == {"url": str(remote), "ref": head}
+    assert task.workdir == {"url": HOSTED_URL, "ref": head}
     assert (task.envs["GIT_COMMIT"], task.envs["GIT_COMMIT_HASH"], task.envs["GIT_URL"]) == (
         head,
         head,
-        str(remote),
+        HOSTED_URL,
     )
     commit(work, "b.txt")  # unpushed: refused before anything is launched
     with pytest.raises(ConfigError, match="1 unpushed commit on main"):
@@ -457,6 +675,37 @@ def test_git_pin_in_workdir_and_git_commit(tmp_path: Path) -> None:
     assert len(sdk.launched) == 1
     with pytest.raises(ConfigError, match="--git-ref: cannot be combined with --skip-git-check"):
         run_launch(make_cfg(tmp_path, "--git-ref", "HEAD"))
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_local_remote_url_refused_on_launch_warned_on_dry_run(
+    tmp_path: Path, scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote that is a path on this machine (QA: a clone of /work/main) cannot be cloned by the
+    cloud nodes: a launch refuses (exit 2, one line naming the remote and the fix), a dry run warns."""
+    from test_git import commit, sh
+
+    remote, work = tmp_path / "remote.git", tmp_path / "work"
+    sh(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    sh(tmp_path, "init", "-q", "-b", "main", str(work))
+    sh(work, "remote", "add", "origin", f"{scheme}{remote}")
+    head = commit(work, "a.txt")
+    sh(work, "push", "-q", "-u", "origin", "main")
+    sdk = FakeSkyJobsSDK()
+    with pytest.raises(_git.GitError) as info:
+        run_launch(make_cfg(tmp_path, repo=work), sdk)
+    assert sdk.launched == []
+    message = str(info.value)
+    assert message.startswith(f"git remote origin is '{scheme}{remote}', a path on this machine")
+    assert "push to a hosted remote" in message and "--skip-git-check" in message and "\n" not in message
+    for flags in (["--dry-run"], ["--dump-config", "json"]):
+        caplog.clear()
+        code, out, _ = run_launch(make_cfg(tmp_path, *flags, repo=work), sdk)
+        assert code == 0 and head in out and f"{scheme}{remote}" in out
+        assert any(
+            "a path on this machine" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+        )
+    assert sdk.launched == []
 
 
 def test_sky_only_flags_rejected_on_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,10 @@ refuses, with the exact command that fixes it:
   HEAD is judged against every remote branch: ../shared/cases/CASES.md G1, G2);
 - a shallow clone, which cannot answer "is it pushed?".
 
+`remote_url_problem()` is the separate check that the chosen remote's URL is one cloud nodes can
+clone (https://, ssh://, git@host:path, ...), not a path on this machine or a file:// URL; the
+launcher refuses such a URL on a real launch and only warns on a dry run.
+
 Refs (CASES.md G3): a branch, a tag (annotated tags resolve to their commit, not the tag object), a
 short id or HEAD; an ambiguous prefix is an error listing the candidates, an unknown ref one naming it.
 
@@ -177,6 +181,34 @@ def gate(repo: Path, ref: str | None) -> GitPin:
         raise GitError(f"{plural} on {branch} (upstream {tracked}): git push, {SKIP_HINT}")
     url = git(repo, "remote", "get-url", remote)
     return GitPin(url=url, commit=commit, remote=remote)
+
+
+def is_local_url(url: str) -> bool:
+    """True when `url` names a repository on this machine's file system: a path (absolute, relative,
+    `~`), a `file://` URL, or nothing. Follows git's reading of a remote URL (git-clone(1), GIT
+    URLS): `scheme://...` is a URL (local only for file://); `[user@]host:path` with no `/` before
+    the first `:` is scp-like ssh (a Windows drive letter `C:` excepted); anything else is a path."""
+    url = url.strip()
+    if not url:
+        return True
+    if "://" in url:
+        return url.split("://", 1)[0].lower() == "file"
+    colon, slash = url.find(":"), url.find("/")
+    if colon > 0 and (slash == -1 or colon < slash):
+        return colon == 1 and url[0].isalpha()  # C:\repo or C:/repo is a path
+    return True
+
+
+def remote_url_problem(remote: str, url: str) -> str | None:
+    """None when cloud nodes can clone `url` (the URL of git remote `remote`); otherwise the one-line
+    refusal that names the remote and the fix. Pure: no git call."""
+    if not is_local_url(url):
+        return None
+    return (
+        f"git remote {remote} is {url!r}, a path on this machine that the cloud nodes cannot clone:"
+        f" push to a hosted remote (git remote set-url {remote} https://<host>/<repo>.git or"
+        f" git@<host>:<repo>.git, then git push), or pass --skip-git-check to upload the working tree"
+    )
 
 
 def head_commit(repo: Path) -> str | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import json
 import logging
@@ -393,20 +394,50 @@ def follow_logs(
 
     Returns the launcher's exit code: 0 succeeded, 1 failed or cancelled, 3 job not found.
     """
+    return exit_code_of_tail(job_id, tail_until_done(sdk, job_id, stream, poll=poll, sleep=sleep))
+
+
+def tail_until_done(
+    sdk: Any, job_id: int, stream: IO[str], *, poll: float = 5.0, sleep: Callable[[float], None] | None = None
+) -> int:
+    """`sdk.tail_logs(follow=True)` again while it answers 101 (not finished); returns the last
+    tail_logs code (TAIL_*)."""
     while True:
         code = sdk.tail_logs(job_id, True, stream)
-        if code == TAIL_NOT_FINISHED:
-            log.info("job %d: not finished (recovering?): following again", job_id)
-            (sleep or time.sleep)(poll)
-            continue
-        if code == TAIL_SUCCEEDED:
-            return EXIT_OK
-        if code == TAIL_NOT_FOUND:
-            log.error("job %d: not found on the API server", job_id)
-            return EXIT_SKY_ERROR
-        if code == TAIL_CANCELLED:
-            log.warning("job %d: cancelled", job_id)
-        return EXIT_FAILED
+        if code != TAIL_NOT_FINISHED:
+            return code
+        log.info("job %d: not finished (recovering?): following again", job_id)
+        (sleep or time.sleep)(poll)
+
+
+def exit_code_of_tail(job_id: int, code: int) -> int:
+    """The launcher's exit code for a final tail_logs code: 0 succeeded, 3 not found, 1 otherwise."""
+    if code == TAIL_SUCCEEDED:
+        return EXIT_OK
+    if code == TAIL_NOT_FOUND:
+        log.error("job %d: not found on the API server", job_id)
+        return EXIT_SKY_ERROR
+    return EXIT_FAILED
+
+
+def ended_line(sdk: Any, job_id: int, code: int) -> str:
+    """One line that explains a failed or cancelled job's non-zero exit (`jobs.py logs`,
+    `launch.py --follow`): `job N (run R) ended STATUS: failure_reason`, from the API server's
+    record (`sdk.queue`); from the tail_logs code alone when the record cannot be read."""
+    fallback = {TAIL_FAILED: "FAILED", TAIL_CANCELLED: "CANCELLED"}.get(code, f"(tail_logs code {code})")
+    try:
+        records = [r for r in sdk.queue([job_id], False, False) if r.get("job_id") in (job_id, str(job_id))]
+    except Exception as exc:  # the line explains an exit code; it must not replace it
+        log.debug("job %d: no record for the outcome line: %s", job_id, exc)
+        records = []
+    if not records:
+        return f"job {job_id} ended {fallback}"
+    record = records[-1]
+    status = record.get("status")
+    status = getattr(status, "value", status) or fallback
+    name = record.get("job_name") or record.get("task_name")
+    reason = record.get("failure_reason")
+    return f"job {job_id}{f' (run {name})' if name else ''} ended {status}{f': {reason}' if reason else ''}"
 
 
 # --------------------------------------------------------------------------------------- launch
@@ -503,10 +534,7 @@ def launch(
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    if ask is None:
-
-        def ask(question: str) -> str:
-            return ask_stdin(question, err, sys.stdin)
+    asker = ask if ask is not None else functools.partial(ask_stdin, prompt_to=err, answer_from=sys.stdin)
     if not cfg.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # SkyPilot's database set-up chatter
     dump = cfg.dump_config or ("yaml" if cfg.dry_run else None)
@@ -539,7 +567,7 @@ def launch(
 
     if cfg.confirm:
         print(summary(cfg, plans, pin), file=err, flush=True)
-        answer = confirm(f"Launch {len(plans)} managed job(s)? [y/N] ", ask)
+        answer = confirm(f"Launch {len(plans)} managed job(s)? [y/N] ", asker)
         if answer is None:
             raise ConfigError("--confirm: no answer on stdin (use it from a terminal, or drop --confirm)")
         if not answer:
@@ -575,7 +603,12 @@ def launch(
                 print(job_id, file=out, flush=True)
         log.info("run %s: managed job %s submitted", plan.name, ", ".join(map(str, ids)))
     if cfg.follow:
-        return follow_logs(sdk, launched[0][1], err)
+        job_id = launched[0][1]
+        tail = tail_until_done(sdk, job_id, err)
+        code = exit_code_of_tail(job_id, tail)
+        if code == EXIT_FAILED:
+            print(ended_line(sdk, job_id, tail), file=err, flush=True)
+        return code
     if not cfg.print_id:
         log.info("watch: jobs.py --backend sky status | logs --follow ID | cancel ID")
     return EXIT_OK

@@ -24,11 +24,18 @@ SKYOPS_BACKEND in the environment > .env > local, as for launch.py.
 - sky: status from `sky.jobs.queue_v2` with `failure_reason` and `recovery_count`; logs from
   `sky.jobs.tail_logs` (with --follow, 101 "not finished" means still running); `sky.jobs.cancel`.
 - local: the local backend's run directories `.skyops/runs/<run>/job-<id>/` (`job.json`, node logs);
-  cancel sends SIGTERM to the job's launcher (`launcher_pid`), which tears every node down.
+  cancel sends SIGTERM to the job's launcher (`launcher_pid`), which tears every node down. A job
+  whose launcher is gone (killed by SIGHUP or SIGKILL) is shown `<STATE> (launcher gone)`; cancel
+  then stops its node process groups itself (`node_pids` in job.json, when recorded: SIGTERM, 10 s,
+  SIGKILL; a pid is signalled only while it is still that node's process) and marks the job
+  FAILED_CONTROLLER.
 
-stdout carries data (the status table or JSON, log lines); messages go to stderr.
-Exit codes: 0 ok (logs: the job succeeded); 1 the followed job failed or was cancelled; 2 bad input
-or unknown ID; 3 SkyPilot error.
+stdout carries data (the status table or JSON, log lines); messages go to stderr. SkyPilot's own
+output during its calls (e.g. when it starts a local API server, which then keeps running; `sky api
+stop` stops it) is sent to stderr.
+Exit codes: 0 ok (logs: the job succeeded, or has not finished yet); 1 the job failed or was
+cancelled (logs ends with one line on stderr saying how it ended), or a cancel did not finish;
+2 bad input or unknown ID; 3 SkyPilot error.
 """
 
 from __future__ import annotations
@@ -63,6 +70,13 @@ TERMINAL = frozenset(
         "FAILED_CONTROLLER",
     }
 )
+
+#: failure_reason of a local job cancelled after its launcher died without tearing it down.
+LAUNCHER_GONE_REASON = "launcher exited without tearing the job down (cancelled afterwards)"
+#: Seconds between SIGTERM and SIGKILL for the node process groups of such a job.
+NODE_TERM_WAIT = 10.0
+#: psutil's create_time() is only as precise as the boot time (whole seconds on Linux).
+CLOCK_SLACK = 1.0
 
 log = logging.getLogger("skyops.jobs")
 
@@ -286,19 +300,42 @@ def local_logs(job: LocalJob, runs_dir: Path, out: IO[str], follow: bool, poll: 
             for path, rest in partial.items():
                 out.write(f"({path.parent.name}/{path.name}) {rest.decode(errors='replace')}\n")
             out.flush()
-            return EXIT_OK if current.state == "SUCCEEDED" else EXIT_FAILED
+            code, line = local_outcome(current)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+            return code
         time.sleep(poll)
 
 
-def local_cancel(job: LocalJob, runs_dir: Path, wait: float) -> int:
+def local_outcome(job: LocalJob) -> tuple[int, str | None]:
+    """The exit code of `jobs.py logs` for a local job, and the line that explains it on stderr:
+    0 SUCCEEDED; 0 not finished yet (launcher alive); 1 any other end, and a job whose launcher is
+    gone without finishing it."""
+    state, what = job.state, f"job {job.job_id} (run {job.run})"
+    if state == "SUCCEEDED":
+        return EXIT_OK, None
+    if state in TERMINAL:
+        reason = job.record.get("failure_reason")
+        return EXIT_FAILED, f"{what} ended {state}{f': {reason}' if reason else ''}"
+    if launcher_alive(job.record):
+        return EXIT_OK, f"{what} is {state}: not finished (logs --follow keeps printing)"
+    return EXIT_FAILED, (
+        f"{what} is {state} but its launcher is gone: it will not finish"
+        f" (jobs.py cancel {job.job_id} stops its nodes and marks it ended)"
+    )
+
+
+def local_cancel(job: LocalJob, runs_dir: Path, wait: float, term_wait: float | None = None) -> int:
     """SIGTERM the job's launcher (the local backend stops every node); wait up to `wait` seconds
-    for job.json to show the end. 0 when cancelled or already finished, 1 when it did not end in time."""
+    for job.json to show the end. When the launcher is gone, stop what it left behind instead
+    (`cancel_orphaned`, with `term_wait` seconds, default NODE_TERM_WAIT, between SIGTERM and
+    SIGKILL). 0 when cancelled or already finished, 1 when it did not end in time."""
+    term_wait = NODE_TERM_WAIT if term_wait is None else term_wait
     if job.state in TERMINAL:
         print(f"job {job.job_id} ({job.run}): already {job.state}", file=sys.stderr)
         return EXIT_OK
     if not launcher_alive(job.record):
-        print(f"job {job.job_id} ({job.run}): its launcher is gone; nothing to signal", file=sys.stderr)
-        return EXIT_OK
+        return cancel_orphaned(job, term_wait)
     os.kill(int(job.record["launcher_pid"]), signal.SIGTERM)
     print(
         f"job {job.job_id} ({job.run}): SIGTERM sent to launcher {job.record['launcher_pid']}; stopping nodes",
@@ -307,15 +344,153 @@ def local_cancel(job: LocalJob, runs_dir: Path, wait: float) -> int:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         current = find_local(local_jobs(runs_dir), str(job.job_id))
-        if current.state in TERMINAL or not launcher_alive(current.record):
+        if current.state in TERMINAL:
             print(f"job {job.job_id} ({job.run}): {current.state}", file=sys.stderr)
             return EXIT_OK
+        if not launcher_alive(current.record):  # it died without recording the end
+            return cancel_orphaned(current, term_wait)
         time.sleep(0.2)
     print(
         f"job {job.job_id} ({job.run}): still stopping after {wait:.0f} s (see jobs.py status)",
         file=sys.stderr,
     )
     return EXIT_FAILED
+
+
+def cancel_orphaned(job: LocalJob, term_wait: float) -> int:
+    """Cancel a local job whose launcher is gone (killed by SIGHUP or SIGKILL before it tore the job
+    down): stop the node process groups job.json lists (`node_pids`, optional; see
+    `verified_node_groups` and `stop_process_groups`), then record the end in job.json (state
+    FAILED_CONTROLLER, failure_reason LAUNCHER_GONE_REASON; atomic write). 0, or 1 when a node
+    process group survived SIGKILL."""
+    path = job.dir / "job.json"
+    what = f"job {job.job_id} ({job.run})"
+    try:
+        written_at = path.stat().st_mtime
+    except OSError:
+        written_at = time.time()
+    groups, skipped = verified_node_groups(job.record, written_at)
+    for pid in skipped:
+        print(f"{what}: node pid {pid} not signalled: no longer that node's process", file=sys.stderr)
+    left: list[int] = []
+    if groups:
+        print(
+            f"{what}: its launcher is gone; SIGTERM to node process group(s) {', '.join(map(str, groups))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        left = stop_process_groups(groups, term_wait)
+    else:
+        print(f"{what}: its launcher is gone; no node process left to signal", file=sys.stderr)
+    record = _read_record(path, job.record)
+    if str(record.get("state")) in TERMINAL:  # it ended after all
+        print(f"{what}: {record.get('state')}", file=sys.stderr)
+        return EXIT_OK
+    record["state"] = "FAILED_CONTROLLER"
+    record["failure_reason"] = LAUNCHER_GONE_REASON
+    attempts = record.get("attempts")
+    if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict):
+        attempts[-1].setdefault("ended_at", time.time())
+    write_json_atomic(path, record)
+    if left:
+        print(
+            f"{what}: marked FAILED_CONTROLLER, but node process group(s) {', '.join(map(str, left))}"
+            " survived SIGKILL",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"{what}: FAILED_CONTROLLER ({LAUNCHER_GONE_REASON})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _read_record(path: Path, default: dict[str, Any]) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return dict(default)
+    return record if isinstance(record, dict) else dict(default)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON to `path` through a temp file in the same folder and os.replace()."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verified_node_groups(record: Mapping[str, Any], written_at: float) -> tuple[list[int], list[int]]:
+    """The node process groups of `record["node_pids"]` that are safe to signal, and the listed pids
+    that are not. A pid is safe while it is still the node's process: a live process (a zombie
+    still holds its pid, so it counts), leader of its own process group (the local backend starts
+    each node in a new session), started no earlier than the job's `submitted_at` and no later than
+    job.json's last write `written_at` (the launcher lists a node after starting it), both with
+    CLOCK_SLACK seconds for psutil's precision. A reused pid fails the time window, so it is never
+    signalled. Missing or malformed `node_pids`, or no `submitted_at`: nothing is safe."""
+    import psutil
+
+    pids = record.get("node_pids")
+    if not isinstance(pids, list):
+        return [], []
+    submitted = record.get("submitted_at")
+    own = {os.getpid(), os.getpgrp()}
+    safe: list[int] = []
+    skipped: list[int] = []
+    for pid in dict.fromkeys(pids):
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1 or pid in own:
+            continue
+        try:
+            started = psutil.Process(pid).create_time()
+            leader = os.getpgid(pid) == pid
+        except (psutil.Error, OSError):
+            continue  # gone: nothing to signal
+        if (
+            leader
+            and isinstance(submitted, (int, float))
+            and float(submitted) - CLOCK_SLACK <= started <= written_at + CLOCK_SLACK
+        ):
+            safe.append(pid)
+        else:
+            skipped.append(pid)
+    return safe, skipped
+
+
+def group_alive(pgid: int) -> bool:
+    """True while process group `pgid` has a member that is not a zombie."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
+
+
+def stop_process_groups(pgids: Sequence[int], wait: float, poll: float = 0.1) -> list[int]:
+    """SIGTERM each process group, wait up to `wait` seconds for them to empty, SIGKILL what remains.
+    Returns the groups still alive 2 s after SIGKILL (normally none)."""
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    remaining = list(pgids)
+    deadline = time.monotonic() + wait
+    while remaining and time.monotonic() < deadline:
+        time.sleep(poll)
+        remaining = [g for g in remaining if group_alive(g)]
+    if not remaining:
+        return []
+    for pgid in remaining:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while remaining and time.monotonic() < deadline:
+        time.sleep(poll)
+        remaining = [g for g in remaining if group_alive(g)]
+    return remaining
 
 
 def run_local(cfg: JobsConfig, out: IO[str]) -> int:
@@ -382,15 +557,18 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None) -> int:
         if cfg.command == "logs":
             (job_id,) = sky_job_ids(sdk, cfg.ids)
             if cfg.follow:
-                return _sky_backend.follow_logs(sdk, job_id, out)
-            code = sdk.tail_logs(job_id, False, out)
-            if code == _sky_backend.TAIL_NOT_FOUND:
-                raise ConfigError(f"ID {job_id}: no such managed job")
-            return (
-                EXIT_OK
-                if code in (_sky_backend.TAIL_SUCCEEDED, _sky_backend.TAIL_NOT_FINISHED)
-                else EXIT_FAILED
-            )
+                tail = _sky_backend.tail_until_done(sdk, job_id, out)
+                code = _sky_backend.exit_code_of_tail(job_id, tail)
+            else:
+                tail = sdk.tail_logs(job_id, False, out)
+                if tail == _sky_backend.TAIL_NOT_FOUND:
+                    raise ConfigError(f"ID {job_id}: no such managed job")
+                ok = (_sky_backend.TAIL_SUCCEEDED, _sky_backend.TAIL_NOT_FINISHED)
+                code = EXIT_OK if tail in ok else EXIT_FAILED
+            if code == EXIT_FAILED:  # logs exits with the job's outcome: say which
+                out.flush()
+                print(_sky_backend.ended_line(sdk, job_id, tail), file=sys.stderr, flush=True)
+            return code
         ids = sky_job_ids(sdk, cfg.ids)
         sdk.cancel(ids)
         print(f"cancel requested: managed job(s) {', '.join(map(str, ids))}", file=sys.stderr)
