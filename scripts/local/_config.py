@@ -223,7 +223,9 @@ def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> N
         try:
             check(text)
         except (ValueError, ConfigError):
-            raise ConfigError(f"{key} (from {sources.get(key, '?')}): expected {expected}, got {values[key]!r}") from None
+            raise ConfigError(
+                f"{key} (from {sources.get(key, '?')}): expected {expected}, got {values[key]!r}"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------- .env
@@ -273,7 +275,11 @@ def read_env_file(path: Path) -> list[EnvLine]:
         if binding.error:
             key = original.strip().split("=", 1)[0].strip() if "=" in original else ""
             what = f"the value of {key}" if key else "this line"
-            hint = " (unclosed quote?)" if "=" in original and original.split("=", 1)[1].lstrip()[:1] in "'\"" else ""
+            hint = (
+                " (unclosed quote?)"
+                if "=" in original and original.split("=", 1)[1].lstrip()[:1] in "'\""
+                else ""
+            )
             raise ConfigError(f"{path}:{line}: cannot parse {what}{hint}")
         if binding.key is None:
             continue

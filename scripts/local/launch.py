@@ -197,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     sky.add_argument(
         "--skip-git-check", action="store_true", help="skip the git gate: upload the working tree as it is"
     )
-    sky.add_argument("--confirm", action="store_true", help="show a summary on stderr and ask (answer on stdin); declining exits 1, no answer exits 2")
+    sky.add_argument(
+        "--confirm",
+        action="store_true",
+        help="show a summary on stderr and ask (answer on stdin); declining exits 1, no answer exits 2",
+    )
     sky.add_argument(
         "--dump-config",
         choices=("yaml", "json"),
