@@ -12,6 +12,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: ../shared/cases/CASES.md N1 (and more of its kind): invalid run names and the reason each gets.
+N1_INVALID_NAMES = [
+    ("1run", "must start with a letter"),
+    ("-run", "must start with a letter"),
+    ("run-", "must end with a letter or digit"),
+    ("run name", "character ' ' at position 3"),
+    ("exp/1", "character '/' at position 3"),
+    ("", "must not be empty"),
+    ("a---b", "at most two"),
+    ("ünï", "character 'ü' at position 0"),
+    ("r" * 64, "at most 63 characters"),
+]
+
 # Set for the whole test run: no test may start a SkyPilot API server by accident.
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import _config
 import pytest
 from _config import ConfigError, EnvLine
+from conftest import N1_INVALID_NAMES
 
 
 def env_file(tmp_path: Path, content: str | bytes) -> Path:
@@ -192,19 +193,7 @@ def test_n1_valid_run_names(name: str) -> None:
     assert _config.run_name_problem(name) is None
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [
-        ("1run", "must start with a letter"),
-        ("-run", "must start with a letter"),
-        ("run-", "must end with a letter or digit"),
-        ("run name", "character ' ' at position 3"),
-        ("exp/1", "character '/' at position 3"),
-        ("", "must not be empty"),
-        ("a---b", "at most two"),
-        ("ünï", "character 'ü' at position 0"),
-    ],
-)
+@pytest.mark.parametrize(("name", "reason"), N1_INVALID_NAMES)
 def test_n1_invalid_run_names_give_precise_reasons(name: str, reason: str) -> None:
     problem = _config.run_name_problem(name)
     assert problem is not None and reason in problem

@@ -53,6 +53,7 @@ import _sky_backend as sb  # noqa: E402
 import _task  # noqa: E402
 import launch  # noqa: E402
 from _config import ConfigError  # noqa: E402
+from conftest import N1_INVALID_NAMES  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (RUNTIME / ".sky/catalogs/v8/common/accelerators.csv").is_file(),
@@ -325,17 +326,7 @@ def test_n1_valid_names_and_copies(name: str) -> None:
         assert _config.CLUSTER_NAME_RE.match(n) and _config.TASK_NAME_RE.match(n)
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [
-        ("1run", "must start with a letter"),
-        ("-run", "must start with a letter"),
-        ("run-", "must end with a letter or digit"),
-        ("run name", "character ' ' at position 3"),
-        ("exp/1", "character '/' at position 3"),
-        ("", "must not be empty"),
-    ],
-)
+@pytest.mark.parametrize(("name", "reason"), N1_INVALID_NAMES)
 def test_n1_invalid_names(name: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
         sb.copy_names(name, 2)
