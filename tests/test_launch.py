@@ -93,6 +93,12 @@ def test_help_returns_without_importing_skypilot() -> None:
         (["--cpus", "8++"], "", "--cpus: expected a vCPU count"),
         (["--nodes", "100"], "", "--nodes 100: the local backend emulates at most 32"),
         ([], "BIG=" + "x" * 140000 + "\n", "BIG (from "),
+        ([], "".join(f"K{i}={'x' * 100000}\n" for i in range(12)), "envs and secrets total"),
+        (["--set", "NCCL_PREFLIGHT_FLOORS=garbage"], "", "NCCL_PREFLIGHT_FLOORS (from flag)"),
+        (["--set", "NCCL_PREFLIGHT_FLOORS=H100@1=200:100"], "", "NCCL_PREFLIGHT_FLOORS (from flag)"),
+        (["--set", "NCCL_PREFLIGHT_SIZE=12Q"], "", "NCCL_PREFLIGHT_SIZE (from flag)"),
+        (["--set", "WORLD_SIZE=4"], "", "WORLD_SIZE is set on each node"),
+        ([], "SKYPILOT_NODE_RANK=1\n", "SKYPILOT_NODE_RANK is set on each node"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(

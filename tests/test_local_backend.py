@@ -338,3 +338,20 @@ def test_sighup_tears_down_and_records_the_end(tmp_path: Path) -> None:
     assert [
         p for p in recorded if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
     ] == []
+
+
+@pytest.mark.slow
+def test_a_job_without_torch_runs_on_every_node_and_its_exit_code_counts(tmp_path: Path) -> None:
+    """No torch in the job's environment: no torchrun, one process per node; the job's own exit
+    code (3) reaches the launcher's record, its output the failure excerpt, and the reason status."""
+    run = f"nt-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--nodes", "2", "--run", run, "--max-restarts", "0",
+         "--env-file", "/dev/null", "--set", f"DATA_DIR={tmp_path}", "--set", "NCCL_PREFLIGHT=0", "tests/jobs/exit_with.py", "3"],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "node 1 of 2: exiting ['3']" in result.stderr or "node 0 of 2: exiting ['3']" in result.stderr
+    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    assert status["state"] == "FAILED" and 3 in status["attempts"][-1]["run_exit_codes"]
+    assert "job_failed (exit 3)" in status["failure_reason"]

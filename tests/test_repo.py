@@ -137,3 +137,53 @@ def test_make_help_is_the_default_and_launch_requires_job() -> None:
         ["make", "-s", "launch"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60
     )
     assert missing.returncode == 2 and "JOB is required" in missing.stderr
+
+
+@pytest.mark.parametrize("key", sorted(_config.TYPED_ENVS))
+def test_launch_time_checks_agree_with_the_node_side_parsers(key: str, tmp_path) -> None:
+    """A typed env the launcher accepts is accepted on the node, and one it refuses is refused there:
+    the check before launch neither lets a node fail on it nor blocks a value that works."""
+    from pathlib import Path
+
+    import configure_environment
+    import nccl_test
+    import run
+
+    def node_rejects(value: str) -> bool:
+        env = {key: value}
+        try:
+            if key == "MASTER_PORT":
+                configure_environment.derive("", "", "", "", value)
+            elif key.startswith("NCCL_PREFLIGHT_"):
+                nccl_test.make_config(nccl_test.build_parser(env).parse_args([]), env)
+            else:
+                run.load_config(["--", "true"], env, tmp_dir=tmp_path, here=Path(run.__file__).parent)
+        except (run.BadInput, nccl_test.BadInput, configure_environment.InputError):
+            return True
+        return False
+
+    def launcher_rejects(value: str) -> bool:
+        try:
+            _config.check_typed_envs({key: value}, {key: "test"})
+        except _config.ConfigError:
+            return True
+        return False
+
+    default = str(yaml.safe_load(JOB_YAML.read_text())["envs"].get(key, ""))
+    for value in {
+        default,
+        "abc",
+        "-1",
+        "0",
+        "1",
+        "2.5",
+        "",
+        "nan",
+        "inf",
+        "1e400",
+        "none",
+        "12Q",
+        "32M",
+        "H100@2+=10:40",
+    }:
+        assert launcher_rejects(value) == node_rejects(value), f"{key}={value!r}"

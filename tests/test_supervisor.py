@@ -740,6 +740,12 @@ def test_build_job_command_r1() -> None:
     laptop = run.distributed_from_env({"MASTER_ADDR": "", "NNODES": " "})
     assert laptop == run.Distributed()
     assert run.build_job_command(["job.py", "a"], laptop, "python3") == ["python3", "job.py", "a"]
+    # no torch in the job's environment: one process per node, never torchrun
+    assert run.build_job_command(["job.py", "a"], dist, "/env/bin/python", torchrun=False) == [
+        "/env/bin/python",
+        "job.py",
+        "a",
+    ]
     assert run.build_job_command(["bash", "-c", "exit 3"], dist, None) == ["bash", "-c", "exit 3"]
 
 

@@ -181,6 +181,32 @@ def _number(text: str, minimum: float, strict: bool = False) -> float:
     return value
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+_FLOOR_RE = re.compile(r"^[A-Za-z0-9_.-]+@[1-9][0-9]*\+?=[0-9]+(\.[0-9]*)?(:[0-9]+(\.[0-9]*)?)?$")
+
+
+def _size(text: str) -> bool:
+    """A byte count with an optional binary suffix (K = 1024), at least one float32 (4 bytes)."""
+    match = _SIZE_RE.match(text)
+    if not match or int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ") < 4:
+        raise ValueError
+    return True
+
+
+def _floors(text: str) -> bool:
+    """The preflight's floor table (`ACCEL@NODES[+]=FLOOR[:WARN],...`, or `none`), as nccl_test.py
+    parses it; WARN must be >= FLOOR."""
+    if text.lower() == "none":
+        return True
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        if not _FLOOR_RE.match(entry):
+            raise ValueError
+        floor, _, warn = entry.split("=", 1)[1].partition(":")
+        if warn and float(warn) < float(floor):
+            raise ValueError
+    return True
+
+
 #: Task envs that the node side parses as numbers or flags (docs/contract.md), checked here before
 #: anything is launched, so a typo costs exit 2 instead of a failed attempt on paid nodes.
 #: key -> (what it must be, check, empty allowed). tests/test_repo.py keeps this in step with
@@ -202,9 +228,48 @@ TYPED_ENVS: dict[str, tuple[str, Any, bool]] = {
     "NCCL_PREFLIGHT_MIN_SHM_GIB": ("a number of GiB >= 0", lambda t: _number(t, 0), True),
     "NCCL_PREFLIGHT_ITERS": ("an integer >= 1", lambda t: int(t) >= 1 or _fail(), True),
     "NCCL_PREFLIGHT_WARMUP": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
-    "NCCL_PREFLIGHT_SLOW_FRACTION": ("a number > 0", lambda t: _number(t, 0, strict=True), True),
+    "NCCL_PREFLIGHT_SLOW_FRACTION": (
+        "a number in (0, 1]",
+        lambda t: _number(t, 0, strict=True) <= 1 or _fail(),
+        True,
+    ),
     "NCCL_PREFLIGHT_PAIR_PARTNERS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
+    "NCCL_PREFLIGHT_SIZE": (
+        "a byte count >= 4 like 32M, 1G or 4096",
+        _size,
+        True,
+    ),
+    "NCCL_PREFLIGHT_FLOORS": ("ACCEL@NODES[+]=FLOOR[:WARN],... (GB/s, WARN >= FLOOR) or none", _floors, True),
 }
+
+#: Set on the node by SkyPilot, configure_environment.py or run.py: a task env of that name would be
+#: silently replaced there, so the launcher refuses it.
+NODE_OWNED_ENVS = frozenset(
+    {
+        *(
+            "MASTER_ADDR",
+            "NNODES",
+            "NODE_RANK",
+            "NPROC_PER_NODE",
+            "WORLD_SIZE",
+            "HEARTBEAT_FILE",
+            "SKYOPS_ATTEMPT",
+        ),
+        *("SKYPILOT_NODE_RANK", "SKYPILOT_NODE_IPS", "SKYPILOT_NUM_NODES", "SKYPILOT_NUM_GPUS_PER_NODE"),
+        *(
+            "SKYPILOT_TASK_ID",
+            "SKYPILOT_TASK_IDS",
+            "SKYPILOT_MANAGED_JOB_ID",
+            "SKYPILOT_CLUSTER_INFO",
+            "SKYPILOT_USER",
+        ),
+        *("SKYPILOT_SETUP_NODE_RANK", "SKYPILOT_SETUP_NODE_IPS", "SKYPILOT_SETUP_NUM_GPUS_PER_NODE"),
+        *("SKYPILOT_JOB_RANK", "SKYPILOT_NUM_JOBS"),
+    }
+)
+#: Total size of a task's envs and secrets: the kernel's ARG_MAX (2 MiB here) covers the whole
+#: environment and argv of every process on the node; keep well under it.
+MAX_ENV_TOTAL = 1 << 20
 
 
 def _fail() -> bool:

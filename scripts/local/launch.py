@@ -151,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="spot instances only [SKYOPS_USE_SPOT]",
     )
-    spot.add_argument("--no-spot", dest="use_spot", action="store_false", help="on-demand instances only")
+    spot.add_argument(
+        "--no-spot",
+        dest="use_spot",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="on-demand instances only",
+    )
     p.add_argument(
         "--max-restarts",
         type=_type(_nonneg, "max_restarts"),
@@ -335,6 +341,17 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
                 f" declare {key} under secrets: in {task.path.name} or drop the reference"
             )
     _config.check_typed_envs(resolved.values, resolved.sources)
+    owned = sorted(k for k in resolved.values if k in _config.NODE_OWNED_ENVS)
+    if owned:
+        raise ConfigError(
+            f"{resolved.sources[owned[0]]}: {', '.join(owned)} is set on each node (by SkyPilot, configure_environment.py"
+            " or run.py) and would be replaced there; remove it"
+        )
+    total = sum(len(k) + 2 + len(v.encode()) for k, v in resolved.values.items())
+    if total > _config.MAX_ENV_TOTAL:
+        raise ConfigError(
+            f"envs and secrets total {total} bytes (limit {_config.MAX_ENV_TOTAL}): pass large data as a file path"
+        )
     for key, value in resolved.values.items():
         if len(key) + 1 + len(value.encode()) >= _config.MAX_ENV_ENTRY:
             raise ConfigError(

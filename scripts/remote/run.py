@@ -506,20 +506,26 @@ except ChildFailedError as exc:
 
 
 def build_job_command(
-    command: Sequence[str], dist: Distributed, python: str | None, failure_file: Path | None = None
+    command: Sequence[str],
+    dist: Distributed,
+    python: str | None,
+    failure_file: Path | None = None,
+    *,
+    torchrun: bool = True,
 ) -> list[str]:
     """The argv that runs `command` on this node.
 
     `python` is the interpreter for a `.py` command (its uv environment's, or "python3"); None runs
     the command as is. A world size above 1 runs the script under torch.distributed.run (torchrun)
     with this node's rendezvous settings, through TORCHRUN_SHIM when `failure_file` is given (where
-    the first failed worker's exit code is written; read it with worker_failure). Never emits a flag
-    with an empty value.
+    the first failed worker's exit code is written; read it with worker_failure), unless `torchrun`
+    is False (the interpreter has no torch): then one process per node, which reads NNODES,
+    NODE_RANK, MASTER_ADDR and MASTER_PORT itself. Never emits a flag with an empty value.
     """
     if python is None:
         return list(command)
     script, *args = command
-    if dist.world_size <= 1:
+    if dist.world_size <= 1 or not torchrun:
         return [python, script, *args]
     launcher = ["-c", TORCHRUN_SHIM, str(failure_file)] if failure_file else ["-m", "torch.distributed.run"]
     return [
@@ -1442,6 +1448,20 @@ class AttemptRunner:
             return None, Phase(None, EXIT_FAILURE)
         return out.strip().splitlines()[-1], None
 
+    def _has_torch(self, python: str) -> bool:
+        """Whether `python` can import torch (torchrun is part of torch), without importing it."""
+        probe = [
+            python,
+            "-c",
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)",
+        ]
+        try:
+            return (
+                subprocess.run(probe, env=dict(self.cfg.env), capture_output=True, timeout=60).returncode == 0
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
     def _job_env(self, **extra: str) -> dict[str, str]:
         env = dict(self.cfg.env)
         env.update(
@@ -1461,7 +1481,10 @@ class AttemptRunner:
         attempt_dir = Path(tempfile.mkdtemp(prefix=f"skyops-attempt-{self.number}-", dir=cfg.tmp_dir))
         hb_file = attempt_dir / "heartbeat"
         failure_file = attempt_dir / "torchrun-failure.json"
-        argv = build_job_command(cfg.command, cfg.dist, python, failure_file)
+        torchrun = cfg.dist.world_size > 1 and python is not None and self._has_torch(python)
+        if cfg.dist.world_size > 1 and python is not None and not torchrun:
+            log.info("no torch in the job's environment: one process on this node, without torchrun")
+        argv = build_job_command(cfg.command, cfg.dist, python, failure_file, torchrun=torchrun)
         try:
             monitor = HeartbeatMonitor(
                 timeout_s=lim.heartbeat_timeout_s,
