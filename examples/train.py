@@ -182,7 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result = train(settings)
     if settings.rank == 0:
-        path = run_dir / "train_result.json"
         tmp = run_dir / "train_result.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, run_dir / "train_result.json")
