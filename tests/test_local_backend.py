@@ -305,10 +305,12 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
 
 def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = task_file(tmp_path, "exit 0")
-    with lb.run_lock(REPO / ".skyops", "locked-run"):
+    data = tmp_path / "data"
+    with lb.run_lock(data / "locked-run", "locked-run"):  # e.g. a job launched from another clone
         code = launch.main(
-            ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "examples/train.py"]
-        )
+            ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "--set", f"DATA_DIR={data}",
+             "examples/train.py"]
+        )  # fmt: skip
     _, err = capsys.readouterr()
     assert code == 2 and "--run locked-run: a job of this run is still running" in err
     assert not (REPO / ".skyops" / "runs" / "locked-run").exists()

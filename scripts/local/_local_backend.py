@@ -399,19 +399,20 @@ def prepare(cfg: Any) -> Any:
 
 
 @contextlib.contextmanager
-def run_lock(state_dir: Path, run: str) -> Iterator[None]:
-    """Hold the run's lock while its job runs: two jobs of one run name would share
-    `$DATA_DIR/$RUN_ID/` (checkpoints, ledger). Raises ConfigError if another job holds it."""
+def run_lock(run_data: Path, run: str) -> Iterator[None]:
+    """Hold the lock of a run's durable state `run_data` (`$DATA_DIR/$RUN_ID/`: checkpoints, the
+    attempt ledger) while its job runs, whichever clone launched it. Raises ConfigError if another
+    job holds it."""
     from _config import ConfigError
 
-    locks = state_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{run}.lock", "a+") as fh:
+    run_data.mkdir(parents=True, exist_ok=True)
+    with open(run_data / ".skyops-run.lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(
-                f"--run {run}: a job of this run is still running on this machine; wait for it, cancel it, or pick another --run"
+                f"--run {run}: a job of this run is still running on this machine (it holds {run_data});"
+                " wait for it, cancel it, or pick another --run"
             ) from None
         yield
 
@@ -421,11 +422,11 @@ def launch(cfg: Any, task_yaml: str) -> int:
     block until done. `task_yaml` is the resolved task (secrets redacted), kept in the run directory.
 
     Returns 0 if the job succeeded, 1 if it failed, 130 (SIGINT) or 128+N (signal N) if interrupted.
-    Raises ConfigError if another job of the same run is still running here.
+    Raises ConfigError if another job of the same run (same `$DATA_DIR/$RUN_ID/`) is still running.
     """
-    state_dir = cfg.repo / ".skyops"
-    with run_lock(state_dir, cfg.run):
-        return _launch_locked(cfg, task_yaml, state_dir)
+    run_data = Path(cfg.envs["DATA_DIR"]) / cfg.envs.get("RUN_ID", cfg.run)
+    with run_lock(run_data, cfg.run):
+        return _launch_locked(cfg, task_yaml, cfg.repo / ".skyops")
 
 
 def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path) -> int:
