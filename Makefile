@@ -49,8 +49,8 @@ test: uv ## Run the test suite (what CI runs; ARGS go to pytest)
 lint: uv ## ruff check and ruff format --check
 	uvx --from $(NOX) nox -s lint
 
-nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4")
-	uvx --from $(NOX) nox -s nccl -- $(ARGS)
+nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4"; stdout: data only)
+	@uvx --from $(NOX) nox -s nccl -- $(ARGS)
 
 status: uv ## Show jobs, with failure reason and recovery count (BACKEND=local|sky)
 	@uv run --script scripts/local/jobs.py $(JOBS_FLAGS) status

@@ -55,7 +55,11 @@ def lint(session: nox.Session) -> None:
 @nox.session(default=False)
 def nccl(session: nox.Session) -> None:
     """Run the NCCL preflight (gloo on CPU) on this machine; posargs go to nccl_test.py."""
-    session.run("uv", "run", "--script", "scripts/remote/nccl_test.py", *session.posargs, external=True)
+    # stderr=None: the script's log lines keep to stderr (nox merges them into stdout by default), so
+    # `nox -s nccl -- --json` prints the report alone on stdout, ready for a pipe into jq.
+    session.run(
+        "uv", "run", "--script", "scripts/remote/nccl_test.py", *session.posargs, external=True, stderr=None
+    )
 
 
 @nox.session(name="sky-e2e", default=False)

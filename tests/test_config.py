@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import _config
@@ -129,6 +132,157 @@ def test_e6_defaults_rank_last(tmp_path: Path) -> None:
     )
     assert resolved.values == {"A": "yaml", "B": "file", "C": "env"}
     assert resolved.sources == {"A": "job.yaml", "B": ".env:1", "C": "environment"}
+
+
+# ---------------------------------------------------------------- E6 expansion follows the file's order
+
+
+def resolve(
+    tmp_path: Path,
+    content: str,
+    *,
+    defaults: dict[str, str | None] | None = None,
+    environ: dict[str, str] | None = None,
+    flags: dict[str, str] | None = None,
+) -> _config.Resolved:
+    path = env_file(tmp_path, content)
+    return _config.resolve_values(
+        defaults=defaults or {},
+        file_entries=_config.read_env_file(path),
+        environ=environ or {},
+        flags=flags or {},
+        file_label=".env",
+    )
+
+
+def test_e6_forward_reference_is_an_error_naming_both_keys_and_the_line(tmp_path: Path) -> None:
+    content = "C=1\nD=2\nA=${B}/x\nE=3\nB=later\n"
+    with pytest.raises(ConfigError) as info:
+        resolve(tmp_path, content)
+    assert str(info.value) == ".env:3: A uses ${B}, which is defined only below (line 5); move B above A"
+    # A flag or the process environment still wins, so then there is nothing to get wrong (E6).
+    assert resolve(tmp_path, content, environ={"B": "env"}).values["A"] == "env/x"
+    assert resolve(tmp_path, content, flags={"B": "cli"}).values["A"] == "cli/x"
+    # job.yaml's B does not excuse it: the job's B would be the later line's, A would hold another.
+    with pytest.raises(ConfigError, match=r"^\.env:3: A uses \$\{B\}"):
+        resolve(tmp_path, content, defaults={"B": "yaml"})
+    # A bare `B` below (value from a flag or the environment) is a definition below too.
+    with pytest.raises(
+        ConfigError, match=r"^\.env:1: A uses \$\{B\}, which is defined only below \(line 2\)"
+    ):
+        resolve(tmp_path, "A=${B}\nB\nB=b\n")
+
+
+def test_e6_forward_reference_is_what_bash_and_python_dotenv_read_as_empty(tmp_path: Path) -> None:
+    """Why it is an error: python-dotenv 1.2.4 (`dotenv_values` here; `load_dotenv` gives the same,
+    interpolate=True by default) and bash (`set -a; source .env`) both read the file top to bottom,
+    so `A=${B}` above `B=later` silently gives A="" there, while the launcher used to give A="later":
+    one file, two readings. Neither silent answer is safe, so the launcher refuses it."""
+    from dotenv import dotenv_values
+
+    path = env_file(tmp_path, "SKYOPS_T_A=${SKYOPS_T_B}\nSKYOPS_T_B=later\n")
+    assert dotenv_values(path) == {"SKYOPS_T_A": "", "SKYOPS_T_B": "later"}
+    assert _bash_reads(path, ["SKYOPS_T_A", "SKYOPS_T_B"]) == ["", "later"]
+    with pytest.raises(ConfigError, match="SKYOPS_T_A uses"):
+        resolve(tmp_path, path.read_text())
+
+
+def _bash_reads(path: Path, keys: list[str]) -> list[str]:
+    if not shutil.which("bash"):
+        pytest.skip("bash not installed")
+    script = 'set -a; source "$1"; shift; for k in "$@"; do printf "%s\\0" "${!k}"; done'
+    proc = subprocess.run(
+        ["bash", "-c", script, "bash", str(path), *keys],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split("\0")[:-1]
+
+
+def test_e6_file_order_agrees_with_bash_and_python_dotenv(tmp_path: Path) -> None:
+    """Every reference that is not an error reads as bash and python-dotenv read it."""
+    from dotenv import dotenv_values
+
+    content = (
+        "SKYOPS_T_C=c\n"
+        "SKYOPS_T_B=${SKYOPS_T_C}/b\n"  # a chain in order: C -> B -> A
+        "SKYOPS_T_A=${SKYOPS_T_B}/a\n"
+        "SKYOPS_T_D=${SKYOPS_T_LATE:-dflt}\n"  # a forward reference with a default: the default
+        "SKYOPS_T_LATE=late\n"
+        "SKYOPS_T_P=/a\n"
+        "SKYOPS_T_P=${SKYOPS_T_P}:/b\n"  # a repeated key sees its line above
+        "SKYOPS_T_R=r1\n"
+        "SKYOPS_T_S=${SKYOPS_T_R}\n"  # the value above, not a later redefinition
+        "SKYOPS_T_R=r2\n"
+        "SKYOPS_T_U=${SKYOPS_T_UNSET}-${SKYOPS_T_UNSET:-u}\n"
+    )
+    expected = {
+        "SKYOPS_T_C": "c",
+        "SKYOPS_T_B": "c/b",
+        "SKYOPS_T_A": "c/b/a",
+        "SKYOPS_T_D": "dflt",
+        "SKYOPS_T_LATE": "late",
+        "SKYOPS_T_P": "/a:/b",
+        "SKYOPS_T_R": "r2",
+        "SKYOPS_T_S": "r1",
+        "SKYOPS_T_U": "-u",
+    }
+    assert resolve(tmp_path, content).values == expected
+    path = env_file(tmp_path, content)
+    assert dotenv_values(path) == expected
+    assert dict(zip(expected, _bash_reads(path, list(expected)), strict=True)) == expected
+
+
+def test_e6_chain_out_of_order_names_the_first_forward_reference(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^\.env:1: A uses \$\{B\}, which is defined only below \(line 2\)"
+    ):
+        resolve(tmp_path, "A=${B}/a\nB=${C}/b\nC=c\n")
+    with pytest.raises(
+        ConfigError, match=r"^\.env:1: B uses \$\{C\}, which is defined only below \(line 3\)"
+    ):
+        resolve(tmp_path, "B=${C}/b\nA=${B}/a\nC=c\n")  # B moved up: now B's own reference
+    with pytest.raises(ConfigError, match=r"^\.env:1: X uses \$\{B\}"):  # the second reference of a line
+        resolve(tmp_path, "X=${A:-a}-${B}\nB=b\n")
+    # Single-quoted values are literal: no reference, no error, and a later line sees the text.
+    got = resolve(tmp_path, "L='${B}'\nM=${L}\nB=b\n").values
+    assert (got["L"], got["M"]) == ("${B}", "${B}")
+
+
+def test_e6_job_yaml_is_defined_before_the_file(tmp_path: Path) -> None:
+    """job.yaml is the lowest layer: a key no flag, environment or line above sets reads job.yaml's."""
+    defaults: dict[str, str | None] = {"DATA_DIR": "/skyops-data", "S": None}
+    got = resolve(tmp_path, "OUT=${DATA_DIR}/out\nSS=${S:-none}\n", defaults=defaults).values
+    assert (got["OUT"], got["DATA_DIR"]) == ("/skyops-data/out", "/skyops-data")
+    assert got["SS"] == "none"  # a secret nobody supplied has no value to expand
+    # A key the file also sets below: ${DATA_DIR} is a forward reference (the job's DATA_DIR will be
+    # /mnt, so OUT would silently disagree with it); ${DATA_DIR:-d} reads what is defined before its
+    # line, job.yaml's, as bash reads it with job.yaml's envs exported before `source .env`.
+    with pytest.raises(ConfigError, match=r"^\.env:1: OUT uses \$\{DATA_DIR\}, .* \(line 3\)"):
+        resolve(tmp_path, "OUT=${DATA_DIR}/out\nX=1\nDATA_DIR=/mnt\n", defaults=defaults)
+    got = resolve(tmp_path, "LATE=${DATA_DIR:-d}\nDATA_DIR=/mnt\n", defaults=defaults).values
+    assert (got["LATE"], got["DATA_DIR"]) == ("/skyops-data", "/mnt")
+
+
+def test_e6_self_reference_means_the_layers_below(tmp_path: Path) -> None:
+    assert resolve(tmp_path, "K=${K}/x\n", defaults={"K": "yaml"}).values["K"] == "yaml/x"
+    assert resolve(tmp_path, "K=${K}/x\n").values["K"] == "/x"
+    assert resolve(tmp_path, "K=${K:-d}/x\n").values["K"] == "d/x"
+    # The environment or a flag wins over the whole line (the line is never used).
+    assert resolve(tmp_path, "K=${K}/x\n", environ={"K": "env"}).values["K"] == "env"
+    # A key redefined below its self-reference is not a forward reference: the last line wins.
+    assert resolve(tmp_path, "K=${K}/x\nK=last\n", defaults={"K": "yaml"}).values["K"] == "last"
+
+
+def test_e6_expanded_from_follows_references_through_earlier_lines(tmp_path: Path) -> None:
+    """The launcher refuses a plaintext env that expands a secret; through another key too."""
+    got = resolve(tmp_path, "TOK=s3cret\nA=${TOK}\nB=${A}/x\nA=plain\n", defaults={"TOK": None})
+    assert got.values["B"] == "s3cret/x" and got.values["A"] == "plain"
+    assert got.expanded_from["B"] == ["A", "TOK"]
+    assert "A" not in got.expanded_from  # A's last line expands nothing
+    assert got.sources["B"] == ".env:3"
 
 
 # ---------------------------------------------------------------- E7 silent loss

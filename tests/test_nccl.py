@@ -9,7 +9,9 @@ from the script's hidden, test-only `--inject-fault` flag.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,8 +22,10 @@ import _nccl_checks as checks
 import nccl_test
 import pytest
 from _contract import EXIT_BAD_INPUT, EXIT_BAD_NODE, EXIT_FAILURE, EXIT_OK
+from conftest import mount_tmpfs, unmount
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "remote" / "nccl_test.py"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "remote" / "nccl_test.py"
 REPORT_FIELDS = {
     "schema", "verdict", "exit_code", "reason", "error", "failures", "warnings", "backend", "world_size",
     "nnodes", "ranks_per_node", "accelerator", "size_bytes", "iters", "warmup", "seconds_to_verdict",
@@ -345,3 +349,200 @@ def test_under_torchrun_each_process_is_one_rank(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_OK, proc.stderr
     data = json.loads(report.read_text())
     assert (data["verdict"], data["world_size"], data["nnodes"]) == ("pass", 2, 1)
+
+
+# --- where the sweep plot goes ------------------------------------------------------------------------
+
+
+def test_sweep_plot_never_defaults_to_the_current_directory(tmp_path: Path) -> None:
+    """Beside --json-out, else $DATA_DIR/$RUN_ID/preflight/ (docs/contract.md), else None: a new
+    temporary folder at write time. A relative `nccl-sweep.png` in the repository root would make the
+    git gate refuse every sky launch."""
+    report = tmp_path / "p" / "nccl-report.json"
+    data = {"DATA_DIR": str(tmp_path / "data"), "RUN_ID": "r1"}
+    assert nccl_test.default_plot_path(report, data) == tmp_path / "p" / "nccl-sweep.png"
+    assert (
+        nccl_test.default_plot_path(None, data) == tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
+    )
+    assert nccl_test.default_plot_path(None, {"DATA_DIR": "/d"}) == Path("/d/preflight/nccl-sweep.png")
+    assert nccl_test.default_plot_path(None, {"DATA_DIR": " ", "RUN_ID": "r1"}) is None
+    assert nccl_test.default_plot_path(None, {}) is None
+
+    def plot_out(argv: list[str], env: dict[str, str]) -> Path | None:
+        return nccl_test.make_config(nccl_test.build_parser(env).parse_args(argv), env).plot_out
+
+    assert plot_out(["--sweep"], data) == tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
+    assert plot_out(["--sweep", "--plot-out", "x.png"], data) == Path("x.png")  # asked for: as given
+    assert plot_out(["--sweep"], {}) is None
+    assert plot_out([], data) is None  # no sweep, no plot
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sweep_plot_lands_in_the_data_dir_or_a_temp_dir_and_its_path_is_logged(tmp_path: Path) -> None:
+    cwd = tmp_path / "repo"
+    cwd.mkdir()
+    argv = [sys.executable, str(SCRIPT), "--nproc", "2", "--sweep", "4K:8K", "--size", "64K", "--iters", "2"]
+    argv += ["--json", "--master-port", str(_free_port())]
+    data = {"DATA_DIR": str(tmp_path / "data"), "RUN_ID": "r1"}
+    proc = subprocess.run(argv, cwd=cwd, env={**_env(), **data}, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    plot = tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
+    assert json.loads(proc.stdout)["plot"] == str(plot)
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"sweep plot written: {plot}" in proc.stderr
+    assert list(cwd.iterdir()) == []
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()  # no DATA_DIR: a new folder in the temporary directory ($TMPDIR)
+    proc = subprocess.run(
+        argv, cwd=cwd, env={**_env(), "TMPDIR": str(temp)}, capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr
+    (plot,) = temp.glob("nccl-preflight-*/nccl-sweep.png")
+    assert json.loads(proc.stdout)["plot"] == str(plot)
+    assert f"sweep plot written: {plot}" in proc.stderr
+    assert list(cwd.iterdir()) == []
+
+
+# --- nox and make keep stdout for data -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["uvx", "--from", "nox==2026.10.20", "nox", "-s", "nccl", "--", "--json", "--nproc", "2"],
+        ["make", "--no-print-directory", "nccl", "ARGS=--json --nproc 2"],
+    ],
+    ids=["nox", "make"],
+)
+def test_nox_and_make_nccl_json_keep_stdout_pure(command: list[str]) -> None:
+    """`make nccl ARGS=--json | jq` works: the report alone on stdout; nox's own lines, make's recipe
+    echo (the recipe is silent) and the preflight's log all go to stderr."""
+    if not shutil.which(command[0]):
+        pytest.skip(f"{command[0]} not installed")
+    env = {k: v for k, v in _env().items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    report = json.loads(proc.stdout)  # nothing else on stdout
+    assert (report["verdict"], report["world_size"]) == ("pass", 2)
+    assert "nox > " in proc.stderr and "NCCL preflight: PASS" in proc.stderr
+
+
+# --- optional artifacts never fail an attempt ---------------------------------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_report_on_a_full_disk_one_warning_nothing_half_written(
+    full_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = full_dir / "preflight" / "nccl-report.json"
+    report = {"verdict": "pass", "exit_code": 0, "pad": "x" * 10000}
+    assert nccl_test.write_report(report, path, to_stdout=True) is False
+    assert json.loads(capsys.readouterr().out) == report  # --json still prints it
+    assert _warnings(caplog) == [f"nccl-report.json not written: {path}: ENOSPC (No space left on device)"]
+    assert sorted(p.name for p in full_dir.rglob("*")) == [".filler", "preflight"]  # no temp file left
+
+
+def test_report_on_a_read_only_file_system(read_only_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = read_only_dir / "nccl-report.json"
+    assert nccl_test.write_report({"verdict": "pass"}, path, to_stdout=False) is False
+    assert _warnings(caplog) == [f"nccl-report.json not written: {path}: EROFS (Read-only file system)"]
+    nccl_test.discard_stale_report(path)  # EROFS even for a missing file: never raised
+
+
+def test_report_under_a_regular_file_and_an_earlier_report_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the folder should be\n")
+    for path in (blocker / "nccl-report.json", blocker / "run" / "preflight" / "nccl-report.json"):
+        caplog.clear()
+        assert nccl_test.write_report({"verdict": "pass"}, path, to_stdout=False) is False
+        assert _warnings(caplog) == [f"nccl-report.json not written: {path}: ENOTDIR (Not a directory)"]
+        nccl_test.discard_stale_report(path)
+    # A report that cannot be replaced (its folder is read-only) is named as an earlier one.
+    folder = tmp_path / "ro"
+    mount_tmpfs(folder, "size=64k")
+    try:
+        (folder / "nccl-report.json").write_text('{"verdict": "fail"}\n')
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        caplog.clear()
+        assert nccl_test.write_report({"verdict": "pass"}, folder / "nccl-report.json", False) is False
+        (warning,) = _warnings(caplog)
+        assert warning.endswith("EROFS (Read-only file system) (an earlier one is still there)")
+    finally:
+        unmount(folder)
+
+
+def test_a_writer_that_raises_leaves_no_temp_file(tmp_path: Path) -> None:
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise ValueError("matplotlib broke")
+
+    with pytest.raises(ValueError, match="matplotlib broke"):
+        nccl_test.write_artifact(tmp_path / "nccl-sweep.png", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _run_artifacts(tmp_path: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = [sys.executable, str(SCRIPT), "--size", "64K", "--iters", "2", "--json"]
+    return subprocess.run(
+        [*base, *argv], cwd=tmp_path, env={**_env(), **env}, capture_output=True, text=True, timeout=90
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_full_disk_never_fails_the_preflight(tmp_path: Path, full_dir: Path) -> None:
+    """Launcher mode, 2 ranks, --sweep: the report and the plot both hit ENOSPC; exit 0, the verdict on
+    stdout, one warning per artifact, nothing half-written."""
+    report = full_dir / "preflight" / "nccl-report.json"
+    argv = ["--nproc", "2", "--sweep", "4K:8K", "--json-out", str(report), "--master-port", str(_free_port())]
+    proc = _run_artifacts(tmp_path, argv, {})
+    assert proc.returncode == EXIT_OK, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["verdict"], data["exit_code"], data["plot"]) == ("pass", 0, None)
+    warnings = [line.split(": WARNING ", 1)[1] for line in proc.stderr.splitlines() if ": WARNING " in line]
+    assert warnings == [
+        f"nccl-sweep.png not written: {report.with_name('nccl-sweep.png')}: ENOSPC (No space left on device)",
+        f"nccl-report.json not written: {report}: ENOSPC (No space left on device)",
+    ]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in full_dir.rglob("*")) == [".filler", "preflight"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_unwritable_report_keeps_the_verdict_of_a_rank(tmp_path: Path, read_only_dir: Path) -> None:
+    """One rank as torchrun starts it (RANK, WORLD_SIZE, ...): EROFS keeps 0 a 0; a file where the
+    report's folder should be (ENOTDIR) keeps a bad node's 86 an 86."""
+    rank = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": str(_free_port())}
+    proc = _run_artifacts(tmp_path, ["--json-out", str(read_only_dir / "nccl-report.json")], rank)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "pass"
+    assert f"nccl-report.json not written: {read_only_dir}/nccl-report.json: EROFS" in proc.stderr
+
+    (tmp_path / "data").write_text("not a folder\n")
+    report = tmp_path / "data" / "preflight" / "nccl-report.json"
+    rank["MASTER_PORT"] = str(_free_port())
+    proc = _run_artifacts(tmp_path, ["--json-out", str(report), "--min-shm-gib", "100000"], rank)
+    assert proc.returncode == EXIT_BAD_NODE, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "fail"
+    assert proc.stderr.count(": WARNING ") == 1
+    assert f"nccl-report.json not written: {report}: ENOTDIR (Not a directory)" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_unwritable_report_keeps_the_launchers_verdict(tmp_path: Path, read_only_dir: Path) -> None:
+    argv = ["--nproc", "2", "--json-out", str(read_only_dir / "nccl-report.json")]
+    proc = _run_artifacts(tmp_path, [*argv, "--master-port", str(_free_port())], {})
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "pass"
+    assert "EROFS (Read-only file system)" in proc.stderr and "Traceback" not in proc.stderr

@@ -58,6 +58,14 @@ nodes, size_bytes, seconds, algbw_gbps, busbw_gbps, floor_gbps, warn_gbps, statu
 send/recv pairs), pairwise (rounds, slow_fraction, slow_nodes; null under 4 nodes), sweep (rows, or
 null), plot (path or null). Rank 0 writes it; it deletes an earlier report first.
 
+The report file and the sweep plot are optional: writing either never changes the exit code. A write
+that fails (full disk, read-only file system, no permission, a file where a folder should be) leaves
+no partial file and logs one warning naming the path and the errno, e.g.
+`nccl-report.json not written: /data/run/preflight/nccl-report.json: ENOSPC (No space left on device)`.
+The plot goes to --plot-out, else beside --json-out, else $DATA_DIR/$RUN_ID/preflight/ (the data
+directory layout of docs/contract.md), else a new temporary folder; never the current directory (the
+git gate refuses a launch while an untracked file sits in the repository). Its path is logged.
+
 Configuration: flags > environment (NCCL_PREFLIGHT_*, and NPROC_PER_NODE, NNODES, NODE_RANK,
 MASTER_ADDR, MASTER_PORT written by configure_environment.py) > defaults. Decision record:
 docs/decisions/nccl-preflight.md.
@@ -69,6 +77,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import math
@@ -80,6 +89,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +155,8 @@ KEY = "skyops-preflight"
 FAIL_GRACE = 2.0
 #: Seconds rank 0 waits for the other ranks to read the verdict before closing the store.
 ACK_TIMEOUT = 10.0
+#: File name of the sweep plot (docs/contract.md, data directory: preflight/nccl-sweep.png).
+PLOT_NAME = "nccl-sweep.png"
 
 
 class BadInput(Exception):
@@ -359,7 +371,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--plot-out",
         type=Path,
         default=None,
-        help="sweep plot PNG (None: nccl-sweep.png beside --json-out, else in the current directory)",
+        help="sweep plot PNG (None: nccl-sweep.png beside --json-out, else in $DATA_DIR/$RUN_ID/preflight/,"
+        " else in a new temporary folder; never the current directory)",
     )
     limits = parser.add_argument_group("thresholds and deadlines")
     limits.add_argument(
@@ -452,7 +465,7 @@ def make_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         raise BadInput(f"--size {args.size}: must be at least 4K")
     plot = args.plot_out
     if sweep and plot is None:
-        plot = args.json_out.with_name("nccl-sweep.png") if args.json_out else Path("nccl-sweep.png")
+        plot = default_plot_path(args.json_out, env)
     return Config(
         nproc=args.nproc,
         nnodes=args.nnodes,
@@ -481,6 +494,18 @@ def make_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         expected_gpus=_env(env, ["SKYPILOT_NUM_GPUS_PER_NODE"], int, None),
         capture_nccl_log="NCCL_DEBUG" not in env,
     )
+
+
+def default_plot_path(json_out: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Where --sweep puts its plot without --plot-out: beside --json-out, else the run's preflight
+    folder in the data directory ($DATA_DIR/$RUN_ID/preflight/nccl-sweep.png, docs/contract.md; without
+    RUN_ID, $DATA_DIR/preflight/), else None: a new temporary folder, made when the plot is written."""
+    if json_out is not None:
+        return json_out.with_name(PLOT_NAME)
+    data_dir = env.get("DATA_DIR", "").strip()
+    if data_dir:
+        return Path(data_dir) / env.get("RUN_ID", "").strip() / "preflight" / PLOT_NAME
+    return None
 
 
 def identity_from_env(env: Mapping[str, str]) -> Identity | None:
@@ -792,19 +817,28 @@ class RankRun:
             sweep=self.sweep,
             error=error,
         )
-        if self.sweep and self.cfg.plot_out:
+        if self.sweep:
+            title = f"NCCL preflight sweep: {self.backend}, {self.id.world_size} ranks on {self.id.nnodes} node(s)"
+            rule = (
+                find_floor(self.cfg.floors, self.accelerator, self.id.nnodes)
+                if self.backend == "nccl"
+                else None
+            )
+            sweep, path, made = self.sweep, self.cfg.plot_out, None
             try:
-                write_plot(
-                    self.sweep,
-                    self.cfg.plot_out,
-                    f"NCCL preflight sweep: {self.backend}, {self.id.world_size} ranks on {self.id.nnodes} node(s)",
-                    find_floor(self.cfg.floors, self.accelerator, self.id.nnodes)
-                    if self.backend == "nccl"
-                    else None,
-                )
-                report["plot"] = str(self.cfg.plot_out)
-            except Exception as err:  # an optional extra never fails the preflight
-                log.warning("sweep plot not written: %s", err)
+                if path is None:
+                    made = Path(tempfile.mkdtemp(prefix="nccl-preflight-"))
+                    path = made / PLOT_NAME
+                if write_artifact(path, lambda tmp: write_plot(sweep, tmp, title, rule)):
+                    report["plot"] = str(path)
+                    log.info("sweep plot written: %s", path)
+                elif made is not None:
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
+            except OSError as err:  # the temporary folder
+                log.warning("%s not written: %s", PLOT_NAME, os_error_text(err, path))
+            except Exception as err:  # matplotlib: an optional extra never fails the preflight
+                log.warning("%s not written: %s: %s", PLOT_NAME, path, first_line(err))
         write_report(report, self.cfg.json_out, self.cfg.json)
         sys.stderr.write(format_table(report) + "\n")
         sys.stderr.flush()
@@ -815,8 +849,7 @@ class RankRun:
     def run(self) -> int:
         cfg, rank = self.cfg, self.id.rank
         if rank == 0 and cfg.json_out:
-            with contextlib.suppress(FileNotFoundError):
-                cfg.json_out.unlink()  # never leave an earlier attempt's verdict behind
+            discard_stale_report(cfg.json_out)
         if cfg.faults.skip_rank == rank:  # a dead node: no contact at all, then gone
             log.warning("fault injection: rank %d never joins", rank)
             self.watchdog.stop()
@@ -1194,21 +1227,74 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
 
-def write_report(report: Mapping[str, Any], path: Path | None, to_stdout: bool) -> None:
-    """Write the JSON report to `path` (atomically, parents created) and/or stdout."""
-    text = json.dumps(report, indent=2, default=str)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text + "\n")
+def os_error_text(err: OSError, path: Path | None) -> str:
+    """`PATH: ENOSPC (No space left on device)`: the path and the errno's name and text."""
+    name = errno.errorcode.get(err.errno, f"errno {err.errno}") if err.errno else type(err).__name__
+    return f"{path if path is not None else err.filename}: {name} ({err.strerror or err})"
+
+
+def discard_stale_report(path: Path) -> None:
+    """Delete an earlier attempt's report, so no old verdict is ever read as this one's. A report that
+    cannot be deleted (read-only, not a folder) is left: writing the new one fails too, and says so."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def write_artifact(path: Path, write: Callable[[Path], None]) -> bool:
+    """Write an optional file atomically: `write(tmp)` into a temporary file beside `path` (parents
+    created), then rename it to `path`, so a reader sees the whole file or none.
+
+    Returns False, after one warning naming `path` and the errno (ENOSPC, EROFS, EACCES, ENOTDIR, ...),
+    when the file system refuses; the temporary file is removed. Never raises OSError: the report and
+    the plot are optional, and a failure to write them never changes the preflight's exit code.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.suppress(FileExistsError):  # a file where the folder should be: ENOTDIR below
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        stale = " (an earlier one is still there)" if _exists(path) else ""
+        log.warning("%s not written: %s%s", path.name, os_error_text(err, path), stale)
+        return False
+    except BaseException:
+        _remove(tmp)
+        raise
+    return True
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def write_report(report: Mapping[str, Any], path: Path | None, to_stdout: bool) -> bool:
+    """Write the JSON report to `path` (see write_artifact: atomic, never raises OSError) and/or stdout.
+
+    Returns False when `path` could not be written (one warning logged), else True.
+    """
+    text = json.dumps(report, indent=2, default=str)
+    written = path is None or write_artifact(path, lambda tmp: tmp.write_text(text + "\n"))
     if to_stdout:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+    return written
 
 
 def write_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, rule: FloorRule | None) -> None:
-    """PNG of busbw (GB/s) against message size (bytes, log2 axis), one line per op, floor dashed."""
+    """PNG of busbw (GB/s) against message size (bytes, log2 axis), one line per op, floor dashed.
+
+    Writes `path` as PNG whatever its suffix (write_artifact hands it a temporary name); its folder
+    must exist. Raises OSError when the file cannot be written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1232,9 +1318,10 @@ def write_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, rule: 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def run_rank(cfg: Config, ident: Identity, t0: float) -> int:
@@ -1295,8 +1382,7 @@ def launch_local(cfg: Config, t0: float) -> int:
     port = cfg.master_port or _free_port(cfg.master_addr)
     world = cfg.nnodes * cfg.nproc
     if cfg.node_rank == 0 and cfg.json_out:
-        with contextlib.suppress(FileNotFoundError):
-            cfg.json_out.unlink()
+        discard_stale_report(cfg.json_out)
     ctx = multiprocessing.get_context("fork")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     for local in range(cfg.nproc):
@@ -1317,11 +1403,18 @@ def launch_local(cfg: Config, t0: float) -> int:
     deadline = t0 + cfg.timeout + 15  # the ranks' own watchdogs end them first
     first_failure: float | None = None
 
+    interrupted: list[int] = []
+
     def stop(signum: int, _frame: Any) -> None:
+        # Pass the first SIGTERM/SIGINT on to the ranks once and wait for them: the supervisor (run.py)
+        # owns the grace period and the SIGKILL after it; a repeated signal changes nothing.
+        if interrupted:
+            return
+        interrupted.append(signum)
         for p in procs.values():
             if p.exitcode is None:
-                os.kill(p.pid, signum)
-        raise SystemExit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -1348,6 +1441,9 @@ def launch_local(cfg: Config, t0: float) -> int:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+    if interrupted:
+        log.warning("stopped by %s", signal.Signals(interrupted[0]).name)
+        return EXIT_SIGTERM if interrupted[0] == signal.SIGTERM else EXIT_SIGINT
     codes = {r: (None if r in killed else p.exitcode) for r, p in procs.items()}
     code = combine_exit_codes(codes)
     for rank, c in codes.items():
