@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,9 @@ N1_INVALID_NAMES = [
 
 # Set for the whole test run: no test may start a SkyPilot API server by accident.
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+# The local backend's run state (job ids, run directories, default DATA_DIR) goes to a folder of this
+# test run, never into the repository's .skyops/: `make status` shows only the user's own jobs.
+STATE = Path(os.environ.setdefault("SKYOPS_STATE_DIR", tempfile.mkdtemp(prefix="skyops-test-state-")))
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -44,6 +49,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "RUN_ID",
     }
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(drop_prefixes)}
+    env["SKYOPS_STATE_DIR"] = str(STATE)
     if "UV_FIND_LINKS" not in env and env.get("PIP_FIND_LINKS"):
         env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"]
     env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
@@ -80,3 +86,53 @@ def run_script(
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    """Mount a small tmpfs on `path`; skips the test where mounting is not allowed (not root, no
+    CAP_SYS_ADMIN, no mount(8)). Unmounted by the caller."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount(8) here: a real full or read-only file system needs it")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def full_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real full file system: a 64 KiB tmpfs filled to the last block, so every write ends in ENOSPC
+    (creating folders still works). Needs root and mount; skipped where unavailable."""
+    path = tmp_path / "full"
+    mount_tmpfs(path, "size=64k,mode=0755")
+    try:
+        fd = os.open(path / ".filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        yield path
+    finally:
+        unmount(path)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only file system (EROFS on every write, root included, unlike chmod 0o555): a
+    tmpfs mounted ro. Needs root and mount; skipped where unavailable."""
+    path = tmp_path / "ro"
+    mount_tmpfs(path, "ro,size=64k")
+    try:
+        yield path
+    finally:
+        unmount(path)

@@ -11,13 +11,13 @@ import _task
 import launch
 import pytest
 import yaml
-from conftest import REPO, clean_env
+from conftest import REPO, STATE, clean_env
 
 CANARY = "canary-secret-7f3a9c"
 
 
 def runs_snapshot() -> set[Path]:
-    runs = REPO / ".skyops" / "runs"
+    runs = STATE / "runs"
     return set(runs.rglob("*")) if runs.exists() else set()
 
 
@@ -33,7 +33,7 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith(("SKYOPS_", "SKYPILOT_NODE")) or key in {
+        if (key != "SKYOPS_STATE_DIR" and key.startswith(("SKYOPS_", "SKYPILOT_NODE"))) or key in {
             "DATA_DIR",
             "RUN_ID",
             "WANDB_API_KEY",
@@ -291,7 +291,7 @@ def test_local_dry_run_shows_what_the_nodes_get(capsys: pytest.CaptureFixture[st
     code, out, _ = call(["--env-file", "/dev/null", "--dry-run", "examples/train.py"], capsys)
     envs = yaml.safe_load(out)["envs"]
     assert code == 0
-    assert envs["DATA_DIR"] == str(REPO / ".skyops" / "data")
+    assert envs["DATA_DIR"] == str(STATE / "data")
     assert envs["MASTER_PORT"] != "29500" and 1 <= int(envs["MASTER_PORT"]) <= 65535
 
 

@@ -20,7 +20,7 @@ import _local_backend as lb
 import launch
 import psutil
 import pytest
-from conftest import REPO, clean_env
+from conftest import REPO, STATE, clean_env
 
 
 def task_file(tmp_path: Path, run: str, setup: str = "", recovery: str = "") -> Path:
@@ -54,7 +54,7 @@ def launch_local(
             "examples/train.py",
         ]
     )
-    job_dirs = sorted((REPO / ".skyops" / "runs" / run).glob("job-*"))
+    job_dirs = sorted((STATE / "runs" / run).glob("job-*"))
     status = json.loads((job_dirs[-1] / "job.json").read_text())
     return code, run, status
 
@@ -274,10 +274,10 @@ def test_secret_canary_appears_in_no_output_or_file(
     assert code == 0
     assert (tmp_path / "seen").read_text() == "token present\n"  # the node got it
     assert canary not in out and canary not in err
-    for path in (REPO / ".skyops" / "runs" / run).rglob("*"):
+    for path in (STATE / "runs" / run).rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
-    assert "<redacted>" in next((REPO / ".skyops" / "runs" / run).rglob("task.yaml")).read_text()
+    assert "<redacted>" in next((STATE / "runs" / run).rglob("task.yaml")).read_text()
 
 
 @pytest.mark.slow
@@ -295,7 +295,7 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     assert "restart 1 of 3" in result.stderr
     train = json.loads((tmp_path / run / "train_result.json").read_text())
     assert (train["attempt"], train["resumed_from_step"], train["world_size"]) == (2, 10, 2)
-    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    status = json.loads(next((STATE / "runs" / run).glob("job-*/job.json")).read_text())
     assert status["state"] == "SUCCEEDED" and status["recovery_count"] == 1
     assert [a["run_exit_codes"] for a in status["attempts"]][-1] == [0, 0]
     ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_text().splitlines()
@@ -306,14 +306,16 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
 def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = task_file(tmp_path, "exit 0")
     data = tmp_path / "data"
-    with lb.run_lock(data / "locked-run", "locked-run"):  # e.g. a job launched from another clone
+    other = lambda: STATE / "runs" / "locked-run" / "job-99"  # noqa: E731
+    with lb.run_lock(data / "locked-run", "locked-run", other):  # e.g. a job launched from another clone
         code = launch.main(
             ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "--set", f"DATA_DIR={data}",
              "examples/train.py"]
         )  # fmt: skip
     _, err = capsys.readouterr()
-    assert code == 2 and "--run locked-run: a job of this run is still running" in err
-    assert not (REPO / ".skyops" / "runs" / "locked-run").exists()
+    assert code == 2 and "--run locked-run: job 99 of this run is still running" in err
+    assert "jobs.py cancel 99" in err and len(err.strip().splitlines()) == 1
+    assert not (STATE / "runs" / "locked-run").exists()
 
 
 def test_sighup_tears_down_and_records_the_end(tmp_path: Path) -> None:
@@ -333,7 +335,7 @@ def test_sighup_tears_down_and_records_the_end(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 129, err
-    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    status = json.loads(next((STATE / "runs" / run).glob("job-*/job.json")).read_text())
     assert status["state"] == "CANCELLED" and "SIGHUP" in status["failure_reason"]
     assert len(status["node_pids"]) == 2
     time.sleep(0.2)
@@ -354,6 +356,6 @@ def test_a_job_without_torch_runs_on_every_node_and_its_exit_code_counts(tmp_pat
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "node 1 of 2: exiting ['3']" in result.stderr or "node 0 of 2: exiting ['3']" in result.stderr
-    status = json.loads(next((REPO / ".skyops" / "runs" / run).glob("job-*/job.json")).read_text())
+    status = json.loads(next((STATE / "runs" / run).glob("job-*/job.json")).read_text())
     assert status["state"] == "FAILED" and 3 in status["attempts"][-1]["run_exit_codes"]
     assert "job_failed (exit 3)" in status["failure_reason"]

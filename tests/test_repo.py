@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 
 import _config
 import _contract
@@ -39,13 +40,20 @@ def test_entry_scripts_are_executable_uv_scripts(script) -> None:
     assert os.access(script, os.X_OK)
 
 
-def test_scripts_local_and_remote_never_import_each_other() -> None:
+def test_remote_never_imports_local_and_local_imports_only_the_contract() -> None:
+    """Nodes never need laptop code; the laptop side may import the node side's stdlib-only contract
+    module, so that every reason and exit code is defined once (docs/decisions/boundary.md)."""
     local = {p.stem for p in (REPO / "scripts" / "local").glob("*.py")}
     remote = {p.stem for p in (REPO / "scripts" / "remote").glob("*.py")}
-    for room, others in (("local", remote), ("remote", local)):
+    for room, others in (("local", remote - {"_contract"}), ("remote", local)):
         for path in (REPO / "scripts" / room).glob("*.py"):
             imported = set(re.findall(r"^\s*(?:import|from)\s+(\w+)", path.read_text(), re.M))
             assert not imported & others, f"{path.name} imports {imported & others}"
+    contract = (REPO / "scripts" / "remote" / "_contract.py").read_text()
+    imported = set(re.findall(r"^\s*(?:import|from)\s+(\w+)", contract, re.M))
+    assert imported <= {"__future__", "enum", "dataclasses", "typing", "collections"} | set(
+        sys.stdlib_module_names
+    )
 
 
 def test_job_yaml_reads_like_the_contract() -> None:

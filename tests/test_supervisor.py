@@ -387,21 +387,44 @@ def test_corrupt_last_ledger_line(node: Node) -> None:
     assert out.of("start")[0]["attempt"] == "2"
 
 
-def test_read_only_data_dir(node: Node, tmp_path: Path) -> None:
-    if os.geteuid() == 0:  # root writes through permission bits: make DATA_DIR's parent a plain file
-        blocker = tmp_path / "not-a-dir"
-        blocker.write_text("")
-        data = blocker / "data"
-    else:
-        data = tmp_path / "ro"
-        data.mkdir()
-        data.chmod(0o555)
+def test_unwritable_data_dir_is_a_plain_failure(node: Node, tmp_path: Path) -> None:
+    """Not a bad node (fresh nodes mount the same storage): exit 1, a reason that says so, no job run."""
+    blocker = tmp_path / "not-a-dir"  # root writes through permission bits: a plain file as the parent
+    blocker.write_text("")
+    data = blocker / "data"
     out = node("beat()\nsys.exit(0)\n", "--data-dir", str(data))
-    assert out.code == 0
-    assert "cannot write the ledger" in out.stderr and "supervision continues" in out.stderr
-    assert out.of("start")[0]["attempt"] == "1"
-    assert not (data / "r").exists(), "nothing half-written"
-    assert "summary: node=0 attempt=1 reason=completed exit_code=0" in out.stderr
+    assert out.code == EXIT_FAILURE
+    assert "summary: node=0 attempt=1 reason=data_dir_unwritable exit_code=1" in out.stderr
+    assert "ENOTDIR" in out.stderr and str(data) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not out.events, "the job never started"
+
+
+def test_read_only_data_dir_mount(node: Node, read_only_dir: Path) -> None:
+    out = node("beat()\nsys.exit(0)\n", "--data-dir", str(read_only_dir))
+    assert out.code == EXIT_FAILURE
+    assert "reason=data_dir_unwritable" in out.stderr and "EROFS" in out.stderr
+    assert "Traceback" not in out.stderr and not out.events
+
+
+def test_full_data_dir_optional_records_warn_and_job_failure_names_enospc(node: Node, full_dir: Path) -> None:
+    """A full DATA_DIR: the ledger and result are optional (warnings with path and errno); the job runs,
+    and when its own checkpoint write fails the reason is the job's failure, with ENOSPC in the cause."""
+    body = """
+        beat()
+        try:
+            with open(os.path.join(os.environ["DATA_DIR"], "checkpoint.pt"), "wb") as f:
+                f.write(b"x" * 4_000_000)
+        except OSError as exc:
+            note("checkpoint_failed", errno=exc.errno)
+            sys.exit(1)
+        sys.exit(0)
+    """
+    out = node(body, "--data-dir", str(full_dir))
+    assert out.of("checkpoint_failed"), "the job ran and its own write failed"
+    assert out.code == 1
+    assert "reason=job_failed" in out.stderr and "ENOSPC" in out.stderr.split("summary:")[-1]
+    assert "preflight_error" not in out.stderr and "Traceback" not in out.stderr
 
 
 def test_max_runtime_across_two_attempts(node: Node) -> None:
@@ -440,9 +463,16 @@ def test_crash_loop(node: Node) -> None:
     ]
     codes = [node("sys.exit(3)\n", *guard).code for _ in range(3)]
     assert codes == [3, 3, EXIT_CRASH_LOOP]
-    out = node("sys.exit(3)\n", *guard)
+    out = node("note('ran')\nsys.exit(3)\n", *guard, NCCL_PREFLIGHT="1")
     assert (out.code, out.reason()) == (EXIT_CRASH_LOOP, "crash_loop")
-    assert ends(out)[:3] == [(1, 3, "job_failed"), (2, 3, "job_failed"), (3, EXIT_CRASH_LOOP, "crash_loop")]
+    assert not out.events, "once declared, no later attempt runs the job"
+    assert "NCCL preflight" not in out.stderr, "nor the preflight"
+    assert ends(out) == [
+        (1, 3, "job_failed"),
+        (2, 3, "job_failed"),
+        (3, EXIT_CRASH_LOOP, "crash_loop"),
+        (4, EXIT_CRASH_LOOP, "crash_loop"),
+    ]
 
 
 def test_recover_code_cap(node: Node) -> None:
@@ -516,10 +546,12 @@ def test_crash_loop_anywhere_in_the_cluster(tmp_path: Path) -> None:
     )
     assert "summary: node=1 attempt=3 reason=crash_loop exit_code=87" in last.stderr
     assert "cause: the last 3 failed attempts" in last.stderr
-    # Rank 0's own next failure: the ledger knows attempts 1-3 failed on node 1.
-    out = head("sys.exit(3)\n", *guard)
+    # The next attempt: the ledger knows attempt 3 declared a crash loop on node 1, so rank 0 ends at
+    # once with 87, before the preflight and the job (no paid work once a loop is declared).
+    out = head("note('ran')\nsys.exit(3)\n", *guard)
     assert (out.code, out.reason(), out.result["attempt"]) == (EXIT_CRASH_LOOP, "crash_loop", 4)
-    assert "attempt 4: node0 job_failed (exit 3)" in out.result["cause"]
+    assert out.result["cause"] == "crash loop declared at attempt 3; this attempt does not run the job"
+    assert not out.events and out.result["job_started"] is False
     assert "previous attempt 3: node1 crash_loop (exit 87)" in out.stderr
     folded = [
         (r["attempt"], r["node_rank"], r["exit_code"], r["reason"])
@@ -585,6 +617,26 @@ def test_preflight_wiring(node: Node, tmp_path: Path) -> None:
     assert (good.code, good.reason()) == (0, "completed") and good.of("job")
     off = node("note('job')\n", "--preflight-script", str(fake), NCCL_PREFLIGHT="0", FAKE_CODE="86")
     assert off.code == 0 and not off.of("preflight")
+
+
+def test_budget_spent_in_the_preflight_has_its_own_reason(node: Node, tmp_path: Path) -> None:
+    """MAX_RUNTIME_HOURS runs out during the preflight: the job never starts, and the ending says so
+    (exit 0 like any budget ending, reason max_runtime_before_job), in this and every later attempt."""
+    slow = tmp_path / "slow_nccl_test.py"  # stands in for a preflight that outlasts the budget
+    slow.write_text(PRELUDE + "note('preflight')\nwhile True:\n    time.sleep(1)\n")
+    flags = ["--preflight", "--preflight-script", str(slow), "--max-runtime-hours", str(1.5 / 3600)]
+    out = node("note('job')\n", *flags)
+    assert (out.code, out.reason()) == (0, "max_runtime_before_job")
+    assert out.of("preflight") and not out.of("job")
+    assert out.of("sigterm"), "the preflight got SIGTERM and its grace"
+    assert out.result["cause"].startswith(
+        "runtime budget MAX_RUNTIME_HOURS=0.000416667 (2 s over all attempts)"
+    )
+    assert out.result["cause"].endswith("ran out in the NCCL preflight, before the job ever started")
+    again = node("note('job')\n", *flags)
+    assert (again.code, again.reason()) == (0, "max_runtime_before_job") and not again.events
+    ran = node("note('job')\n", "--max-runtime-hours", str(1.5 / 3600), "--crash-loop-attempts", "0")
+    assert ran.reason() == "max_runtime_before_job", "a budget spent earlier: still never started"
 
 
 @pytest.mark.slow
@@ -837,8 +889,8 @@ def test_attempt_outcome_over_all_nodes() -> None:
     ]
     lim = limits(crash_loop_attempts=3)
     attempts = run.summarize(records)
-    assert not run.is_crash_loop(attempts[:3], lim, now), "attempt 3 (all signals) does not count"
-    assert run.is_crash_loop(attempts[:4], lim, now)
+    assert run.crash_loop_evidence(attempts[:3], lim, now) is None, "attempt 3 (all signals) does not count"
+    assert run.crash_loop_evidence(attempts[:4], lim, now) is not None
     cur = run.Attempt(6, now - 10, 10.0, node_rank=0)
     signals_only = run.summarize(attempt(1, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm")))
     two = replace(lim, crash_loop_attempts=2)

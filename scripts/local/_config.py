@@ -7,8 +7,9 @@ Every value a launch uses is resolved here, once, in this order (highest first):
 The .env file is read with python-dotenv (`dotenv.parser.parse_stream`) plus small, tested corrections
 for the cases where python-dotenv is known to be wrong or silent (../shared/cases/CASES.md E1-E9):
 CRLF line endings, a comment taken for a value, a line it cannot parse (only a warning there, and the
-key vanishes), keys that no environment accepts, and `${VAR}` expansion that must follow the same
-precedence as everything else.
+key vanishes), keys that no environment accepts, and `${VAR}` expansion, which follows the same
+precedence as everything else and the file's order: a line sees the lines above it, never those
+below, and a `${VAR}` defined only below is an error (resolve_values has the rules).
 
 job.yaml's `envs` and `secrets` are read as the text written in the file (PyYAML's composer, not its
 constructor), so `COMMIT: 0123456` reaches the job as `0123456`, not `42798` (CASES.md Y1).
@@ -24,10 +25,17 @@ import difflib
 import io
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+# The laptop side may import the node side's stdlib-only contract module (scripts/remote/_contract.py:
+# reasons and exit codes defined once); a uv script only has its own folder on sys.path.
+_REMOTE = str(Path(__file__).resolve().parents[1] / "remote")
+if _REMOTE not in sys.path:
+    sys.path.append(_REMOTE)
 
 #: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the one place they live.
 EXIT_OK = 0
@@ -364,17 +372,50 @@ def read_env_file(path: Path) -> list[EnvLine]:
     return entries
 
 
-def expand(value: str, lookup: Mapping[str, str]) -> str:
-    """Expand `${VAR}` and `${VAR:-default}` in `value` with python-dotenv's own parser."""
-    from dotenv.variables import parse_variables
+def _expand_line(
+    entry: EnvLine,
+    *,
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    above: Mapping[str, tuple[str, tuple[str, ...]]],
+    defined_at: Mapping[str, Sequence[int]],
+    defaults: Mapping[str, str | None],
+    file_label: str,
+) -> tuple[str, tuple[str, ...]]:
+    """Expand one .env line as the file is read top to bottom (see resolve_values for the rules).
 
-    return "".join(atom.resolve(dict(lookup)) or "" for atom in parse_variables(value))
+    `above` maps each key defined on an earlier line to (its expanded value, the names it came from).
+    Returns the expanded value and every name it came from, through earlier lines too (so a secret
+    reached through another key is still seen). Raises ConfigError for a forward reference.
+    """
+    from dotenv.variables import Literal, parse_variables
 
-
-def _variables(value: str) -> list[Any]:
-    from dotenv.variables import Variable, parse_variables
-
-    return [atom for atom in parse_variables(value) if isinstance(atom, Variable)]
+    parts: list[str] = []
+    names: dict[str, None] = {}
+    for atom in parse_variables(entry.value or ""):
+        if isinstance(atom, Literal):
+            parts.append(atom.value)
+            continue
+        name, default = atom.name, atom.default
+        names[name] = None
+        if name in flags:
+            parts.append(flags[name])
+        elif name in environ:
+            parts.append(environ[name])
+        elif name in above:
+            text, came_from = above[name]
+            parts.append(text)
+            names.update(dict.fromkeys(came_from))
+        else:
+            below = [n for n in defined_at.get(name, ()) if n > entry.line]
+            if below and default is None and name != entry.key:
+                raise ConfigError(
+                    f"{file_label}:{entry.line}: {entry.key} uses ${{{name}}}, which is defined only below"
+                    f" (line {below[0]}); move {name} above {entry.key}"
+                )
+            found = defaults.get(name)
+            parts.append(found if found is not None else (default or ""))
+    return "".join(parts), tuple(names)
 
 
 def parse_set_flags(items: Sequence[str]) -> dict[str, str]:
@@ -415,20 +456,36 @@ def resolve_values(
     """Merge the four layers for every key any layer names: flags > environ > file > defaults.
 
     `defaults` are job.yaml's envs and secrets (None: a secret that must be supplied at launch).
-    `${VAR}` in .env values expands against the merged result, so the same precedence holds inside
-    `${...}` (CASES.md E6); single-quoted values are not expanded (python-dotenv's rule).
+    `file_entries` are the .env lines in file order; when a key repeats, its last line wins.
 
-    Raises ConfigError for a bare .env key that neither the environment nor a flag supplies.
+    `${B}` in a .env value expands as the file is read top to bottom (bash's `set -a; source .env`
+    and python-dotenv's `load_dotenv` read it the same way), with the same precedence as everything
+    else (CASES.md E6). `${B}` is, first match wins:
+      1. B's flag, else B from the process environment (they win inside `${...}` too);
+      2. B's value on the nearest line above (as expanded there), so `P=/a` then `P=${P}:/b` gives
+         `/a:/b`; a self-reference `KEY=${KEY}/x` with no `KEY` line above means job.yaml's KEY;
+      3. job.yaml's B: job.yaml is the lowest layer, defined before the file;
+      4. the default of `${B:-default}`, else an empty string.
+    A forward reference, `${B}` where B is defined only on a line below (and by no flag or the
+    environment), raises ConfigError (`file:line`, naming both keys): bash and python-dotenv
+    silently give an empty value there, and the launcher used to take the later line's value. With a
+    default, `${B:-default}` is not an error: it gives what rules 3-4 give, as bash does, since B is
+    not yet set at that line. Single-quoted values are not expanded (python-dotenv's rule); a line
+    whose key a flag or the environment sets is never used, so it is not expanded either.
+
+    Raises ConfigError for a bare .env key that neither the environment nor a flag supplies, and for
+    a forward reference.
     """
     file_map: dict[str, EnvLine] = {}
+    defined_at: dict[str, list[int]] = {}
     for entry in file_entries:
         file_map[entry.key] = entry  # later lines win, as in python-dotenv
+        defined_at.setdefault(entry.key, []).append(entry.line)
     keys = list(dict.fromkeys([*defaults, *file_map, *flags]))
 
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
     missing: list[str] = []
-    pending: list[str] = []
     expanded_from: dict[str, list[str]] = {}
     for key in keys:
         entry = file_map.get(key)
@@ -443,22 +500,32 @@ def resolve_values(
                     f" --set {key}=..., or write {key}= for an empty value"
                 )
             values[key], sources[key] = entry.value, f"{file_label}:{entry.line}"
-            if entry.interpolate and "$" in entry.value:
-                pending.append(key)
         elif defaults.get(key) is not None:
             values[key], sources[key] = defaults[key], "job.yaml"  # type: ignore[assignment]
         else:
             missing.append(key)
-    # Expand in file order against the merged values (then the environment, as python-dotenv does).
-    base = {k: v for k, v in defaults.items() if v is not None}
-    for key in sorted(pending, key=lambda k: file_map[k].line):
-        # `KEY=${KEY}/x` means the KEY of the layers below (environment, job.yaml), not itself.
-        below = {**base, **environ}
-        lookup = {**below, **{k: v for k, v in values.items() if k != key}}
-        if key in below:
-            lookup[key] = below[key]
-        values[key] = expand(values[key], lookup)
-        expanded_from[key] = [v.name for v in _variables(file_map[key].value or "")]
+    # Read the file top to bottom: each line sees the lines above it, never those below.
+    above: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for entry in file_entries:
+        if entry.key in flags or entry.key in environ or entry.value is None:
+            continue
+        if entry.interpolate and "$" in entry.value:
+            above[entry.key] = _expand_line(
+                entry,
+                flags=flags,
+                environ=environ,
+                above=above,
+                defined_at=defined_at,
+                defaults=defaults,
+                file_label=file_label,
+            )
+        else:
+            above[entry.key] = (entry.value, ())
+    for key in file_map:
+        if key not in flags and key not in environ:  # the value is the key's last line (bare: raised)
+            values[key] = above[key][0]
+            if above[key][1]:
+                expanded_from[key] = list(above[key][1])
     return Resolved(values, sources, tuple(missing), expanded_from)
 
 

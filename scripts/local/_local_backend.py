@@ -36,17 +36,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import _teardown
 from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from _contract import REASON_CRASH_LOOP, REASON_MAX_RUNTIME, REASON_MAX_RUNTIME_BEFORE_JOB
 
 log = logging.getLogger("skyops.local")
 
 KILLED_PEER_CODE = 137  # what SkyPilot records for the nodes it kills after another node failed
-SECOND_SIGNAL_AFTER = 1.0  # seconds: a later Ctrl-C skips the grace period and kills at once
+#: Seconds on top of the supervisor's GRACE before the launcher SIGKILLs what is left of a node: the
+#: supervisor's own teardown (SIGTERM, GRACE, SIGKILL, reap) must be able to finish first.
 STOP_GRACE_EXTRA = 10.0
-MAX_LOCAL_NODES = 32  # emulated nodes on one machine  # seconds on top of the supervisor's GRACE before the launcher uses SIGKILL
+#: Seconds a failed node's peers get before SIGKILL (SkyPilot stops them and records 137).
+PEER_STOP_GRACE = 10.0
+MAX_LOCAL_NODES = 32  # emulated nodes on one machine
 
 #: Variables of the launcher's own environment that must not leak into an emulated node.
-_NODE_ENV_DROP_PREFIXES = ("SKYPILOT_", "TORCHELASTIC_")
+_NODE_ENV_DROP_PREFIXES = ("SKYPILOT_", "TORCHELASTIC_", "SKYOPS_LOCAL_")
 _NODE_ENV_DROP = frozenset(
     {
         "VIRTUAL_ENV",
@@ -197,10 +202,13 @@ def allocate_job_id(state_dir: Path) -> int:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically: a temp file in the same folder, then os.replace(). Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def exit_code_of(returncode: int) -> int:
@@ -243,65 +251,30 @@ class Node:
         self._pump.join(timeout=5)
 
 
-def _descendants(pids: Sequence[int]) -> dict[int, Any]:
-    import psutil
+def stop_nodes(nodes: Sequence[Node], grace: float, *, marker: str | None = None) -> _teardown.Teardown:
+    """Stop every node as SkyPilot's cancel does: SIGTERM to every process of each node's tree (the
+    supervisor, torchrun, its workers in their own sessions), once; the whole `grace` seconds for them to
+    exit; SIGKILL what is left; reap the node roots. `marker`: the job's SKYOPS_LOCAL_JOB value, so that
+    processes re-parented away from the node trees are found too (see _teardown)."""
+    roots = [n.proc.pid for n in nodes if n.proc.poll() is None]
 
-    found: dict[int, Any] = {}
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(pid)
-            found[pid] = root
-            for child in root.children(recursive=True):
-                found[child.pid] = child
-    return found
+    def find() -> list[Any]:
+        procs = _teardown.tree(n.proc.pid for n in nodes if n.proc.poll() is None)
+        return procs + (_teardown.marked(_teardown.JOB_MARKER, marker) if marker else [])
 
-
-def stop_nodes(nodes: Sequence[Node], grace: float, *, kill_now: threading.Event | None = None) -> None:
-    """Stop every node as a cancel does: SIGTERM to each node's process group and to every process of
-    its tree, including those in sessions of their own (torchrun workers); wait until all of them have
-    exited or `grace` seconds have passed (or `kill_now` is set); SIGKILL whatever is left; reap."""
-    import psutil
-
-    running = [n for n in nodes if n.proc.poll() is None]
-    roots = {n.proc.pid for n in running}
-    seen = _descendants(list(roots))
-    for node in running:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(node.proc.pid, signal.SIGTERM)
-    for pid, proc in seen.items():
-        if pid not in roots:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and not (kill_now is not None and kill_now.is_set()):
-        live_roots = [n.proc.pid for n in running if n.proc.poll() is None]
-        seen.update(_descendants(live_roots))
-        if not live_roots and not any(_alive(p) for pid, p in seen.items() if pid not in roots):
-            break
-        time.sleep(0.1)
-    seen.update(_descendants([n.proc.pid for n in running if n.proc.poll() is None]))
-    survivors = [p for pid, p in seen.items() if pid not in roots and _alive(p)]
-    for node in running:
-        if node.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(node.proc.pid, signal.SIGKILL)
-    for proc in survivors:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(survivors, timeout=5)
+    result = _teardown.stop(find, grace) if roots else _teardown.Teardown()
     for node in nodes:
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.proc.wait(timeout=5)
         node.wait_output()
-
-
-def _alive(proc: Any) -> bool:
-    import psutil
-
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    if result.signalled:
+        log.info(
+            "teardown: %d process(es) stopped in %.1f s%s",
+            result.signalled,
+            result.seconds,
+            f", {len(result.killed)} SIGKILLed after the {grace:.0f} s grace" if result.killed else "",
+        )
+    return result
 
 
 @dataclass
@@ -319,9 +292,14 @@ def run_phase(
     interrupt: Interrupt,
     first_rank: int = 0,
     started: Callable[[list[int]], None] | None = None,
+    stopping: Callable[[], None] | None = None,
+    marker: str | None = None,
 ) -> list[int] | None:
     """Run one phase (setup or run) on every node; returns the node exit codes, or None when
-    interrupted. When a node fails, the others are stopped and recorded as 137 (SkyPilot's rule)."""
+    interrupted (then `stopping` is called before the teardown). When a node fails, the others are
+    stopped and recorded as 137 (SkyPilot's rule). A signal stops every node with the whole `grace`;
+    repeated signals (Ctrl-C reaches the launcher twice: from the terminal and forwarded by `uv run`)
+    change nothing (`jobs.py cancel --force` skips the grace)."""
     nodes = [
         Node(rank, script, env, cwd, path, follow)
         for rank, ((script, env), path) in enumerate(zip(scripts, log_paths, strict=True), start=first_rank)
@@ -331,37 +309,35 @@ def run_phase(
     for node in nodes:
         threading.Thread(target=lambda n=node: events.put(("exit", n, n.proc.wait())), daemon=True).start()
     codes: dict[int, int] = {}
-    kill_now = threading.Event()
     while len(codes) < len(nodes):
         kind, *rest = events.get()
         if kind == "exit" and rest[0] not in nodes:
             continue  # a node of an earlier phase, already accounted for
         if kind == "signal":
             interrupt.signum = rest[0]
-            log.warning("interrupted: stopping %d node(s) (again to kill at once)", len(nodes))
-            stopper = threading.Thread(target=stop_nodes, args=(nodes, grace), kwargs={"kill_now": kill_now})
+            log.warning(
+                "%s: stopping %d node(s); each process gets GRACE=%.0f s to exit (jobs.py cancel --force kills at once)",
+                signal.Signals(rest[0]).name,
+                len(nodes),
+                grace - STOP_GRACE_EXTRA,
+            )
+            if stopping is not None:
+                stopping()
+            stopper = threading.Thread(target=stop_nodes, args=(nodes, grace), kwargs={"marker": marker})
             stopper.start()
-            first = time.monotonic()
             while stopper.is_alive():
                 with contextlib.suppress(queue.Empty):
-                    # Ctrl-C reaches the launcher twice at once (from the terminal and forwarded by
-                    # `uv run`): only a signal after SECOND_SIGNAL_AFTER seconds means "kill now".
-                    if (
-                        events.get(timeout=0.2)[0] == "signal"
-                        and time.monotonic() - first > SECOND_SIGNAL_AFTER
-                    ):
-                        kill_now.set()
+                    if events.get(timeout=0.2)[0] == "signal":
+                        log.info("already stopping: waiting for the job's processes to exit")
             return None
         rank, code = rest[0].rank, exit_code_of(rest[1])
         codes[rank] = code
         if code != 0 and len(codes) < len(nodes):
             others = [n for n in nodes if n.rank not in codes]
             log.info("node %d exited %d: stopping the other node(s)", rank, code)
-            stop_nodes(others, grace=min(grace, 10.0))
+            stop_nodes(others, grace=min(grace, PEER_STOP_GRACE))
             for other in others:
                 codes[other.rank] = KILLED_PEER_CODE
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    other.proc.wait(timeout=1)
     for node in nodes:
         node.wait_output()
     return [codes[node.rank] for node in nodes]
@@ -384,7 +360,7 @@ def prepare(cfg: Any) -> Any:
         )
     envs = dict(cfg.envs)
     if cfg.sources.get("DATA_DIR", "job.yaml") == "job.yaml":
-        envs["DATA_DIR"] = str(cfg.repo / ".skyops" / "data")
+        envs["DATA_DIR"] = str(cfg.state_dir / "data")
     else:
         envs["DATA_DIR"] = str((cfg.repo / envs["DATA_DIR"]).resolve())
     if cfg.sources.get("MASTER_PORT", "job.yaml") == "job.yaml":
@@ -398,22 +374,79 @@ def prepare(cfg: Any) -> Any:
     return replace(cfg, envs=envs, gpus=gpus)
 
 
-@contextlib.contextmanager
-def run_lock(run_data: Path, run: str) -> Iterator[None]:
-    """Hold the lock of a run's durable state `run_data` (`$DATA_DIR/$RUN_ID/`: checkpoints, the
-    attempt ledger) while its job runs, whichever clone launched it. Raises ConfigError if another
-    job holds it."""
+#: Free space in DATA_DIR under which the launcher warns (docs/decisions/endings.md): a checkpoint of a
+#: small model plus the logs; a job whose checkpoint write fails on a full disk fails with ENOSPC.
+LOW_SPACE_BYTES = 2 * 2**30
+LOCK_NAME = ".skyops-run.lock"
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse a DATA_DIR that cannot be written (ConfigError naming DATA_DIR, the path and the errno,
+    e.g. `DATA_DIR=/mnt/ro: not writable: EROFS (Read-only file system)`), before anything is written
+    or launched; warn when it has under LOW_SPACE_BYTES free."""
     from _config import ConfigError
 
+    probe = data_dir / f".skyops-probe-{os.getpid()}"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        import errno
+
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        raise ConfigError(f"DATA_DIR={data_dir}: not writable: {name} ({exc.strerror})") from None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(data_dir).free
+        if free < LOW_SPACE_BYTES:
+            log.warning(
+                "DATA_DIR=%s has %.2f GiB free (under %.0f GiB): checkpoint writes may fail with ENOSPC",
+                data_dir,
+                free / 2**30,
+                LOW_SPACE_BYTES / 2**30,
+            )
+
+
+def run_owner(run_data: Path) -> tuple[str, int] | None:
+    """The job that owns `run_data` ($DATA_DIR/$RUN_ID/) because some process of it is alive, with or
+    without its launcher: (its job directory, its live process count); None when no process is."""
+    procs = _teardown.marked(_teardown.RUN_MARKER, str(run_data))
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            return proc.environ().get(_teardown.JOB_MARKER, "?"), len(procs)
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(run_data: Path, run: str, job_dir: Callable[[], Path]) -> Iterator[None]:
+    """Own a run's durable state `run_data` (`$DATA_DIR/$RUN_ID/`: checkpoints, the attempt ledger) while
+    its job runs, whichever clone launched it: a lock file while the launcher lives, and the job's
+    processes themselves (run_owner) when the launcher was killed and its nodes live on. Raises
+    ConfigError naming the running job and `jobs.py cancel` if another job owns it. `job_dir` gives
+    this job's directory, written into the lock file for the next one's message."""
+    from _config import ConfigError
+
+    def refuse(owner: str, how: str) -> ConfigError:
+        job = Path(owner).name.removeprefix("job-") if owner else "?"
+        return ConfigError(
+            f"--run {run}: job {job} of this run is still running ({how}); stop it with"
+            f" `jobs.py cancel {job}` (make cancel ID={job}), or pick another --run"
+        )
+
     run_data.mkdir(parents=True, exist_ok=True)
-    with open(run_data / ".skyops-run.lock", "a+") as fh:
+    with open(run_data / LOCK_NAME, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"--run {run}: a job of this run is still running on this machine (it holds {run_data});"
-                " wait for it, cancel it, or pick another --run"
-            ) from None
+            fh.seek(0)
+            raise refuse(fh.read().strip(), "its launcher holds the run") from None
+        owner = run_owner(run_data)
+        if owner is not None:
+            raise refuse(owner[0], f"its launcher is gone, {owner[1]} of its processes live on")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{job_dir()}\n")
+        fh.flush()
         yield
 
 
@@ -421,33 +454,93 @@ def launch(cfg: Any, task_yaml: str) -> int:
     """Run the task of `cfg` (a launch.LaunchConfig, after `prepare`) on `cfg.nodes` emulated nodes;
     block until done. `task_yaml` is the resolved task (secrets redacted), kept in the run directory.
 
-    Returns 0 if the job succeeded, 1 if it failed, 130 (SIGINT) or 128+N (signal N) if interrupted.
-    Raises ConfigError if another job of the same run (same `$DATA_DIR/$RUN_ID/`) is still running.
+    Returns 0 if the job succeeded, 1 if it failed (or its runtime budget ran out before it started),
+    130 (SIGINT) or 128+N (signal N) if interrupted. Raises ConfigError (nothing launched) if DATA_DIR
+    cannot be written or another job of the same run (same `$DATA_DIR/$RUN_ID/`) is still running.
     """
-    run_data = Path(cfg.envs["DATA_DIR"]) / cfg.envs.get("RUN_ID", cfg.run)
-    with run_lock(run_data, cfg.run):
-        return _launch_locked(cfg, task_yaml, cfg.repo / ".skyops")
+    data_dir = Path(cfg.envs["DATA_DIR"])
+    check_data_dir(data_dir)
+    run_data = data_dir / cfg.envs.get("RUN_ID", cfg.run)
+    state_dir = cfg.state_dir
+    job_id: list[int] = []
+
+    def job_dir() -> Path:
+        job_id.append(allocate_job_id(state_dir))
+        return state_dir / "runs" / cfg.run / f"job-{job_id[0]}"
+
+    with run_lock(run_data, cfg.run, job_dir):
+        return _launch_locked(cfg, task_yaml, state_dir, job_id[0], run_data)
 
 
-def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path) -> int:
+#: Node-side reasons (scripts/remote/_contract.py) that end a job that exited 0 everywhere, with what
+#: the launcher says and exits: a budget ending is a success only when the job itself ever ran.
+BUDGET_REASONS = {REASON_MAX_RUNTIME: EXIT_OK, REASON_MAX_RUNTIME_BEFORE_JOB: EXIT_FAILED}
+#: How a signal to the launcher is described in job.json and the status table.
+SIGNAL_CAUSES = {
+    signal.SIGINT: "interrupted (SIGINT, Ctrl-C)",
+    signal.SIGTERM: "SIGTERM to the launcher",
+    signal.SIGHUP: "SIGHUP to the launcher (terminal closed)",
+}
+#: Written by `jobs.py cancel` into the job directory before it signals the launcher.
+CANCEL_REQUEST = "cancel-request.json"
+
+
+@dataclass
+class _LocalJob:
+    """One local managed job while its launcher runs: its cluster, job.json, and the signal queue."""
+
+    cfg: Any
+    envs: dict[str, str]
+    cluster: Cluster
+    job_dir: Path
+    run_data: Path
+    status: dict[str, Any]
+    grace: float
+    events: queue.SimpleQueue
+    interrupt: Interrupt
+
+    def save(self) -> None:
+        write_json(self.job_dir / "job.json", self.status)
+
+    def node_env(self, rank: int, *, setup: bool, tmpdir: Path) -> dict[str, str]:
+        env = node_env(
+            self.cfg.base_env,
+            self.envs,
+            self.cfg.secrets,
+            self.cluster,
+            rank,
+            setup=setup,
+            tmpdir=str(tmpdir),
+        )
+        env[_teardown.JOB_MARKER] = str(self.job_dir)
+        env[_teardown.RUN_MARKER] = str(self.run_data)
+        return env
+
+    def end(self, state: str, reason: str | None, code: int, message: str) -> int:
+        """Record the job's end in job.json and say it in the launcher's last stderr line."""
+        self.status.update(
+            state=state, failure_reason=reason if state != "SUCCEEDED" else None, reason=reason
+        )
+        self.status["attempts"][-1].setdefault("ended_at", time.time())
+        self.save()
+        (log.info if code == EXIT_OK else log.error)("run %s: %s", self.cfg.run, message)
+        return code
+
+
+def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_data: Path) -> int:
     assert cfg.task is not None
-    job_id = allocate_job_id(state_dir)
     job_dir = state_dir / "runs" / cfg.run / f"job-{job_id}"
     job_dir.mkdir(parents=True)
     if cfg.print_id:
         print(cfg.run, flush=True)
-
     envs = dict(cfg.envs)
-    Path(envs["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
-    for key in cfg.missing_secrets:
+    if cfg.missing_secrets:
         log.warning(
-            "secret %s is not set (.env or environment): the local backend runs without it; --backend sky would refuse",
-            key,
+            "secret(s) %s not set (.env or environment): the local backend runs without them; --backend sky would refuse",
+            ", ".join(cfg.missing_secrets),
         )
-
     (job_dir / "task.yaml").write_text(task_yaml)
-    max_restarts, recover_codes = job_recovery_settings(cfg.task.config.get("resources"), cfg.max_restarts)
-    grace = float(envs.get("GRACE", "60") or 60) + STOP_GRACE_EXTRA
+    grace_s = float(envs.get("GRACE", "60") or 60)
     cluster = Cluster(
         job_id=job_id,
         run=cfg.run,
@@ -466,9 +559,23 @@ def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path) -> int:
         "recovery_count": 0,
         "attempts": [],
         "failure_reason": None,
+        "reason": None,
         "submitted_at": time.time(),
+        "grace_s": grace_s,
+        "run_data": str(run_data),
     }
-    write_json(job_dir / "job.json", status)
+    job = _LocalJob(
+        cfg,
+        envs,
+        cluster,
+        job_dir,
+        run_data,
+        status,
+        grace_s + STOP_GRACE_EXTRA,
+        queue.SimpleQueue(),
+        Interrupt(),
+    )
+    job.save()
     log.info(
         "run %s: local job %d on %d node(s); logs in %s",
         cfg.run,
@@ -476,173 +583,182 @@ def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path) -> int:
         cfg.nodes,
         os.path.relpath(job_dir, Path.cwd()),
     )
-
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    interrupt = Interrupt()
     previous = {
-        sig: signal.signal(sig, lambda signum, _frame: events.put(("signal", signum)))
+        sig: signal.signal(sig, lambda signum, _frame: job.events.put(("signal", signum)))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
-        return _recovery_loop(
-            cfg, envs, cluster, job_dir, status, events, interrupt, grace, max_restarts, recover_codes
-        )
+        return _recovery_loop(job)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _recovery_loop(
-    cfg: Any,
-    envs: dict[str, str],
-    cluster: Cluster,
-    job_dir: Path,
-    status: dict[str, Any],
-    events: queue.SimpleQueue,
-    interrupt: Interrupt,
-    grace: float,
-    max_restarts: int,
-    recover_codes: list[int],
-) -> int:
-    restarts_on_errors = 0
-    attempt = 0
-    while True:
-        attempt += 1
-        attempt_dir = job_dir / f"attempt{attempt}"
-        attempt_dir.mkdir()
-        record: dict[str, Any] = {"attempt": attempt, "started_at": time.time()}
-        status["attempts"].append(record)
-        tmpdirs = [attempt_dir / f"node{rank}.tmp" for rank in range(cluster.num_nodes)]
-        for path in tmpdirs:
-            path.mkdir()
-        phases = [("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])]
+def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> tuple[str, list[int] | None]:
+    """Setup, then run, on every node: (the last phase run, its node exit codes or None if interrupted)."""
+    cfg, n = job.cfg, job.cluster.num_nodes
+    tmpdirs = [attempt_dir / f"node{rank}.tmp" for rank in range(n)]
+    for path in tmpdirs:
+        path.mkdir()
 
-        def record_pids(pids: list[int]) -> None:
-            """Node process-group leaders in job.json: `jobs.py cancel` can reach them if the
-            launcher dies without tearing down."""
-            status["node_pids"] = pids
-            write_json(job_dir / "job.json", status)
+    def record_pids(pids: list[int]) -> None:
+        """Node process-group leaders in job.json (informational: cancel finds processes by marker)."""
+        job.status["node_pids"] = pids
+        job.save()
 
-        codes: list[int] | None = []
-        phase = "run"
-        for phase, script in phases:
+    def stopping() -> None:
+        job.status["state"] = "CANCELLING"
+        job.save()
+
+    codes: list[int] | None = []
+    phase = "run"
+    try:
+        for phase, script in (("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])):
             if not script:
                 continue
-            status["state"] = "STARTING" if phase == "setup" else "RUNNING"
-            write_json(job_dir / "job.json", status)
-            scripts = [
-                (
-                    script,
-                    node_env(
-                        cfg.base_env,
-                        envs,
-                        cfg.secrets,
-                        cluster,
-                        rank,
-                        setup=phase == "setup",
-                        tmpdir=str(tmpdirs[rank]),
-                    ),
-                )
-                for rank in range(cluster.num_nodes)
-            ]
+            job.status["state"] = "STARTING" if phase == "setup" else "RUNNING"
+            job.save()
+            scripts = [(script, job.node_env(r, setup=phase == "setup", tmpdir=tmpdirs[r])) for r in range(n)]
             logs = [
-                attempt_dir / (f"setup-node{r}.log" if phase == "setup" else f"node{r}.log")
-                for r in range(cluster.num_nodes)
+                attempt_dir / (f"setup-node{r}.log" if phase == "setup" else f"node{r}.log") for r in range(n)
             ]
+            common = dict(started=record_pids, stopping=stopping, marker=str(job.job_dir))
             if phase == "setup":
                 # Node by node: the emulated nodes share one uv cache, and concurrent `uv sync` of the
                 # same script environment races (SkyPilot runs setup in parallel on separate machines).
                 codes = []
-                for rank in range(cluster.num_nodes):
+                for rank in range(n):
                     one = run_phase(
-                        scripts[rank : rank + 1],
-                        cfg.repo,
-                        logs[rank : rank + 1],
-                        cfg.follow,
-                        grace,
-                        events,
-                        interrupt,
-                        first_rank=rank,
-                        started=record_pids,
-                    )
+                        scripts[rank : rank + 1], cfg.repo, logs[rank : rank + 1], cfg.follow, job.grace,
+                        job.events, job.interrupt, first_rank=rank, **common,
+                    )  # fmt: skip
                     codes = None if one is None else codes + one
                     if not codes or codes[-1]:
                         break
-                if codes and len(codes) < cluster.num_nodes:
-                    codes += [KILLED_PEER_CODE] * (cluster.num_nodes - len(codes))
+                if codes and len(codes) < n:
+                    codes += [KILLED_PEER_CODE] * (n - len(codes))
             else:
                 codes = run_phase(
-                    scripts, cfg.repo, logs, cfg.follow, grace, events, interrupt, started=record_pids
+                    scripts, cfg.repo, logs, cfg.follow, job.grace, job.events, job.interrupt, **common
                 )
             record[f"{phase}_exit_codes"] = codes
             if codes is None or any(codes):
                 break
+    finally:
         record["ended_at"] = time.time()
         for path in tmpdirs:  # "fresh nodes" next time: node-local disk is lost
             shutil.rmtree(path, ignore_errors=True)
+    return phase, codes
+
+
+def _recovery_loop(job: _LocalJob) -> int:
+    cfg, status = job.cfg, job.status
+    max_restarts, recover_codes = job_recovery_settings(cfg.task.config.get("resources"), cfg.max_restarts)
+    restarts_on_errors = 0
+    attempt = 0
+    while True:
+        attempt += 1
+        attempt_dir = job.job_dir / f"attempt{attempt}"
+        attempt_dir.mkdir()
+        record: dict[str, Any] = {"attempt": attempt, "started_at": time.time()}
+        status["attempts"].append(record)
+        phase, codes = _run_attempt(job, attempt_dir, record)
+        results = node_results(job.run_data, job.cluster.num_nodes, record["started_at"])
+        why = [describe_result(r) for r in results]
+        record["node_reasons"] = why
         if codes is None:
-            status["state"] = "CANCELLED"
-            status["failure_reason"] = f"interrupted by {signal.Signals(interrupt.signum).name}"
-            write_json(job_dir / "job.json", status)
-            log.warning("run %s: cancelled; every node stopped", cfg.run)
-            return EXIT_INTERRUPTED if interrupt.signum == signal.SIGINT else 128 + interrupt.signum
+            cause = cancel_cause(job.job_dir, job.interrupt.signum)
+            code = EXIT_INTERRUPTED if job.interrupt.signum == signal.SIGINT else 128 + job.interrupt.signum
+            return job.end(
+                "CANCELLED", f"cancelled: {cause}", code, f"CANCELLED ({cause}); every node stopped"
+            )
         if not any(codes):
-            status["state"] = "SUCCEEDED"
-            write_json(job_dir / "job.json", status)
-            log.info("run %s: SUCCEEDED (attempt %d, node exit codes %s)", cfg.run, attempt, codes)
-            return EXIT_OK
+            budget = next((r for r in results if r.get("reason") in BUDGET_REASONS), None)
+            if budget is None:
+                return job.end("SUCCEEDED", None, EXIT_OK, f"SUCCEEDED (attempt {attempt})")
+            reason = f"{budget['reason']}: {budget.get('cause') or 'the runtime budget ran out'}"
+            return job.end(
+                "SUCCEEDED",
+                reason,
+                BUDGET_REASONS[budget["reason"]],
+                f"SUCCEEDED, stopped by its budget: {reason}",
+            )
+        failed = "FAILED_SETUP" if phase == "setup" else "FAILED"
+        _show_failure(cfg.run, attempt_dir, phase, codes)
+        first = first_cause(results)
+        detail = f"{phase} failed with node exit codes {codes}" + (f": {first}" if first else "")
+        loop = next((r for r in results if r.get("reason") == REASON_CRASH_LOOP), None)
+        if loop is not None:
+            # The node asks SkyPilot to end the managed job once it declares a crash loop (run.py,
+            # docs/decisions/endings.md); the local backend does what SkyPilot then does.
+            return job.end(
+                failed,
+                f"{detail}; no further attempt",
+                EXIT_FAILED,
+                f"{failed}: {detail}; no further attempt",
+            )
         decision, restarts_on_errors = recovery_decision(
             codes, recover_codes, restarts_on_errors, max_restarts
         )
-        failed = "FAILED_SETUP" if phase == "setup" else "FAILED"
-        _show_failure(cfg.run, attempt_dir, phase, codes)
-        why = node_reasons(
-            Path(envs["DATA_DIR"]) / envs.get("RUN_ID", cfg.run), cluster.num_nodes, record["started_at"]
-        )
-        record["node_reasons"] = why
         if decision == "fail":
-            status["state"] = failed
-            status["failure_reason"] = (
-                f"{phase} failed with node exit codes {codes}"
-                + (f" ({'; '.join(why)})" if why else "")
-                + f"; max_restarts_on_errors={max_restarts} spent"
-            )
-            write_json(job_dir / "job.json", status)
-            log.error("run %s: %s (%s)", cfg.run, failed, status["failure_reason"])
-            return EXIT_FAILED
+            reason = f"{detail}; max_restarts_on_errors={max_restarts} spent"
+            return job.end(failed, reason, EXIT_FAILED, f"{failed} ({reason})")
         status["recovery_count"] += 1
         status["state"] = "RECOVERING"
-        write_json(job_dir / "job.json", status)
+        status["reason"] = detail
+        job.save()
         if decision == "recover":
             log.warning(
-                "run %s: node exit codes %s include a recover_on_exit_codes code: recovering onto fresh nodes (not counted)",
+                "run %s: %s; a recover_on_exit_codes code: recovering onto fresh nodes (not counted)",
                 cfg.run,
-                codes,
+                detail,
             )
         else:
-            log.warning(
-                "run %s: restart %d of %d after node exit codes %s%s",
-                cfg.run,
-                restarts_on_errors,
-                max_restarts,
-                codes,
-                f" ({'; '.join(why)})" if why else "",
-            )
+            log.warning("run %s: %s; restart %d of %d", cfg.run, detail, restarts_on_errors, max_restarts)
 
 
-def node_reasons(run_data: Path, num_nodes: int, since: float) -> list[str]:
-    """The supervisor's end-of-attempt reason of every node that wrote one since `since` (Unix
-    seconds), from `$DATA_DIR/$RUN_ID/supervisor/result-node<rank>.json` (docs/contract.md), e.g.
-    `["node0: sigterm (exit 143)", "node1: job_failed (exit 3)"]`. Unreadable results are skipped."""
-    reasons = []
+def cancel_cause(job_dir: Path, signum: int) -> str:
+    """How the job was cancelled, for job.json and the launcher's last line: `jobs.py cancel` says so in
+    CANCEL_REQUEST before it signals the launcher; otherwise the signal the launcher got."""
+    with contextlib.suppress(OSError, ValueError):
+        request = json.loads((job_dir / CANCEL_REQUEST).read_text())
+        return str(request.get("by") or "jobs.py cancel")
+    return SIGNAL_CAUSES.get(signal.Signals(signum), signal.Signals(signum).name) if signum else "stopped"
+
+
+def node_results(run_data: Path, num_nodes: int, since: float) -> list[dict[str, Any]]:
+    """The supervisors' end-of-attempt results written since `since` (Unix seconds), from
+    `$DATA_DIR/$RUN_ID/supervisor/result-node<rank>.json` (docs/contract.md); unreadable ones skipped."""
+    results = []
     for rank in range(num_nodes):
         path = run_data / "supervisor" / f"result-node{rank}.json"
-        with contextlib.suppress(OSError, ValueError, TypeError):
+        with contextlib.suppress(OSError, ValueError):
             if path.stat().st_mtime >= since:
                 result = json.loads(path.read_text())
-                cause = f": {result['cause']}" if result.get("cause") else ""
-                reasons.append(f"node{rank}: {result['reason']} (exit {result['exit_code']}){cause}")
-    return reasons
+                if isinstance(result, dict) and "reason" in result:
+                    results.append({**result, "node_rank": rank})
+    return results
+
+
+def describe_result(result: Mapping[str, Any]) -> str:
+    """E.g. `node1: job_failed (exit 3): worker rank 1 (local rank 0) exited 3`."""
+    cause = f": {result['cause']}" if result.get("cause") else ""
+    return f"node{result['node_rank']}: {result['reason']} (exit {result.get('exit_code')}){cause}"
+
+
+def first_cause(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """The attempt's cause first, then its consequences: the failed node that ended earliest (a bad
+    node before any other failure), then the nodes stopped because of it. None without results."""
+    stopped = [r for r in results if r.get("exit_code") in (130, 143)]
+    failed = [r for r in results if r not in stopped and r.get("exit_code") not in (0, None)]
+    if not failed:
+        return "; ".join(describe_result(r) for r in results) or None
+    first = min(failed, key=lambda r: (r.get("exit_code") != 86, r.get("end_time") or 0))
+    text = describe_result(first)
+    if stopped:
+        ranks = ", ".join(f"node{r['node_rank']}" for r in stopped)
+        text += f"; then {ranks} stopped (SIGTERM) because node{first['node_rank']} failed"
+    return text
 
 
 def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int], lines: int = 40) -> None:

@@ -71,12 +71,12 @@ TERMINAL = frozenset(
     }
 )
 
-#: failure_reason of a local job cancelled after its launcher died without tearing it down.
-LAUNCHER_GONE_REASON = "launcher exited without tearing the job down (cancelled afterwards)"
-#: Seconds between SIGTERM and SIGKILL for the node process groups of such a job.
-NODE_TERM_WAIT = 10.0
+#: failure_reason of a local job whose launcher died without tearing it down (killed with SIGKILL).
+LAUNCHER_GONE_REASON = "launcher killed without tearing the job down"
 #: psutil's create_time() is only as precise as the boot time (whole seconds on Linux).
 CLOCK_SLACK = 1.0
+#: Longest reason shown in the status table (the whole text is in --json and at the end of `logs`).
+TABLE_REASON_CHARS = 100
 
 log = logging.getLogger("skyops.jobs")
 
@@ -91,7 +91,8 @@ class JobsConfig:
     active: bool = False
     json: bool = False
     follow: bool = False
-    wait: float = 90.0
+    wait: float | None = None
+    force: bool = False
     verbose: bool = False
     runs_dir: Path = REPO / ".skyops" / "runs"
 
@@ -104,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file", type=Path, default=None, help="configuration file [default: <repo>/.env if present]"
     )
     p.add_argument(
-        "--runs-dir", type=Path, default=REPO / ".skyops" / "runs", help="local backend run directories"
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="local backend run directories [default: $SKYOPS_STATE_DIR/runs, else <repo>/.skyops/runs]",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -118,7 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     lg.add_argument("ids", metavar="ID", nargs=1, help="job id or run name")
     ca = sub.add_parser("cancel", help="cancel jobs", allow_abbrev=False)
-    ca.add_argument("--wait", type=float, default=90.0, help="local: seconds to wait for the teardown")
+    ca.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        help="local: seconds to wait for the teardown [default: the job's GRACE + 30]",
+    )
+    ca.add_argument(
+        "--force",
+        action="store_true",
+        help="local: SIGKILL every process of the job now, skipping its GRACE period (its SIGTERM"
+        " handlers get no time to save anything)",
+    )
     ca.add_argument("ids", metavar="ID", nargs="+", help="job ids or run names")
     return p
 
@@ -158,17 +173,16 @@ def _duration(seconds: Any) -> str:
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A plain text table (header + rows) of `columns` = [(title, key)]; None shown as `-`."""
-    cells = [[t for t, _ in columns]] + [
-        ["-" if r.get(k) in (None, "") else str(r.get(k)) for _, k in columns] for r in rows
-    ]
-    widths = [
-        max(len(row[i].splitlines()[0] if row[i] else "") for row in cells) for i in range(len(columns))
-    ]
-    lines = []
-    for row in cells:
-        parts = [(c.splitlines()[0] if c else "").ljust(w) for c, w in zip(row, widths, strict=True)]
-        lines.append("  ".join(parts).rstrip())
+    """A plain text table (header + rows) of `columns` = [(title, key)]; None shown as `-`. Every cell
+    is one line of at most TABLE_REASON_CHARS characters (cut with `…`; --json has the whole text)."""
+
+    def cell(value: Any) -> str:
+        text = "-" if value in (None, "") else " ".join(str(value).split())
+        return text if len(text) <= TABLE_REASON_CHARS else text[: TABLE_REASON_CHARS - 1] + "…"
+
+    cells = [[t for t, _ in columns]] + [[cell(r.get(k)) for _, k in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -234,29 +248,74 @@ def launcher_alive(record: Mapping[str, Any]) -> bool:
     except (psutil.Error, ValueError):
         return False
     submitted = record.get("submitted_at")
-    return submitted is None or started <= float(submitted) + 1.0
+    return submitted is None or started <= float(submitted) + CLOCK_SLACK
 
 
-def local_state(job: LocalJob) -> str:
-    """The recorded state; a job not finished whose launcher is gone is shown as such."""
-    state = job.state
-    if state not in TERMINAL and not launcher_alive(job.record):
-        return f"{state} (launcher gone)"
-    return state
+def job_processes(job: LocalJob) -> list[Any]:
+    """The live processes of a local job, wherever they are (found by their SKYOPS_LOCAL_JOB marker)."""
+    import _teardown
+
+    return _teardown.marked(_teardown.JOB_MARKER, str(job.dir))
+
+
+def settle(job: LocalJob) -> tuple[LocalJob, int]:
+    """The job as it really stands, and how many of its processes live on without a launcher.
+
+    A job not finished whose launcher is gone (killed with SIGKILL) is still running while any of its
+    processes lives; once none does, its end is recorded in job.json: SUCCEEDED when every node's last
+    result says exit 0, else FAILED_CONTROLLER with LAUNCHER_GONE_REASON and the nodes' causes."""
+    import _local_backend as lb
+
+    if job.state in TERMINAL or launcher_alive(job.record):
+        return job, 0
+    left = len(job_processes(job))
+    if left:
+        return job, left
+    record = dict(job.record)
+    attempts = record.get("attempts") or [{}]
+    since = float(attempts[-1].get("started_at") or record.get("submitted_at") or 0)
+    nodes = int(record.get("num_nodes") or 1)
+    results = lb.node_results(Path(record["run_data"]), nodes, since) if record.get("run_data") else []
+    done = len(results) == nodes and all(r.get("exit_code") == 0 for r in results)
+    cause = lb.first_cause(results)
+    record["state"] = "SUCCEEDED" if done else "FAILED_CONTROLLER"
+    record["reason"] = f"{LAUNCHER_GONE_REASON}; no process of the job is left" + (
+        f"; {cause}" if cause else ""
+    )
+    record["failure_reason"] = None if done else record["reason"]
+    record["exit_code"] = EXIT_OK if done else EXIT_FAILED
+    if attempts and isinstance(attempts[-1], dict):
+        attempts[-1].setdefault("ended_at", time.time())
+    with contextlib.suppress(OSError):
+        lb.write_json(job.dir / "job.json", record)
+    return LocalJob(job.job_id, job.run, job.dir, record), 0
+
+
+LOCAL_COLUMNS = [("ID", "job_id"), ("NAME", "name"), ("STATUS", "status"), ("RECOVERIES", "recovery_count"),
+                 ("SUBMITTED", "submitted"), ("DURATION", "duration"), ("REASON", "reason")]  # fmt: skip
 
 
 def local_rows(jobs: Sequence[LocalJob], now: float) -> list[dict[str, Any]]:
+    """Status rows of local jobs (each settled first: see settle); `reason` says why a job ended, or
+    why it is still shown running."""
     rows = []
-    for j in jobs:
+    for job in jobs:
+        j, left = settle(job)
         r = j.record
         attempts = r.get("attempts") or []
         start = attempts[0].get("started_at") if attempts else r.get("submitted_at")
         end = attempts[-1].get("ended_at") if attempts and j.state in TERMINAL else None
+        status, reason = j.state, r.get("reason") or r.get("failure_reason")
+        if left:
+            status = f"{j.state} (launcher gone)"
+            reason = (
+                f"launcher gone; {left} process(es) of the job live on (jobs.py cancel {j.job_id} stops them)"
+            )
         rows.append({
-            "job_id": j.job_id, "name": j.run, "status": local_state(j), "recovery_count": r.get("recovery_count", 0),
+            "job_id": j.job_id, "name": j.run, "status": status, "recovery_count": r.get("recovery_count", 0),
             "submitted": _when(r.get("submitted_at")), "submitted_at": r.get("submitted_at"),
-            "duration": _duration((end or now) - start) if start else "-", "failure_reason": r.get("failure_reason"),
-            "num_nodes": r.get("num_nodes"), "dir": str(j.dir),
+            "duration": _duration((end or now) - start) if start else "-", "reason": reason,
+            "failure_reason": r.get("failure_reason"), "num_nodes": r.get("num_nodes"), "dir": str(j.dir),
         })  # fmt: skip
     return rows
 
@@ -271,12 +330,12 @@ def _log_files(job_dir: Path) -> list[Path]:
 
 def local_logs(job: LocalJob, runs_dir: Path, out: IO[str], follow: bool, poll: float = 0.3) -> int:
     """Print every node log of the job, each line prefixed `(attemptN/nodeR.log)`; with `follow`,
-    keep printing new lines (new attempts included) until the job ends. 0 succeeded, 1 otherwise."""
+    keep printing new lines (new attempts included) until the job ends. Then one line on stderr says
+    how it ended (see local_outcome); returns its exit code."""
     offsets: dict[Path, int] = {}
     partial: dict[Path, bytes] = {}
 
-    def drain() -> bool:
-        wrote = False
+    def drain() -> None:
         for path in _log_files(job.dir):
             with contextlib.suppress(OSError), open(path, "rb") as fh:
                 fh.seek(offsets.get(path, 0))
@@ -288,118 +347,120 @@ def local_logs(job: LocalJob, runs_dir: Path, out: IO[str], follow: bool, poll: 
                 label = f"({path.parent.name}/{path.name}) "
                 for line in lines[:-1]:
                     out.write(label + line.decode(errors="replace").rstrip("\r") + "\n")
-                    wrote = True
         out.flush()
-        return wrote
 
     while True:
         drain()
-        current = find_local(local_jobs(runs_dir), str(job.job_id))
-        if not follow or current.state in TERMINAL or not launcher_alive(current.record):
+        current, left = settle(find_local(local_jobs(runs_dir), str(job.job_id)))
+        if not follow or current.state in TERMINAL:
             drain()
             for path, rest in partial.items():
                 out.write(f"({path.parent.name}/{path.name}) {rest.decode(errors='replace')}\n")
             out.flush()
-            code, line = local_outcome(current)
+            code, line = local_outcome(current, left)
             if line:
                 print(line, file=sys.stderr, flush=True)
             return code
         time.sleep(poll)
 
 
-def local_outcome(job: LocalJob) -> tuple[int, str | None]:
-    """The exit code of `jobs.py logs` for a local job, and the line that explains it on stderr:
-    0 SUCCEEDED; 0 not finished yet (launcher alive); 1 any other end, and a job whose launcher is
-    gone without finishing it."""
+def local_outcome(job: LocalJob, left: int = 0) -> tuple[int, str | None]:
+    """The exit code of `jobs.py logs` for a (settled) local job, and the line on stderr that explains
+    it: 0 for a success (with its reason when it has one, e.g. a runtime budget) and for a job not
+    finished yet; 1 for any other end, and for a success that never ran the job (launcher exit 1)."""
     state, what = job.state, f"job {job.job_id} (run {job.run})"
-    if state == "SUCCEEDED":
-        return EXIT_OK, None
+    reason = job.record.get("reason") or job.record.get("failure_reason")
     if state in TERMINAL:
-        reason = job.record.get("failure_reason")
-        return EXIT_FAILED, f"{what} ended {state}{f': {reason}' if reason else ''}"
-    if launcher_alive(job.record):
-        return EXIT_OK, f"{what} is {state}: not finished (logs --follow keeps printing)"
-    return EXIT_FAILED, (
-        f"{what} is {state} but its launcher is gone: it will not finish"
-        f" (jobs.py cancel {job.job_id} stops its nodes and marks it ended)"
-    )
+        ok = state == "SUCCEEDED" and job.record.get("exit_code", EXIT_OK) == EXIT_OK
+        if ok and not reason:
+            return EXIT_OK, None
+        return (EXIT_OK if ok else EXIT_FAILED), f"{what} ended {state}{f': {reason}' if reason else ''}"
+    if left:
+        return EXIT_OK, (
+            f"{what} is {state}: its launcher is gone, {left} process(es) live on"
+            f" (jobs.py cancel {job.job_id} stops them)"
+        )
+    return EXIT_OK, f"{what} is {state}: not finished (logs --follow keeps printing)"
 
 
-def local_cancel(job: LocalJob, runs_dir: Path, wait: float, term_wait: float | None = None) -> int:
-    """SIGTERM the job's launcher (the local backend stops every node); wait up to `wait` seconds
-    for job.json to show the end. When the launcher is gone, stop what it left behind instead
-    (`cancel_orphaned`, with `term_wait` seconds, default NODE_TERM_WAIT, between SIGTERM and
-    SIGKILL). 0 when cancelled or already finished, 1 when it did not end in time."""
-    term_wait = NODE_TERM_WAIT if term_wait is None else term_wait
+def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool = False) -> int:
+    """Cancel a local job: record the request (CANCEL_REQUEST, so the job's end says who cancelled
+    it), SIGTERM its launcher, which stops every node with the job's whole GRACE, and wait up to `wait`
+    seconds (default GRACE + 30) for job.json to show the end. `force`: SIGKILL every process of the job
+    as soon as the launcher has started stopping (no grace). When the launcher is gone, stop the job's
+    processes directly (cancel_orphaned). 0 when cancelled or already finished, 1 when it did not end."""
+    import _local_backend as lb
+    import _teardown
+
+    what = f"job {job.job_id} ({job.run})"
+    job, _ = settle(job)
     if job.state in TERMINAL:
-        print(f"job {job.job_id} ({job.run}): already {job.state}", file=sys.stderr)
+        print(f"{what}: already {job.state}", file=sys.stderr)
         return EXIT_OK
+    grace = float(job.record.get("grace_s") or 60)
+    wait = grace + lb.STOP_GRACE_EXTRA + 20 if wait is None else wait
+    by = "jobs.py cancel --force" if force else "jobs.py cancel"
+    with contextlib.suppress(OSError):
+        lb.write_json(job.dir / lb.CANCEL_REQUEST, {"by": by, "time": time.time()})
     if not launcher_alive(job.record):
-        return cancel_orphaned(job, term_wait)
+        return cancel_orphaned(job, force)
     os.kill(int(job.record["launcher_pid"]), signal.SIGTERM)
-    print(
-        f"job {job.job_id} ({job.run}): SIGTERM sent to launcher {job.record['launcher_pid']}; stopping nodes",
-        file=sys.stderr,
-    )
+    how = "--force: SIGKILL to every process now" if force else f"every process gets GRACE={grace:g} s"
+    print(f"{what}: SIGTERM sent to its launcher {job.record['launcher_pid']}; {how}", file=sys.stderr)
     deadline = time.monotonic() + wait
+    killed = not force
     while time.monotonic() < deadline:
         current = find_local(local_jobs(runs_dir), str(job.job_id))
         if current.state in TERMINAL:
-            print(f"job {job.job_id} ({job.run}): {current.state}", file=sys.stderr)
+            print(f"{what}: {current.state} ({current.record.get('reason') or 'cancelled'})", file=sys.stderr)
             return EXIT_OK
         if not launcher_alive(current.record):  # it died without recording the end
-            return cancel_orphaned(current, term_wait)
-        time.sleep(0.2)
-    print(
-        f"job {job.job_id} ({job.run}): still stopping after {wait:.0f} s (see jobs.py status)",
-        file=sys.stderr,
-    )
+            return cancel_orphaned(current, force)
+        if not killed and current.state == "CANCELLING":
+            _teardown.stop(lambda: job_processes(job), 0, force=True)
+            killed = True
+        time.sleep(0.1)
+    print(f"{what}: still stopping after {wait:.0f} s (see jobs.py status)", file=sys.stderr)
     return EXIT_FAILED
 
 
-def cancel_orphaned(job: LocalJob, term_wait: float) -> int:
-    """Cancel a local job whose launcher is gone (killed by SIGHUP or SIGKILL before it tore the job
-    down): stop the node process groups job.json lists (`node_pids`, optional; see
-    `verified_node_groups` and `stop_process_groups`), then record the end in job.json (state
-    FAILED_CONTROLLER, failure_reason LAUNCHER_GONE_REASON; atomic write). 0, or 1 when a node
-    process group survived SIGKILL."""
-    path = job.dir / "job.json"
+def cancel_orphaned(job: LocalJob, force: bool = False) -> int:
+    """Cancel a local job whose launcher is gone (killed with SIGKILL before it tore the job down):
+    stop every process of the job (found by marker, in any session, re-parented or not) with the job's
+    GRACE, or at once with `force`, then record the end in job.json (FAILED_CONTROLLER, atomic write).
+    0, or 1 when a process survived SIGKILL."""
+    import _local_backend as lb
+    import _teardown
+
     what = f"job {job.job_id} ({job.run})"
-    try:
-        written_at = path.stat().st_mtime
-    except OSError:
-        written_at = time.time()
-    groups, skipped = verified_node_groups(job.record, written_at)
-    for pid in skipped:
-        print(f"{what}: node pid {pid} not signalled: no longer that node's process", file=sys.stderr)
-    left: list[int] = []
-    if groups:
+    grace = float(job.record.get("grace_s") or 60)
+    procs = job_processes(job)
+    result = _teardown.Teardown()
+    if procs:
+        how = "SIGKILL (--force)" if force else f"SIGTERM, GRACE={grace:g} s, then SIGKILL"
         print(
-            f"{what}: its launcher is gone; SIGTERM to node process group(s) {', '.join(map(str, groups))}",
+            f"{what}: its launcher is gone; stopping {len(procs)} process(es): {how}",
             file=sys.stderr,
             flush=True,
         )
-        left = stop_process_groups(groups, term_wait)
-    else:
-        print(f"{what}: its launcher is gone; no node process left to signal", file=sys.stderr)
+        result = _teardown.stop(lambda: job_processes(job), grace, force=force)
+    path = job.dir / "job.json"
     record = _read_record(path, job.record)
     if str(record.get("state")) in TERMINAL:  # it ended after all
         print(f"{what}: {record.get('state')}", file=sys.stderr)
         return EXIT_OK
-    record["state"] = "FAILED_CONTROLLER"
-    record["failure_reason"] = LAUNCHER_GONE_REASON
+    stopped = f"cancelled afterwards by jobs.py cancel{' --force' if force else ''}"
+    stopped += f": {result.signalled or len(result.killed)} process(es) stopped"
+    record.update(state="FAILED_CONTROLLER", failure_reason=f"{LAUNCHER_GONE_REASON}; {stopped}")
+    record.update(reason=record["failure_reason"], exit_code=EXIT_FAILED)
     attempts = record.get("attempts")
     if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict):
         attempts[-1].setdefault("ended_at", time.time())
-    write_json_atomic(path, record)
-    if left:
-        print(
-            f"{what}: marked FAILED_CONTROLLER, but node process group(s) {', '.join(map(str, left))}"
-            " survived SIGKILL",
-            file=sys.stderr,
-        )
+    lb.write_json(path, record)
+    if result.survivors:
+        print(f"{what}: FAILED_CONTROLLER, but pid(s) {result.survivors} survived SIGKILL", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{what}: FAILED_CONTROLLER ({LAUNCHER_GONE_REASON})", file=sys.stderr)
+    print(f"{what}: FAILED_CONTROLLER ({record['reason']})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -411,119 +472,53 @@ def _read_record(path: Path, default: dict[str, Any]) -> dict[str, Any]:
     return record if isinstance(record, dict) else dict(default)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` through a temp file in the same folder and os.replace()."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def verified_node_groups(record: Mapping[str, Any], written_at: float) -> tuple[list[int], list[int]]:
-    """The node process groups of `record["node_pids"]` that are safe to signal, and the listed pids
-    that are not. A pid is safe while it is still the node's process: a live process (a zombie
-    still holds its pid, so it counts), leader of its own process group (the local backend starts
-    each node in a new session), started no earlier than the job's `submitted_at` and no later than
-    job.json's last write `written_at` (the launcher lists a node after starting it), both with
-    CLOCK_SLACK seconds for psutil's precision. A reused pid fails the time window, so it is never
-    signalled. Missing or malformed `node_pids`, or no `submitted_at`: nothing is safe."""
-    import psutil
-
-    pids = record.get("node_pids")
-    if not isinstance(pids, list):
-        return [], []
-    submitted = record.get("submitted_at")
-    own = {os.getpid(), os.getpgrp()}
-    safe: list[int] = []
-    skipped: list[int] = []
-    for pid in dict.fromkeys(pids):
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1 or pid in own:
-            continue
-        try:
-            started = psutil.Process(pid).create_time()
-            leader = os.getpgid(pid) == pid
-        except (psutil.Error, OSError):
-            continue  # gone: nothing to signal
-        if (
-            leader
-            and isinstance(submitted, (int, float))
-            and float(submitted) - CLOCK_SLACK <= started <= written_at + CLOCK_SLACK
-        ):
-            safe.append(pid)
-        else:
-            skipped.append(pid)
-    return safe, skipped
-
-
-def group_alive(pgid: int) -> bool:
-    """True while process group `pgid` has a member that is not a zombie."""
-    import psutil
-
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (psutil.Error, OSError):
-            continue
-    return False
-
-
-def stop_process_groups(pgids: Sequence[int], wait: float, poll: float = 0.1) -> list[int]:
-    """SIGTERM each process group, wait up to `wait` seconds for them to empty, SIGKILL what remains.
-    Returns the groups still alive 2 s after SIGKILL (normally none)."""
-    for pgid in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-    remaining = list(pgids)
-    deadline = time.monotonic() + wait
-    while remaining and time.monotonic() < deadline:
-        time.sleep(poll)
-        remaining = [g for g in remaining if group_alive(g)]
-    if not remaining:
-        return []
-    for pgid in remaining:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
-    while remaining and time.monotonic() < deadline:
-        time.sleep(poll)
-        remaining = [g for g in remaining if group_alive(g)]
-    return remaining
-
-
 def run_local(cfg: JobsConfig, out: IO[str]) -> int:
     jobs = local_jobs(cfg.runs_dir)
     if cfg.command == "status":
         chosen = [find_local(jobs, i) for i in cfg.ids] if cfg.ids else jobs
-        if cfg.active and not cfg.ids:
-            chosen = [j for j in chosen if j.state not in TERMINAL]
         rows = local_rows(chosen, time.time())
-        out.write(json.dumps(rows, indent=2) + "\n" if cfg.json else table(rows, COLUMNS))
+        if cfg.active and not cfg.ids:
+            rows = [r for r in rows if r["status"] not in TERMINAL]
+        out.write(json.dumps(rows, indent=2) + "\n" if cfg.json else table(rows, LOCAL_COLUMNS))
         return EXIT_OK
     if cfg.command == "logs":
         return local_logs(find_local(jobs, cfg.ids[0]), cfg.runs_dir, out, cfg.follow)
     targets = [find_local(jobs, i) for i in cfg.ids]
-    return max(local_cancel(j, cfg.runs_dir, cfg.wait) for j in targets)
+    return max(local_cancel(j, cfg.runs_dir, cfg.wait, cfg.force) for j in targets)
 
 
 # --------------------------------------------------------------------------------------- sky
 
 
-def sky_rows(records: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+def sky_rows(
+    records: Sequence[Mapping[str, Any]],
+    now: float,
+    reasons: Mapping[int, Mapping[str, Any] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Status rows of queue_v2 records; `reasons` (job id -> the supervisor's summary, see
+    _sky_backend.supervisor_reasons) adds `reason` (e.g. max_runtime for a SUCCEEDED job whose
+    runtime budget ran out) and `cause`, None where unknown."""
     rows = []
     for r in records:
         status = r.get("status")
         status = getattr(status, "value", status)
+        summary = (reasons or {}).get(int(r["job_id"])) if r.get("job_id") is not None else None
         rows.append({
             "job_id": r.get("job_id"), "task_id": r.get("task_id"), "name": r.get("job_name") or r.get("task_name"),
             "status": status, "recovery_count": r.get("recovery_count"),
             "submitted": _when(r.get("submitted_at")), "submitted_at": r.get("submitted_at"),
             "duration": _duration(r.get("job_duration")), "failure_reason": r.get("failure_reason"),
+            "reason": summary.get("reason") if summary else None, "cause": summary.get("cause") if summary else None,
             "resources": r.get("resources"), "infra": r.get("infra"),
         })  # fmt: skip
     return rows
+
+
+def sky_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """COLUMNS, plus REASON (the supervisor's) before FAILURE_REASON when a row has one."""
+    if not any(r.get("reason") for r in rows):
+        return list(COLUMNS)
+    return [*COLUMNS[:-1], ("REASON", "reason"), COLUMNS[-1]]
 
 
 def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
@@ -543,7 +538,11 @@ def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
     return ids
 
 
-def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None) -> int:
+def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path | None = None) -> int:
+    """The sky backend's commands. status: queue_v2 records, with the supervisor's reason of each
+    finished job (from the end of its logs, cached in `reasons_cache`, default
+    _sky_backend.REASONS_CACHE). logs: _sky_backend.show_logs (the outcome from the job's status
+    when SkyPilot's tail_logs answers None, as it does without --follow)."""
     import _sky_backend
 
     sdk = sdk if sdk is not None else _sky_backend.SkyJobsSDK()
@@ -551,23 +550,18 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None) -> int:
         if cfg.command == "status":
             ids = sky_job_ids(sdk, cfg.ids) if cfg.ids else None
             records = sdk.queue(ids, cfg.active and not ids, False)
-            rows = sky_rows(records, time.time())
-            out.write(json.dumps(rows, indent=2, default=str) + "\n" if cfg.json else table(rows, COLUMNS))
+            reasons = _sky_backend.supervisor_reasons(sdk, records, reasons_cache)
+            rows = sky_rows(records, time.time(), reasons)
+            out.write(
+                json.dumps(rows, indent=2, default=str) + "\n" if cfg.json else table(rows, sky_columns(rows))
+            )
             return EXIT_OK
         if cfg.command == "logs":
             (job_id,) = sky_job_ids(sdk, cfg.ids)
-            if cfg.follow:
-                tail = _sky_backend.tail_until_done(sdk, job_id, out)
-                code = _sky_backend.exit_code_of_tail(job_id, tail)
-            else:
-                tail = sdk.tail_logs(job_id, False, out)
-                if tail == _sky_backend.TAIL_NOT_FOUND:
-                    raise ConfigError(f"ID {job_id}: no such managed job")
-                ok = (_sky_backend.TAIL_SUCCEEDED, _sky_backend.TAIL_NOT_FINISHED)
-                code = EXIT_OK if tail in ok else EXIT_FAILED
-            if code == EXIT_FAILED:  # logs exits with the job's outcome: say which
+            code, line = _sky_backend.show_logs(sdk, job_id, out, cfg.follow)
+            if line:  # logs exits with the job's outcome: say which
                 out.flush()
-                print(_sky_backend.ended_line(sdk, job_id, tail), file=sys.stderr, flush=True)
+                print(line, file=sys.stderr, flush=True)
             return code
         ids = sky_job_ids(sdk, cfg.ids)
         sdk.cancel(ids)
@@ -610,9 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             active=getattr(args, "active", False),
             json=getattr(args, "json", False),
             follow=getattr(args, "follow", False),
-            wait=getattr(args, "wait", 90.0),
+            wait=getattr(args, "wait", None),
+            force=getattr(args, "force", False),
             verbose=args.verbose,
-            runs_dir=args.runs_dir,
+            runs_dir=args.runs_dir or Path(os.environ.get("SKYOPS_STATE_DIR") or REPO / ".skyops") / "runs",
         )
         if cfg.backend == "sky":
             return run_sky(cfg, sys.stdout)

@@ -99,6 +99,11 @@ class LaunchConfig:
     repo: Path = REPO
     base_env: dict[str, str] = field(default_factory=dict, repr=False)
 
+    @property
+    def state_dir(self) -> Path:
+        """The local backend's run state: `$SKYOPS_STATE_DIR`, else `<repo>/.skyops`."""
+        return Path(self.base_env.get("SKYOPS_STATE_DIR") or self.repo / ".skyops")
+
 
 def _positive(text: str) -> int:
     return _config.parse_int(text, "value", 1)

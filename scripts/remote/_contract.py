@@ -21,6 +21,12 @@ RESERVED_EXIT_CODES = frozenset({EXIT_BAD_NODE, EXIT_CRASH_LOOP})
 
 REASON_COMPLETED = "completed"
 REASON_MAX_RUNTIME = "max_runtime"
+#: The runtime budget ran out before the job itself ever started (during setup of its environment or
+#: the NCCL preflight, in every attempt so far): exit 0 like max_runtime, but never a plain success.
+REASON_MAX_RUNTIME_BEFORE_JOB = "max_runtime_before_job"
+#: DATA_DIR (or the run's folder in it) cannot be written: read-only, not a folder, no permission.
+#: A plain failure (exit 1), not a bad node: fresh nodes mount the same storage.
+REASON_DATA_DIR = "data_dir_unwritable"
 REASON_JOB_FAILED = "job_failed"
 REASON_JOB_FAILED_RESERVED = "job_failed_reserved_code"
 REASON_HEARTBEAT_TIMEOUT = "heartbeat_timeout"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import functools
 import json
 import logging
@@ -73,10 +74,12 @@ from _contract import (
     EXIT_SIGTERM,
     REASON_COMPLETED,
     REASON_CRASH_LOOP,
+    REASON_DATA_DIR,
     REASON_HEARTBEAT_TIMEOUT,
     REASON_JOB_FAILED,
     REASON_JOB_FAILED_RESERVED,
     REASON_MAX_RUNTIME,
+    REASON_MAX_RUNTIME_BEFORE_JOB,
     REASON_PREFLIGHT_ERROR,
     REASON_PREFLIGHT_FAILED,
     REASON_RECOVER_CAP,
@@ -726,14 +729,20 @@ def _replace_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def append_record(path: Path, record: Mapping[str, object]) -> bool:
-    """Add one JSON line to the ledger; False (logged) when it cannot be written.
+def os_error(exc: OSError) -> str:
+    """An OSError in one line with its errno name, e.g. `ENOSPC (No space left on device)`."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{name} ({exc.strerror})" if name and exc.strerror else str(exc)
+
+
+def append_records(path: Path, records: Sequence[Mapping[str, object]]) -> bool:
+    """Add JSON lines to the ledger; False (logged with the path and errno) when they cannot be written.
 
     Records are only ever added; earlier bytes, a corrupt line included, are kept as they are and a
     half-written last line gets a newline first. The file is rewritten whole (see _replace_bytes);
     a ledger that exists but cannot be read is left alone rather than overwritten.
     """
-    line = json.dumps(record, sort_keys=True).encode() + b"\n"
+    lines = b"".join(json.dumps(record, sort_keys=True).encode() + b"\n" for record in records)
     try:
         try:
             old = path.read_bytes()
@@ -741,21 +750,61 @@ def append_record(path: Path, record: Mapping[str, object]) -> bool:
             old = b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        _replace_bytes(path, old + line)
+        _replace_bytes(path, old + lines)
     except OSError as exc:
-        log.warning("cannot write the ledger %s (%s); supervision continues without it", path, exc)
+        log.warning("cannot write the ledger %s: %s; supervision continues", path, os_error(exc))
         return False
     return True
+
+
+def append_record(path: Path, record: Mapping[str, object]) -> bool:
+    """Add one JSON line to the ledger (see append_records)."""
+    return append_records(path, [record])
 
 
 def write_json(path: Path, data: Mapping[str, object]) -> bool:
-    """Write a JSON file whole (see _replace_bytes); False (logged) on error."""
+    """Write a JSON file whole (see _replace_bytes); False (logged with the path and errno) on error."""
     try:
         _replace_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     except OSError as exc:
-        log.warning("cannot write %s (%s)", path, exc)
+        log.warning("cannot write %s: %s", path, os_error(exc))
         return False
     return True
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (created with its parents) cannot take files, in one line; None when it can.
+
+    A full disk (ENOSPC, EDQUOT) is not "unwritable": the probe is an empty file, and what a full
+    disk does to the job's own writes is the job's failure (see full_disk_note).
+    """
+    probe = folder / f".skyops-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        return f"{folder}: {os_error(exc)}"
+    return None
+
+
+#: Free bytes under which DATA_DIR counts as full when a job fails (a failed checkpoint write leaves
+#: a few blocks at most; 16 MiB is far below any checkpoint and far above a filesystem's slack).
+FULL_DISK_BYTES = 16 * 2**20
+
+
+def full_disk_note(path: Path) -> str | None:
+    """`DATA_DIR <path> is full (ENOSPC: N bytes free)` when the filesystem of `path` has under
+    FULL_DISK_BYTES free; None otherwise or when it cannot be measured."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if free >= FULL_DISK_BYTES:
+        return None
+    return f"DATA_DIR {path} is full (ENOSPC: {free} bytes free)"
 
 
 def _number(value: object) -> float | None:
@@ -791,7 +840,8 @@ class Attempt:
     `significance`; rank 0 first on a tie) of rank 0's `end` record and the other nodes' results folded
     in as `node_result` records; `node_rank` is the node it came from. `reason` None: no node recorded an
     end (still running, or lost). `ended`: rank 0 recorded an end (a `lost` one included). `bad_node`:
-    any node exited EXIT_BAD_NODE.
+    any node exited EXIT_BAD_NODE. `job_started`: any node's record says the job itself ran (records
+    from before this field existed count as started).
     """
 
     number: int
@@ -802,6 +852,7 @@ class Attempt:
     bad_node: bool = False
     node_rank: int | None = None
     ended: bool = False
+    job_started: bool = False
 
     def describe(self) -> str:
         """E.g. `attempt 3: node1 job_failed (exit 3)`."""
@@ -824,6 +875,8 @@ def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
         a = acc.setdefault(number, {"runtime_s": 0.0})
         mine = outcomes.setdefault(number, [])
         event = rec["event"]
+        if event in ("end", "node_result") and rec.get("job_started", True) is not False:
+            a["job_started"] = True
         runtime = _number(rec.get("runtime_s"))
         if event == "start":
             a["start_time"] = _number(rec.get("time"))
@@ -865,6 +918,7 @@ def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
                 bad_node=any(c == EXIT_BAD_NODE for c, _, _ in mine),
                 node_rank=node,
                 ended=bool(a.get("ended")),
+                job_started=bool(a.get("job_started")),
             )
         )
     return attempts
@@ -899,11 +953,6 @@ def crash_loop_evidence(attempts: Sequence[Attempt], limits: Limits, now_wall: f
     return last if sum(a.runtime_s for a in last) / k < limits.crash_loop_min_runtime_s else None
 
 
-def is_crash_loop(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> bool:
-    """Whether `attempts` end in a crash loop (see crash_loop_evidence)."""
-    return crash_loop_evidence(attempts, limits, now_wall) is not None
-
-
 class Decision(NamedTuple):
     """The node's exit code and reason (docs/contract.md), and `cause`: one line for people on where
     the outcome came from (which worker, which nodes and attempts), None when the reason says it all."""
@@ -922,27 +971,34 @@ def decide(
     limits: Limits,
     now_wall: float,
     detail: str | None = None,
+    job_started: bool = True,
 ) -> Decision:
     """Apply the exit-code contract (docs/contract.md) to how the attempt ended.
 
     `stop` is the reason the supervisor stopped the job (REASON_SIGTERM, REASON_SIGINT,
-    REASON_MAX_RUNTIME, REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED, REASON_PREFLIGHT_ERROR) or
-    None when the job exited on its own with `job_code`; `detail` says where a failure came from (the
-    first failed torchrun worker). `prior` are the earlier attempts of this managed job with their
-    outcomes over all nodes; `current` is this one on this node (its exit code and reason are filled in
-    here).
+    REASON_MAX_RUNTIME, REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED, REASON_PREFLIGHT_ERROR,
+    REASON_DATA_DIR, REASON_CRASH_LOOP when a crash loop was already declared) or None when the job
+    exited on its own with `job_code`; `detail` says where it came from (the first failed torchrun
+    worker, the phase the budget ran out in). `prior` are the earlier attempts of this managed job with
+    their outcomes over all nodes; `current` is this one on this node (its exit code and reason are
+    filled in here). `job_started`: the job itself ran in this attempt or an earlier one; a budget that
+    ran out before it ever did is REASON_MAX_RUNTIME_BEFORE_JOB (docs/decisions/endings.md).
     """
     if stop == REASON_SIGTERM:
         return Decision(EXIT_SIGTERM, REASON_SIGTERM)
     if stop == REASON_SIGINT:
         return Decision(EXIT_SIGINT, REASON_SIGINT)
     if stop == REASON_MAX_RUNTIME:
-        return Decision(EXIT_OK, REASON_MAX_RUNTIME)
+        if not job_started:
+            return Decision(EXIT_OK, REASON_MAX_RUNTIME_BEFORE_JOB, detail)
+        return Decision(EXIT_OK, REASON_MAX_RUNTIME, detail)
+    if stop == REASON_CRASH_LOOP:
+        return Decision(EXIT_CRASH_LOOP, REASON_CRASH_LOOP, detail)
     cause = detail
     if stop in (REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED):
         code, reason = EXIT_BAD_NODE, stop
-    elif stop == REASON_PREFLIGHT_ERROR:
-        code, reason = EXIT_FAILURE, REASON_PREFLIGHT_ERROR
+    elif stop in (REASON_PREFLIGHT_ERROR, REASON_DATA_DIR):
+        code, reason = EXIT_FAILURE, stop
     elif job_code == 0:
         return Decision(EXIT_OK, REASON_COMPLETED)
     elif job_code in RESERVED_EXIT_CODES:
@@ -957,15 +1013,30 @@ def decide(
     this = replace(current, exit_code=code, reason=reason, bad_node=code == EXIT_BAD_NODE)
     loop = crash_loop_evidence([*prior, this], limits, now_wall)
     if loop is not None:
-        average = sum(a.runtime_s for a in loop) / len(loop)
-        return Decision(
-            EXIT_CRASH_LOOP,
-            REASON_CRASH_LOOP,
-            f"the last {len(loop)} failed attempts started within {limits.crash_loop_window_s / 60:g} min "
-            f"and ran {average:.1f} s on average (under {limits.crash_loop_min_runtime_s:g} s): "
-            + "; ".join(a.describe() for a in loop),
-        )
+        return Decision(EXIT_CRASH_LOOP, REASON_CRASH_LOOP, crash_loop_cause(loop, limits))
     return Decision(code, reason, cause)
+
+
+def crash_loop_cause(loop: Sequence[Attempt], limits: Limits) -> str:
+    """One line on why `loop` (see crash_loop_evidence) is a crash loop."""
+    average = sum(a.runtime_s for a in loop) / len(loop)
+    return (
+        f"the last {len(loop)} failed attempts started within {limits.crash_loop_window_s / 60:g} min "
+        f"and ran {average:.1f} s on average (under {limits.crash_loop_min_runtime_s:g} s): "
+        + "; ".join(a.describe() for a in loop)
+    )
+
+
+def declared_crash_loop(prior: Sequence[Attempt], limits: Limits, now_wall: float) -> str | None:
+    """Checked at the start of an attempt, before the preflight and the job: the cause line when an
+    earlier attempt declared a crash loop, or the earlier attempts already are one (a node whose
+    result was folded in late); None when this attempt may run. Once declared, no later attempt of
+    the managed job does paid work."""
+    declared = next((a for a in reversed(prior) if a.reason == REASON_CRASH_LOOP), None)
+    if declared is not None:
+        return f"crash loop declared at attempt {declared.number}; this attempt does not run the job"
+    loop = crash_loop_evidence(prior, limits, now_wall)
+    return None if loop is None else crash_loop_cause(loop, limits)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1184,13 +1255,15 @@ class Supervisor:
         """SIGTERM every live process of the tree, SIGKILL what is left after the grace period, reap.
 
         Never signals the supervisor or its process group. New processes that appear meanwhile get
-        the same treatment; a further SIGTERM/SIGINT to the supervisor ends the grace period at once.
-        Returns the seconds it took; logs processes that survive even SIGKILL for KILL_WAIT_S.
+        the same treatment. Every process gets the whole grace period from the first SIGTERM: a
+        repeated or duplicate SIGTERM/SIGINT to the supervisor (SkyPilot signals the whole tree, `uv
+        run` forwards what it gets, Ctrl-C reaches a process group twice) never shortens it, and no
+        process is sent SIGTERM twice. Returns the seconds it took; logs processes that survive even
+        SIGKILL for KILL_WAIT_S.
         """
         start = self.clock()
         term_until = start + self.grace_s
         give_up = term_until + KILL_WAIT_S
-        seen_signals = len(self.events.signals)
         sent: dict[psutil.Process, int] = {}
         pidfds: dict[psutil.Process, int | None] = {}
         try:
@@ -1201,8 +1274,6 @@ class Supervisor:
                     self._reap()
                     break
                 now = self.clock()
-                if len(self.events.signals) > seen_signals:
-                    term_until = min(term_until, now)
                 if now >= give_up:
                     log.error("processes survive SIGKILL: %s", ", ".join(str(p.pid) for p in live))
                     break
@@ -1257,12 +1328,24 @@ class AttemptRunner:
         self.number = 0
         self.start = 0.0
         self.start_wall = 0.0
+        #: What the attempt is doing now, for people: "preparing the job's environment", ...
+        self.phase = "starting"
+        #: The job itself was started in this attempt.
+        self.job_started = False
+        #: Records not yet in the ledger: a failed write (a full or flaky bucket mount) is retried with
+        #: the next record, so the ledger never drops a record it accepted.
+        self._pending: list[dict[str, object]] = []
 
-    def _record(self, event: str, **fields: object) -> None:
-        if self.writer:
-            append_record(
-                self.ledger, {"event": event, "attempt": self.number, "time": time.time(), **fields}
-            )
+    def _record(self, event: str, **fields: object) -> bool:
+        """Add a record to the ledger (node rank 0 only), with any earlier ones that failed to write;
+        True when every record so far is written."""
+        if not self.writer:
+            return True
+        self._pending.append({"event": event, "attempt": self.number, "time": time.time(), **fields})
+        if append_records(self.ledger, self._pending):
+            self._pending.clear()
+            return True
+        return False
 
     def _results(self) -> list[dict[str, object]]:
         """Every node's latest `result-node<rank>.json` of this managed job and task (unreadable ones
@@ -1315,6 +1398,7 @@ class AttemptRunner:
                     "exit_code": _code(res.get("exit_code")),
                     "reason": res.get("reason"),
                     "job_exit_code": _code(res.get("job_exit_code")),
+                    "job_started": res.get("job_started", True) is not False,
                     "runtime_s": _number(res.get("runtime_s")),
                     "cause": res.get("cause"),
                 }
@@ -1332,8 +1416,8 @@ class AttemptRunner:
                             "reason": LEDGER_LOST,
                         }
                     )
-            for rec in extra:
-                append_record(self.ledger, {**rec, "time": time.time()})
+            if extra:
+                append_records(self.ledger, [{**rec, "time": time.time()} for rec in extra])
         prior = [a for a in summarize([*records, *extra]) if a.number < number]
         if prior and prior[-1].reason is not None:
             log.info("previous %s", prior[-1].describe())
@@ -1358,13 +1442,17 @@ class AttemptRunner:
             command=list(cfg.command),
         )
         log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
-        if budget_end is not None and budget_end <= self.start:
-            log.warning("the runtime budget (%.0f s) is spent; not starting the job", lim.max_runtime_s)
-            phase = Phase(REASON_MAX_RUNTIME, None)
-        else:
+        phase = self._gate(prior, budget_end)
+        if phase is None:
             phase = self._preflight_then_job(budget_end)
         runtime = self.sup.clock() - self.start
         current = Attempt(self.number, self.start_wall, runtime, node_rank=ident.node_rank)
+        job_started = self.job_started or any(a.job_started for a in prior)
+        detail = phase.detail
+        if phase.stop == REASON_MAX_RUNTIME:
+            detail = self._budget_note(lim.max_runtime_s, job_started)
+        elif phase.stop is None and phase.code:
+            detail = "; ".join(filter(None, [detail, full_disk_note(cfg.data_dir)])) or None
         code, reason, cause = decide(
             phase.stop,
             phase.code,
@@ -1372,19 +1460,10 @@ class AttemptRunner:
             current=current,
             limits=lim,
             now_wall=time.time(),
-            detail=phase.detail,
+            detail=detail,
+            job_started=job_started,
         )
-        self._record(
-            "end",
-            runtime_s=round(runtime, 3),
-            exit_code=code,
-            reason=reason,
-            cause=cause,
-            job_exit_code=phase.code,
-            num_nodes=ident.num_nodes,
-            cluster=dict(ident.cluster_info) if ident.cluster_info else None,
-        )
-        result = {
+        result: dict[str, object] = {
             "run_id": cfg.run_id,
             "managed_job_id": ident.managed_job_id,
             "task_index": ident.task_index,
@@ -1395,10 +1474,24 @@ class AttemptRunner:
             "reason": reason,
             "cause": cause,
             "job_exit_code": phase.code,
+            "job_started": self.job_started,
             "runtime_s": round(runtime, 3),
             "start_time": self.start_wall,
             "end_time": time.time(),
         }
+        recorded = self._record(
+            "end",
+            runtime_s=round(runtime, 3),
+            exit_code=code,
+            reason=reason,
+            cause=cause,
+            job_exit_code=phase.code,
+            job_started=self.job_started,
+            num_nodes=ident.num_nodes,
+            cluster=dict(ident.cluster_info) if ident.cluster_info else None,
+        )
+        if not recorded:
+            result["ledger_error"] = f"the ledger {self.ledger} is missing {len(self._pending)} record(s)"
         write_json(result_path(cfg.data_dir, cfg.run_id, ident.node_rank), result)
         log.info(
             "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f%s",
@@ -1410,6 +1503,35 @@ class AttemptRunner:
             f" cause: {cause}" if cause else "",
         )
         return code
+
+    def _gate(self, prior: Sequence[Attempt], budget_end: float | None) -> Phase | None:
+        """Checked before any paid work: a Phase to end the attempt with at once, or None to go on."""
+        cfg = self.cfg
+        why = unwritable(cfg.data_dir / cfg.run_id / "supervisor")
+        if why is not None:
+            log.error("DATA_DIR cannot be written: %s", why)
+            return Phase(REASON_DATA_DIR, None, f"DATA_DIR is not writable: {why}")
+        loop = declared_crash_loop(prior, cfg.limits, time.time())
+        if loop is not None:
+            log.error("crash loop: %s", loop)
+            return Phase(REASON_CRASH_LOOP, None, loop)
+        if budget_end is not None and budget_end <= self.start:
+            log.warning(
+                "the runtime budget (%.0f s) is spent; not starting the job", cfg.limits.max_runtime_s
+            )
+            return Phase(REASON_MAX_RUNTIME, None)
+        return None
+
+    def _budget_note(self, budget_s: float, job_started: bool) -> str:
+        """E.g. `runtime budget MAX_RUNTIME_HOURS=0.002 (7 s over all attempts) ran out in the NCCL
+        preflight, before the job ever started`."""
+        where = "while the job ran" if self.job_started else self.phase
+        if not job_started:
+            where += ", before the job ever started"
+        return (
+            f"runtime budget MAX_RUNTIME_HOURS={budget_s / 3600:g} ({budget_s:.0f} s over all attempts)"
+            f" ran out {where}"
+        )
 
     def _deadline(self, budget_end: float | None) -> list[tuple[float | None, str]]:
         return [(budget_end, REASON_MAX_RUNTIME)]
@@ -1427,6 +1549,7 @@ class AttemptRunner:
         if kind != "uv":
             return ("python3" if kind else None), None
         uv = self.cfg.uv or "uv"
+        self.phase = f"while preparing the environment of {script.name} (uv sync)"
         phase = self.sup.run(
             [uv, "sync", "--quiet", "--script", str(script)],
             self.cfg.env,
@@ -1485,6 +1608,7 @@ class AttemptRunner:
         if cfg.dist.world_size > 1 and python is not None and not torchrun:
             log.info("no torch in the job's environment: one process on this node, without torchrun")
         argv = build_job_command(cfg.command, cfg.dist, python, failure_file, torchrun=torchrun)
+        self.phase, self.job_started = "while the job ran", True
         try:
             monitor = HeartbeatMonitor(
                 timeout_s=lim.heartbeat_timeout_s,
@@ -1524,6 +1648,7 @@ class AttemptRunner:
         # from the environment) and keeps its exit codes exact: under torchrun every failure is 1.
         argv = [python or "python3", str(script), "--json-out", str(report)]
         limit = self.sup.clock() + cfg.limits.startup_grace_s if cfg.limits.startup_grace_s > 0 else None
+        self.phase = "in the NCCL preflight"
         phase = self.sup.run(
             argv,
             self._job_env(),
