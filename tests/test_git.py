@@ -143,14 +143,90 @@ def test_dirty_tree_untracked_files_count(pushed: tuple[Path, Path]) -> None:
         _git.gate(work, None)
 
 
-def test_shallow_clone_is_refused_with_unshallow(pushed: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.fixture
+def shallow(pushed: tuple[Path, Path], tmp_path: Path) -> tuple[Path, str, str]:
+    """A real `git clone --depth 1 file://...` of a remote whose main has two commits and whose tag
+    v1.0 is on the first (so the tag lies beyond the clone's history). Returns (clone, v1.0's
+    commit, HEAD)."""
     work, remote = pushed
-    commit(work, "b.txt")
-    sh(work, "push", "-q")
-    shallow = tmp_path / "shallow"
-    sh(tmp_path, "clone", "-q", "--depth", "1", f"file://{remote}", str(shallow))
-    with pytest.raises(_git.GitError, match=r"shallow clone: .*git fetch --unshallow"):
-        _git.gate(shallow, None)
+    first = sh(work, "rev-parse", "HEAD")
+    sh(work, "tag", "-a", "v1.0", "-m", "release")
+    head = commit(work, "b.txt")
+    sh(work, "push", "-q", "--tags", "origin", "main")
+    clone = tmp_path / "shallow"
+    sh(tmp_path, "clone", "-q", "--depth", "1", f"file://{remote}", str(clone))
+    assert sh(clone, "rev-parse", "--is-shallow-repository") == "true"
+    return clone, first, head
+
+
+def test_shallow_clone_of_a_pushed_commit_passes(shallow: tuple[Path, str, str]) -> None:
+    """CI's depth-1 checkout of a pushed branch: HEAD is on origin/main, which is proof enough."""
+    clone, _, head = shallow
+    pin = _git.gate(clone, None)
+    assert (pin.commit, pin.remote) == (head, "origin")
+
+
+def test_shallow_clone_without_the_ref_says_shallow_not_unknown(
+    shallow: tuple[Path, str, str], pushed: tuple[Path, Path]
+) -> None:
+    clone, first, head = shallow
+    for ref in ("v1.0", first, first[:10]):
+        with pytest.raises(_git.GitError) as info:
+            _git.gate(clone, ref)
+        message = str(info.value)
+        assert message == (
+            f"--git-ref {ref!r}: not in this shallow clone (its history is cut off, so the ref may lie"
+            " beyond it): run git fetch --unshallow --tags, then retry"
+        )
+    work, _ = pushed  # the same tag in a full clone resolves; a made-up one is unknown there
+    assert _git.resolve_ref(work, "v1.0") == first
+    with pytest.raises(_git.GitError, match=r"--git-ref 'v9': unknown ref"):
+        _git.resolve_ref(work, "v9")
+    sh(clone, "fetch", "-q", "--unshallow", "--tags")  # the advised fix works
+    assert _git.gate(clone, "v1.0").commit == first and _git.gate(clone, None).commit == head
+
+
+def test_shallow_clone_that_cannot_show_the_commit_pushed_says_shallow(
+    shallow: tuple[Path, str, str],
+) -> None:
+    """A commit the fetched history does not show on a remote branch: the walk stopped at the
+    cut-off, so the gate cannot tell; it says so instead of counting "unpushed" commits."""
+    clone, _, _ = shallow
+    local = commit(clone, "c.txt")
+    with pytest.raises(_git.GitError) as info:
+        _git.gate(clone, None)
+    assert str(info.value) == (
+        f"shallow clone: cannot tell whether {local[:12]} is pushed (1 unpushed commit within the"
+        " fetched history): run git fetch --unshallow --tags, then push what is still unpushed,"
+        " or pass --skip-git-check to launch anyway"
+    )
+
+
+def test_g2_branch_without_upstream_on_a_pushed_commit_passes(
+    pushed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Pushed means reachable from a remote-tracking branch, whatever the branch tracks: a new branch
+    without upstream on a pushed commit is launched, not refused."""
+    work, remote = pushed
+    head = sh(work, "rev-parse", "HEAD")
+    sh(work, "checkout", "-q", "-b", "feature")
+    assert _git.upstream(work, "feature") is None
+    assert _git.gate(work, None) == _git.GitPin(url=str(remote), commit=head, remote="origin")
+
+
+def test_pin_names_a_remote_that_holds_the_commit(pushed: tuple[Path, Path], tmp_path: Path) -> None:
+    """A commit pushed only to a second remote (a fork) is pinned to that remote's URL: the nodes
+    clone from where the commit is, not from origin, which lacks it."""
+    work, _ = pushed
+    fork = tmp_path / "fork.git"
+    sh(tmp_path, "init", "-q", "--bare", "-b", "main", str(fork))
+    sh(work, "remote", "add", "fork", str(fork))
+    sh(work, "checkout", "-q", "-b", "feature")
+    head = commit(work, "b.txt")
+    sh(work, "push", "-q", "fork", "feature")  # no upstream set
+    assert _git.gate(work, None) == _git.GitPin(url=str(fork), commit=head, remote="fork")
+    sh(work, "push", "-q", "-u", "origin", "feature")  # now on both: the upstream's remote wins
+    assert _git.gate(work, None).remote == "origin"
 
 
 def test_no_remote_and_not_a_repo(tmp_path: Path) -> None:

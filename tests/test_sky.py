@@ -62,7 +62,9 @@ pytestmark = pytest.mark.skipif(
 
 
 class FakeSkyJobsSDK:
-    """A fake of sb.SkyJobsSDK, the boundary to the API server (no server or cloud here)."""
+    """A fake of sb.SkyJobsSDK, the boundary to the API server (no server or cloud here). Like
+    SkyPilot 0.14.1's sky.jobs.tail_logs, `tail_logs` answers a code only when following and None
+    without follow (sky/jobs/client/sdk.py: `get_result=follow`); `log_tail` gives the last lines."""
 
     def __init__(
         self, ids: list[Any] | None = None, fail_at: int | None = None, error: Exception | None = None
@@ -75,6 +77,9 @@ class FakeSkyJobsSDK:
         self.tail_codes: list[int] = []
         self.cancelled: list[int] = []
         self.records: list[dict[str, Any]] = []
+        self.logs: dict[int, str] = {}  # job id -> its whole log; default: one line
+        self.log_tails: list[tuple[int, int]] = []  # (job id, lines) of each log_tail call
+        self.log_tail_error: Exception | None = None
 
     def launch(self, task: Any, name: str) -> Any:
         if self.fail_at is not None and len(self.launched) == self.fail_at:
@@ -82,10 +87,21 @@ class FakeSkyJobsSDK:
         self.launched.append((task, name))
         return self.ids[len(self.launched) - 1]
 
-    def tail_logs(self, job_id: int, follow: bool, stream: Any) -> int:
+    def _log(self, job_id: int) -> str:
+        return self.logs.get(job_id, f"log line of {job_id}\n")
+
+    def tail_logs(self, job_id: int, follow: bool, stream: Any) -> int | None:
         self.tails.append(job_id)
-        stream.write(f"log line of {job_id}\n")
+        stream.write(self._log(job_id))
+        if not follow:
+            return None
         return self.tail_codes.pop(0) if self.tail_codes else 0
+
+    def log_tail(self, job_id: int, lines: int) -> str:
+        self.log_tails.append((job_id, lines))
+        if self.log_tail_error is not None:
+            raise self.log_tail_error
+        return "".join(self._log(job_id).splitlines(keepends=True)[-lines:])
 
     def queue(self, job_ids: Any, skip_finished: bool, all_users: bool) -> list[dict[str, Any]]:
         return [r for r in self.records if not job_ids or r["job_id"] in job_ids]
@@ -490,10 +506,18 @@ from sky import jobs  # noqa: E402
 '''
 
 FAKE_SKY_JOBS = """\
+import json
+import os
+
 import sky
 
-RECORDS = [{"job_id": 7, "job_name": "r", "status": "FAILED", "recovery_count": 1,
-            "failure_reason": "setup failed", "submitted_at": 1000.0, "job_duration": 5.0}]
+RECORDS = json.loads(os.environ["FAKE_SKY_RECORDS"])
+LOGS = json.loads(os.environ["FAKE_SKY_LOGS"])
+
+
+def _called(what):
+    with open(os.environ["FAKE_SKY_CALLS"], "a") as fh:
+        fh.write(what + "\\n")
 
 
 def launch(task, name=None):
@@ -506,23 +530,47 @@ def queue_v2(refresh, skip_finished, all_users, job_ids, fields):
     return ([r for r in RECORDS if not job_ids or r["job_id"] in job_ids], 1, {}, 1)
 
 
-def tail_logs(job_id, follow, output_stream=None):
+def tail_logs(name=None, job_id=None, follow=True, controller=False, refresh=False, tail=None,
+              tail_offset=None, output_stream=None, task=None, *, preload_content=True):
+    # As SkyPilot 0.14.1's: prints the (last `tail`) lines; a code only when following, else None.
     sky._chatter("tail")
-    output_stream.write(f"log line of {job_id}\\n")
-    return 100
+    _called(f"tail_logs {job_id} follow={follow} tail={tail}")
+    lines = LOGS.get(str(job_id), "").splitlines(keepends=True)
+    output_stream.write("".join(lines[-tail:] if tail else lines))
+    if not follow:
+        return None
+    status = next((r["status"] for r in RECORDS if r["job_id"] == job_id), None)
+    if status is None:
+        return 102
+    return {"SUCCEEDED": 0, "CANCELLED": 103}.get(status, 100 if status.startswith("FAILED") else 101)
 
 
 def cancel(job_ids):
     sky._chatter("cancel")
 """
-FAKE_RECORDS = [{"job_id": 7, "job_name": "r", "status": "FAILED", "recovery_count": 1,
-                 "failure_reason": "setup failed", "submitted_at": 1000.0, "job_duration": 5.0}]  # fmt: skip
+FAKE_RECORDS = [
+    {"job_id": 7, "job_name": "r", "status": "FAILED", "recovery_count": 1, "failure_reason": "setup failed",
+     "submitted_at": 1000.0, "job_duration": 5.0},
+    {"job_id": 8, "job_name": "b", "status": "SUCCEEDED", "recovery_count": 0, "failure_reason": None,
+     "submitted_at": 1100.0, "job_duration": 90.0},
+    {"job_id": 9, "job_name": "a", "status": "RUNNING", "recovery_count": 0, "failure_reason": None,
+     "submitted_at": 1200.0, "job_duration": 9.0},
+]  # fmt: skip
+SUMMARY_7 = "run.py: ERROR: summary: node=0 attempt=3 reason=crash_loop exit_code=87 runtime_s=4.0 cause: 3 fast fails"
+SUMMARY_8 = "run.py: INFO: summary: node=0 attempt=1 reason=max_runtime exit_code=0 runtime_s=86.5"
+FAKE_LOGS = {
+    "7": f"log line of 7\n{SUMMARY_7}\n",
+    "8": "".join(f"step {i}\n" for i in range(300)) + SUMMARY_8 + "\n✓ Job finished (status: SUCCEEDED).\n",
+    "9": "step 1\n",
+}
 
 
 @pytest.fixture
 def fake_sky_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a real launch.py/jobs.py process whose `import sky` finds FAKE_SKY_*
-    (first on PYTHONPATH) instead of SkyPilot; ENV_FILE names a .env with the job's secrets."""
+    (first on PYTHONPATH) instead of SkyPilot; ENV_FILE names a .env with the job's secrets,
+    FAKE_SKY_CALLS the file the fake lists its tail_logs calls in; state (sky-reasons.json) goes to
+    SKYOPS_STATE_DIR, a temporary folder."""
     pkg = tmp_path / "fake-sky" / "sky"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(FAKE_SKY_INIT)
@@ -530,8 +578,10 @@ def fake_sky_env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "c.env").write_text("WANDB_API_KEY=x\nHF_TOKEN=\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
     env.update(
-        PYTHONPATH=str(pkg.parent), SKYPILOT_DISABLE_LOCAL_API_SERVER="1", ENV_FILE=str(tmp_path / "c.env")
-    )
+        PYTHONPATH=str(pkg.parent), SKYPILOT_DISABLE_LOCAL_API_SERVER="1", ENV_FILE=str(tmp_path / "c.env"),
+        FAKE_SKY_RECORDS=json.dumps(FAKE_RECORDS), FAKE_SKY_LOGS=json.dumps(FAKE_LOGS),
+        FAKE_SKY_CALLS=str(tmp_path / "calls.txt"), SKYOPS_STATE_DIR=str(tmp_path / "state"),
+    )  # fmt: skip
     return env
 
 
@@ -559,12 +609,16 @@ def test_stdout_is_data_only_while_the_sdk_prints(fake_sky_env: dict[str, str]) 
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == json.dumps(jobs.sky_rows(FAKE_RECORDS, 0.0), indent=2, default=str) + "\n"
-    assert_chatter_on_stderr(proc, "get", "queue")
+    reasons = {7: sb.parse_summary(SUMMARY_7), 8: sb.parse_summary(SUMMARY_8)}
+    assert proc.stdout == json.dumps(jobs.sky_rows(FAKE_RECORDS, 0.0, reasons), indent=2, default=str) + "\n"
+    assert_chatter_on_stderr(proc, "get", "queue", "tail")
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "logs", "7")  # streamed data
-    assert proc.returncode == 1 and proc.stdout == "log line of 7\n", proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "job 7 (run r) ended FAILED: setup failed"
+    assert proc.returncode == 1 and proc.stdout == FAKE_LOGS["7"], proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "job 7 (run r) ended FAILED: setup failed (supervisor: crash_loop)"
+    )
     assert_chatter_on_stderr(proc, "tail")
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "cancel", "7")
@@ -734,3 +788,261 @@ def test_help_and_bad_input_never_import_skypilot(tmp_path: Path) -> None:
         )
         last = proc.stderr.strip().splitlines()[-1]
         assert last in ("NOSKY 0", "NOSKY 2"), (args, proc.stderr)
+
+
+# ------------------------------------------------------------- GIT_COMMIT / GIT_DIRTY tell the truth
+
+
+def _git_envs(tmp_path: Path, *argv: str, repo: Path) -> dict[str, str]:
+    sdk = FakeSkyJobsSDK()
+    code, _, _ = run_launch(make_cfg(tmp_path, *argv, repo=repo), sdk)
+    assert code == 0
+    task = sdk.launched[0][0]
+    return {k: v for k, v in task.envs.items() if k.startswith("GIT_")} | {"workdir": str(task.workdir)}
+
+
+def _notifier_would_post(envs: dict[str, str]) -> bool:
+    """The rule a notifier follows (README "Going to the cloud"): a GitHub status only for a clean
+    40-hex GIT_COMMIT."""
+    import re
+
+    return (
+        envs.get("GIT_DIRTY") != "1" and re.fullmatch(r"[0-9a-f]{40}", envs.get("GIT_COMMIT", "")) is not None
+    )
+
+
+def test_skip_git_check_never_tells_the_job_a_commit_its_code_does_not_match(tmp_path: Path) -> None:
+    from test_git import commit
+
+    work, head = hosted_clone(tmp_path)
+    pinned = _git_envs(tmp_path, repo=work)
+    assert (pinned["GIT_COMMIT"], pinned["GIT_DIRTY"]) == (head, "0") and _notifier_would_post(pinned)
+    clean = _git_envs(tmp_path, "--skip-git-check", repo=work)  # the uploaded tree is exactly HEAD
+    assert clean == {"GIT_COMMIT": head, "GIT_DIRTY": "0", "workdir": str(work)}
+    (work / "a.txt").write_text("changed, not committed")
+    dirty = _git_envs(tmp_path, "--skip-git-check", repo=work)
+    assert dirty == {"GIT_COMMIT": f"{head}-dirty", "GIT_DIRTY": "1", "workdir": str(work)}
+    assert not _notifier_would_post(dirty)
+    (work / "a.txt").write_text("x")  # back to HEAD's content; an untracked file is uploaded too
+    (work / "new.py").write_text("print('not committed')\n")
+    assert _git_envs(tmp_path, "--skip-git-check", repo=work)["GIT_DIRTY"] == "1"
+    (work / "new.py").unlink()
+    commit(work, "b.txt")  # committed but not pushed: the tree is HEAD, so HEAD is the truth
+    assert _git_envs(tmp_path, "--skip-git-check", repo=work)["GIT_DIRTY"] == "0"
+    nogit = tmp_path / "nogit"
+    nogit.mkdir()
+    bare = _git_envs(tmp_path, "--skip-git-check", repo=nogit)
+    assert bare == {"GIT_DIRTY": "1", "workdir": str(nogit)} and not _notifier_would_post(bare)
+
+
+def test_dry_run_shows_git_dirty(tmp_path: Path) -> None:
+    work, head = hosted_clone(tmp_path)
+    (work / "a.txt").write_text("changed")
+    code, out, _ = run_launch(make_cfg(tmp_path, "--skip-git-check", "--dump-config", "json", repo=work))
+    envs = json.loads(out)["envs"]
+    assert code == 0 and (envs["GIT_COMMIT"], envs["GIT_DIRTY"]) == (f"{head}-dirty", "1")
+
+
+@pytest.mark.parametrize("key", ["GIT_DIRTY", "GIT_COMMIT"])
+def test_git_keys_are_launcher_owned(tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "job.yaml").write_text(JOB_YAML)
+    base = [
+        "--backend",
+        "sky",
+        "--task",
+        str(tmp_path / "job.yaml"),
+        "--skip-git-check",
+        "--run",
+        "r1",
+        "--dry-run",
+    ]
+    (tmp_path / "flag.env").write_text(f"WANDB_API_KEY={CANARY}\n")
+    code = launch.main(
+        [*base, "--env-file", str(tmp_path / "flag.env"), "--set", f"{key}=0", "examples/train.py"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        f"launch.py: error: --set {key}: {key} is set by the launcher from the git state (--git-ref,"
+        " --skip-git-check); remove it\n"
+    )
+    (tmp_path / "owned.env").write_text(f"WANDB_API_KEY={CANARY}\n{key}=0\n")
+    code = launch.main([*base, "--env-file", str(tmp_path / "owned.env"), "examples/train.py"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and CANARY not in captured.err
+    assert (
+        captured.err
+        == f"launch.py: error: {tmp_path / 'owned.env'}:2: {key} is set by the launcher from the git state (--git-ref, --skip-git-check); remove it\n"
+    )
+
+
+# ------------------------------------------------------------- how a managed job ended
+
+FAILED_LOG = (
+    "(head, rank=0, pid=2211) step 1\n"
+    "(worker1, rank=1, pid=3121, ip=10.0.0.2) \x1b[31mboom\x1b[0m\n"
+    "(head, rank=0, pid=2211) run.py: INFO: summary: node=0 attempt=3 reason=sigterm exit_code=143 runtime_s=3.0\n"
+    "(worker1, rank=1, pid=3121, ip=10.0.0.2) run.py: ERROR: summary: node=1 attempt=3 reason=crash_loop"
+    " exit_code=87 runtime_s=2.5 cause: the last 3 failed attempts started within 60 min\n"
+)
+
+
+def test_parse_summary_picks_the_line_that_says_how_the_job_ended() -> None:
+    summary = sb.parse_summary(FAILED_LOG)
+    assert summary == {"node": 1, "attempt": 3, "reason": "crash_loop", "exit_code": 87, "runtime_s": 2.5,
+                       "cause": "the last 3 failed attempts started within 60 min"}  # fmt: skip
+    earlier = "run.py: INFO: summary: node=0 attempt=2 reason=job_failed exit_code=1 runtime_s=1.0\n"
+    assert sb.parse_summary(earlier + FAILED_LOG)["attempt"] == 3  # the last attempt counts
+    assert sb.parse_summary("run.py: INFO: summary: node=0 attempt=1 reason=max_runtime exit_code=0 runtime_s=7.0\r\n") == {
+        "node": 0, "attempt": 1, "reason": "max_runtime", "exit_code": 0, "runtime_s": 7.0, "cause": None}  # fmt: skip
+    assert sb.parse_summary("no summary: here\nsummary: node=x\n") is None
+
+
+def _records() -> list[dict[str, Any]]:
+    return [
+        {"job_id": 4, "job_name": "live", "status": "RUNNING", "submitted_at": 400.0, "failure_reason": None},
+        {"job_id": 5, "job_name": "loop", "status": "FAILED", "submitted_at": 500.0,
+         "failure_reason": "Job exited with exit codes [143, 87] (user program failure)."},
+        {"job_id": 6, "job_name": "budget", "status": "SUCCEEDED", "submitted_at": 600.0, "failure_reason": None},
+        {"job_id": 7, "job_name": "noresource", "status": "FAILED_NO_RESOURCE", "submitted_at": 700.0,
+         "failure_reason": "no resources"},
+    ]  # fmt: skip
+
+
+def _sdk_with_logs() -> FakeSkyJobsSDK:
+    sdk = FakeSkyJobsSDK()
+    sdk.records = _records()
+    sdk.logs = {
+        4: "step 1\n",
+        5: FAILED_LOG,
+        6: "".join(f"step {i}\n" for i in range(500))
+        + "run.py: INFO: summary: node=0 attempt=2 reason=max_runtime exit_code=0 runtime_s=86400.0\n"
+        + "Shared connection to 10.0.0.1 closed.\n",
+        7: "No logs: the job never ran on a cluster.\n",
+    }
+    return sdk
+
+
+def test_supervisor_reasons_are_fetched_once_per_finished_job(tmp_path: Path) -> None:
+    sdk, cache = _sdk_with_logs(), tmp_path / "state" / "sky-reasons.json"
+    reasons = sb.supervisor_reasons(sdk, sdk.records, cache)
+    assert {k: v and v["reason"] for k, v in reasons.items()} == {5: "crash_loop", 6: "max_runtime", 7: None}
+    assert sdk.log_tails == [(7, 200), (6, 200), (5, 200)]  # finished jobs only, newest first, by tail
+    assert sb.supervisor_reasons(sdk, sdk.records, cache) == reasons and len(sdk.log_tails) == 3  # cached
+    moved = [{**r, "submitted_at": 9.0} if r["job_id"] == 6 else r for r in sdk.records]
+    sb.supervisor_reasons(sdk, moved, cache)  # same id, another job (another API server): read again
+    assert sdk.log_tails[3:] == [(6, 200)]
+
+
+def test_supervisor_reasons_never_fail_status_and_never_cache_a_miss(tmp_path: Path) -> None:
+    sdk, cache = _sdk_with_logs(), tmp_path / "sky-reasons.json"
+    sdk.log_tail_error = RuntimeError("controller is stopped")
+    assert sb.supervisor_reasons(sdk, sdk.records, cache) == {}
+    assert sdk.log_tails == [(7, 200)] and not cache.exists()  # the first failure stops the fetching
+    sdk.log_tail_error = None
+    sdk.logs[6] = ""  # logs not synced yet: asked again next time
+    assert sb.supervisor_reasons(sdk, sdk.records, cache, max_fetches=2) == {7: None, 6: None}
+    assert sorted(json.loads(cache.read_text())["jobs"]) == ["7"]
+    cache.write_text("{corrupt")  # a broken cache is a cache miss, and rewritten
+    assert sb.supervisor_reasons(sdk, sdk.records, cache)[5]["reason"] == "crash_loop"
+    assert sorted(json.loads(cache.read_text())["jobs"]) == ["5", "7"]
+
+
+def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import jobs
+
+    sdk, cache = _sdk_with_logs(), tmp_path / "sky-reasons.json"
+    cfg = jobs.JobsConfig(backend="sky", command="status")
+    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "STATUS",
+        "RECOVERIES",
+        "SUBMITTED",
+        "DURATION",
+        "REASON",
+        "FAILURE_REASON",
+    ]
+    by_id = {line.split()[0]: line for line in lines[1:]}
+    assert by_id["6"].split()[1:3] == ["budget", "SUCCEEDED"] and "max_runtime" in by_id["6"]
+    assert "crash_loop" in by_id["5"] and "Job exited with exit codes [143, 87]" in by_id["5"]
+    assert jobs.run_sky(dataclasses.replace(cfg, json=True), sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["job_id"]: (r["status"], r["reason"]) for r in rows} == {
+        4: ("RUNNING", None), 5: ("FAILED", "crash_loop"), 6: ("SUCCEEDED", "max_runtime"), 7: ("FAILED_NO_RESOURCE", None)
+    }  # fmt: skip
+    assert rows[1]["cause"] == "the last 3 failed attempts started within 60 min"
+    assert len(sdk.log_tails) == 3  # the second status read the cache
+    sdk.records = [r for r in sdk.records if r["job_id"] == 4]  # nothing finished: no REASON column
+    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    assert "REASON " not in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("job_id", "follow", "code", "last_line"),
+    [
+        (5, False, 1, "job 5 (run loop) ended FAILED: Job exited with exit codes [143, 87] (user program failure). (supervisor: crash_loop)"),
+        (5, True, 1, "job 5 (run loop) ended FAILED: Job exited with exit codes [143, 87] (user program failure). (supervisor: crash_loop)"),
+        (7, False, 1, "job 7 (run noresource) ended FAILED_NO_RESOURCE: no resources"),
+        (6, False, 0, None),
+        (4, False, 0, None),
+    ],
+)  # fmt: skip
+def test_logs_ends_with_how_the_job_ended(
+    job_id: int, follow: bool, code: int, last_line: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --follow SkyPilot answers None (not a code): the outcome comes from the job's status."""
+    import jobs
+
+    sdk = _sdk_with_logs()
+    sdk.tail_codes = [sb.tail_code_of_status(r["status"]) for r in sdk.records if r["job_id"] == job_id]
+    cfg = jobs.JobsConfig(backend="sky", command="logs", ids=(str(job_id),), follow=follow)
+    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk) == code
+    out, err = capsys.readouterr()
+    assert out == sdk.logs[job_id]
+    assert (err.strip().splitlines() or [None])[-1] == last_line
+
+
+def test_logs_of_an_unknown_job_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    import jobs
+
+    sdk = _sdk_with_logs()
+    with pytest.raises(ConfigError, match=r"^ID 99: no such managed job$"):
+        jobs.run_sky(jobs.JobsConfig(backend="sky", command="logs", ids=("99",)), sys.stdout, sdk=sdk)
+
+
+def test_launch_follow_ends_with_the_supervisors_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sb.time, "sleep", lambda s: None)
+    sdk = FakeSkyJobsSDK(ids=[[5]])
+    sdk.records = _records()
+    sdk.logs = {5: FAILED_LOG}
+    sdk.tail_codes = [101, 100]
+    code, out, err = run_launch(make_cfg(tmp_path, "--follow"), sdk)
+    assert code == 1 and out == "" and FAILED_LOG in err
+    assert err.strip().splitlines()[-1].endswith("(supervisor: crash_loop)")
+
+
+def test_status_reasons_are_cached_across_real_processes(fake_sky_env: dict[str, str]) -> None:
+    """`jobs.py --backend sky status` reads the last 200 lines of each finished job once (tail=200),
+    then answers from $SKYOPS_STATE_DIR/sky-reasons.json (else <repo>/.skyops/)."""
+    calls = Path(fake_sky_env["FAKE_SKY_CALLS"])
+    proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert header.split()[-2:] == ["REASON", "FAILURE_REASON"]
+    assert [r.split()[:3] for r in rows] == [
+        ["7", "r", "FAILED"],
+        ["8", "b", "SUCCEEDED"],
+        ["9", "a", "RUNNING"],
+    ]
+    assert "max_runtime" in rows[1] and "crash_loop" in rows[0] and "setup failed" in rows[0]
+    first = calls.read_text().splitlines()
+    assert sorted(first) == ["tail_logs 7 follow=False tail=200", "tail_logs 8 follow=False tail=200"]
+    cache = json.loads((Path(fake_sky_env["SKYOPS_STATE_DIR"]) / "sky-reasons.json").read_text())
+    assert cache["jobs"]["8"] == {"submitted_at": 1100.0, "summary": sb.parse_summary(SUMMARY_8)}
+    proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
+    assert proc.returncode == 0 and calls.read_text().splitlines() == first, proc.stderr
+    assert [r["reason"] for r in json.loads(proc.stdout)] == ["crash_loop", "max_runtime", None]

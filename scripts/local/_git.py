@@ -6,16 +6,23 @@ which one. Before anything is launched, `gate()` resolves `--git-ref` to a 40-ch
 refuses, with the exact command that fixes it:
 
 - a dirty working tree (untracked files count: they would not reach the nodes);
-- a commit that no remote branch contains (a branch without upstream counts as unpushed, a detached
-  HEAD is judged against every remote branch: ../shared/cases/CASES.md G1, G2);
-- a shallow clone, which cannot answer "is it pushed?".
+- a commit that no remote-tracking branch contains. "Pushed" means exactly that: the commit is
+  reachable from some `refs/remotes/<remote>/<branch>`, whatever the checked-out branch tracks, so a
+  detached HEAD (CASES.md G1) and a branch without upstream whose commit is already on a remote branch
+  (G2) both pass; a branch without upstream with commits of its own is refused with `git push -u`.
+  The pin's URL is that of a remote that holds the commit (the upstream's, else origin, else any);
+- a shallow clone that lacks the ref, or whose truncated history cannot show the commit on a remote
+  branch: the refusal says the clone is shallow and gives `git fetch --unshallow --tags`. A shallow
+  clone whose commit IS on a remote-tracking branch (CI's `actions/checkout` of a pushed branch)
+  passes: reachability within the fetched history is proof enough.
 
 `remote_url_problem()` is the separate check that the chosen remote's URL is one cloud nodes can
 clone (https://, ssh://, git@host:path, ...), not a path on this machine or a file:// URL; the
 launcher refuses such a URL on a real launch and only warns on a dry run.
 
 Refs (CASES.md G3): a branch, a tag (annotated tags resolve to their commit, not the tag object), a
-short id or HEAD; an ambiguous prefix is an error listing the candidates, an unknown ref one naming it.
+short id or HEAD; an ambiguous prefix is an error listing the candidates, an unknown ref one naming it
+(in a shallow clone: one saying the clone is shallow, since the ref may lie beyond its history).
 
 Errors raise `_config.ConfigError` (one line, exit 2). Only the standard library and git are used;
 every git output is read without `\\r` (CASES.md E4).
@@ -30,6 +37,7 @@ from pathlib import Path
 from _config import ConfigError
 
 SKIP_HINT = "or pass --skip-git-check to launch anyway"
+UNSHALLOW = "git fetch --unshallow --tags"
 
 
 class GitError(ConfigError):
@@ -84,8 +92,8 @@ def is_repo(repo: Path) -> bool:
 def resolve_ref(repo: Path, ref: str) -> str:
     """The 40-character commit id `ref` names (branch, tag, short id, HEAD, any rev).
 
-    Raises GitError for an empty or unknown ref (naming it) and for an ambiguous short id (listing the
-    candidate commits).
+    Raises GitError for an empty or unknown ref (naming it; in a shallow clone saying so and giving
+    `git fetch --unshallow --tags`) and for an ambiguous short id (listing the candidate commits).
     """
     ref = ref.strip()
     if not ref or ref.startswith("-"):
@@ -108,7 +116,17 @@ def resolve_ref(repo: Path, ref: str) -> str:
         )
     if len(candidates) == 1:
         return candidates[0]
+    if is_shallow(repo):
+        raise GitError(
+            f"--git-ref {ref!r}: not in this shallow clone (its history is cut off, so the ref may lie"
+            f" beyond it): run {UNSHALLOW}, then retry"
+        )
     raise GitError(f"--git-ref {ref!r}: unknown ref (no branch, tag or commit of that name; try git fetch)")
+
+
+def is_shallow(repo: Path) -> bool:
+    """True for a shallow clone (`git rev-parse --is-shallow-repository`, git >= 2.15)."""
+    return _ok(repo, "rev-parse", "--is-shallow-repository") == "true"
 
 
 def _is_hex(text: str) -> bool:
@@ -116,14 +134,28 @@ def _is_hex(text: str) -> bool:
 
 
 def dirty_paths(repo: Path) -> list[str]:
-    """Paths with uncommitted changes, untracked files included (`git status --porcelain`)."""
-    out = git(repo, "status", "--porcelain", "--untracked-files=normal")
+    """Paths with uncommitted changes, untracked files included (`git status --porcelain`; with
+    --no-optional-locks, so a look at the tree never takes the index lock from a concurrent git)."""
+    out = git(repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=normal")
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 def unpushed_count(repo: Path, commit: str) -> int:
-    """How many commits reachable from `commit` no remote-tracking branch contains."""
+    """How many commits reachable from `commit` no remote-tracking branch contains (0: pushed)."""
     return int(git(repo, "rev-list", "--count", commit, "--not", "--remotes") or 0)
+
+
+def remotes_containing(repo: Path, commit: str, names: list[str]) -> list[str]:
+    """The remotes (of `names`) with a remote-tracking branch that contains `commit`, in `names` order."""
+    refs = _ok(repo, "for-each-ref", "--format=%(refname)", "--contains", commit, "refs/remotes/") or ""
+    found = set()
+    for ref in refs.splitlines():
+        rest = ref.removeprefix("refs/remotes/")
+        # Remote names may contain "/": take the longest configured name the ref starts with.
+        match = max((n for n in names if rest.startswith(n + "/")), key=len, default=None)
+        if match is not None:
+            found.add(match)
+    return [n for n in names if n in found]
 
 
 def current_branch(repo: Path) -> str | None:
@@ -143,8 +175,12 @@ def remotes(repo: Path) -> list[str]:
 def gate(repo: Path, ref: str | None) -> GitPin:
     """Resolve `ref` (default HEAD) and check that the nodes can clone exactly that commit.
 
-    Returns the pin (remote URL and commit). Raises GitError, with the command that fixes it, for a
-    repository without a remote, a shallow clone, a dirty tree or a commit no remote branch contains.
+    Pushed means: reachable from a remote-tracking branch (`git rev-list COMMIT --not --remotes` is
+    empty), whichever branch is checked out and whether or not it has an upstream. Returns the pin:
+    the commit and the URL of a remote that holds it (the upstream's remote, else origin, else the
+    first that does). Raises GitError, with the command that fixes it, for a repository without a
+    remote, a dirty tree, a commit no remote branch contains, and a shallow clone that lacks the ref
+    or the history to show the commit on a remote branch (`git fetch --unshallow --tags`).
     """
     if not is_repo(repo):
         raise GitError(
@@ -156,10 +192,6 @@ def gate(repo: Path, ref: str | None) -> GitPin:
         raise GitError(
             f"{repo}: no git remote to clone from: git remote add origin <url> && git push -u origin HEAD, {SKIP_HINT}"
         )
-    if _ok(repo, "rev-parse", "--is-shallow-repository") == "true":
-        raise GitError(
-            f"shallow clone: cannot tell whether {commit[:12]} is pushed: run git fetch --unshallow, {SKIP_HINT}"
-        )
     dirty = dirty_paths(repo)
     if dirty:
         shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
@@ -169,16 +201,27 @@ def gate(repo: Path, ref: str | None) -> GitPin:
         )
     branch = current_branch(repo)
     tracked = upstream(repo, branch) if branch else None
-    remote = tracked.split("/", 1)[0] if tracked else ("origin" if "origin" in names else names[0])
+    tracked_remote = next(
+        (n for n in sorted(names, key=len, reverse=True) if tracked and tracked.startswith(n + "/")), None
+    )
     count = unpushed_count(repo, commit)
     if count:
+        default = tracked_remote or ("origin" if "origin" in names else names[0])
         plural = f"{count} unpushed commit{'s' if count != 1 else ''}"
+        if is_shallow(repo):  # the walk may have stopped at the cut-off, not at a pushed commit
+            raise GitError(
+                f"shallow clone: cannot tell whether {commit[:12]} is pushed ({plural} within the fetched"
+                f" history): run {UNSHALLOW}, then push what is still unpushed, {SKIP_HINT}"
+            )
         if branch is None:
-            fix = f"detached HEAD: push it to a branch: git push {remote} {commit[:12]}:refs/heads/<branch>"
+            fix = f"detached HEAD: push it to a branch: git push {default} {commit[:12]}:refs/heads/<branch>"
             raise GitError(f"{plural} at {commit[:12]} ({fix}), {SKIP_HINT}")
         if tracked is None:
-            raise GitError(f"{plural} (no upstream configured): git push -u {remote} {branch}, {SKIP_HINT}")
+            raise GitError(f"{plural} (no upstream configured): git push -u {default} {branch}, {SKIP_HINT}")
         raise GitError(f"{plural} on {branch} (upstream {tracked}): git push, {SKIP_HINT}")
+    holders = remotes_containing(repo, commit, names)
+    preferred = [n for n in (tracked_remote, "origin") if n in holders]
+    remote = (preferred or holders or [tracked_remote or ("origin" if "origin" in names else names[0])])[0]
     url = git(repo, "remote", "get-url", remote)
     return GitPin(url=url, commit=commit, remote=remote)
 
@@ -214,3 +257,15 @@ def remote_url_problem(remote: str, url: str) -> str | None:
 def head_commit(repo: Path) -> str | None:
     """HEAD's commit id, or None outside a git repository (used with --skip-git-check)."""
     return _ok(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") if is_repo(repo) else None
+
+
+def worktree_matches(repo: Path, commit: str | None) -> bool:
+    """True when the working tree is exactly `commit`: a git repository, `commit` is HEAD, and
+    nothing is uncommitted or untracked (`git status --porcelain`). What --skip-git-check uploads
+    then is that commit; otherwise the job's code matches no commit (GIT_DIRTY=1)."""
+    if commit is None or not is_repo(repo) or head_commit(repo) != commit:
+        return False
+    try:
+        return not dirty_paths(repo)
+    except GitError:
+        return False

@@ -5,7 +5,10 @@ What `launch(cfg)` does, in order (nothing costs money before step 5):
 1. names: `--run`, or `<run>-1 .. <run>-N` with `--copies N`, each valid as a SkyPilot task and
    cluster name (../shared/cases/CASES.md N1);
 2. the git gate (`_git.gate`): the nodes clone the job's code from the git remote at one commit
-   (SkyPilot's git `workdir: {url, ref}`); the job sees it as `GIT_COMMIT`;
+   (SkyPilot's git `workdir: {url, ref}`); the job sees it as `GIT_COMMIT`, and `GIT_DIRTY=0`.
+   With --skip-git-check the working tree is uploaded instead: `GIT_COMMIT` is HEAD when the tree
+   is exactly HEAD (`GIT_DIRTY=0`), else `<HEAD>-dirty` with `GIT_DIRTY=1` (absent without a
+   repository), so the job is never told a commit its code does not match;
 3. the task: `sky.Task.from_yaml_config(job.yaml, env_overrides=..., secrets_overrides=...)` with the
    resolved envs (the text the user wrote, CASES.md Y1) and secrets (passed only as SkyPilot
    secrets, Y3), and the resource patches of `patch_resources` applied to every candidate (Y2);
@@ -15,6 +18,11 @@ What `launch(cfg)` does, in order (nothing costs money before step 5):
    from stdin: declined exits 1 ("not launched"), no answer (EOF) exits 2;
 5. one `sky.jobs.launch` per copy; job ids on stdout with `--print-id`; `--follow` tails the logs
    (`sky.jobs.tail_logs`; 101 "not finished" means still running, e.g. while a job recovers).
+
+For `jobs.py --backend sky`: `show_logs` prints a job's logs and says how it ended (without follow,
+SkyPilot's tail_logs answers None, so the outcome comes from the job's status), with the
+supervisor's reason from its summary line (`parse_summary`); `supervisor_reasons` reads that line
+from the end of each finished job's logs (`tail=N`) once, and caches it (finished jobs never change).
 
 Every SkyPilot failure (no API server, no cloud enabled, catalog unreachable, any exception) ends
 in one actionable line and exit 3 (`SkyError`); the traceback only with --verbose. Copies that did
@@ -34,16 +42,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import io
 import itertools
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import _config
@@ -55,11 +66,26 @@ log = logging.getLogger("skyops.sky")
 
 
 REDACTED = _task.REDACTED
-#: sky.jobs.tail_logs return codes (sky/exceptions.py JobExitCode).
+#: sky.jobs.tail_logs return codes (sky/exceptions.py JobExitCode). With follow=False, SkyPilot
+#: 0.14.1 returns None instead (sky/jobs/client/sdk.py tail_logs: `get_result=follow`): the outcome
+#: then comes from the job's status (`tail_code_of_status`).
 TAIL_SUCCEEDED, TAIL_FAILED, TAIL_NOT_FINISHED, TAIL_NOT_FOUND, TAIL_CANCELLED = 0, 100, 101, 102, 103
-#: Envs the launcher sets: GIT_COMMIT for the job; GIT_URL and GIT_COMMIT_HASH for SkyPilot's own
-#: clone of a git workdir on the nodes (sky/utils/git_clone.sh reads them).
-LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_URL", "GIT_COMMIT_HASH")
+#: Managed-job statuses that never change again (sky/jobs/state.py ManagedJobStatus.terminal_statuses).
+FINISHED = frozenset({"SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
+                      "FAILED_NO_RESOURCE", "FAILED_CONTROLLER"})  # fmt: skip
+REPO = Path(__file__).resolve().parents[2]
+#: The supervisor's reason per finished job id (`supervisor_reasons`) when no path is given;
+#: `jobs.py` passes the one in its state folder ($SKYOPS_STATE_DIR, else <repo>/.skyops).
+REASONS_CACHE = REPO / ".skyops" / "sky-reasons.json"
+#: Log lines fetched from the end of a finished job's logs to find the supervisor's summary line.
+SUMMARY_TAIL_LINES = 200
+#: Uncached finished jobs whose logs one `jobs.py status` fetches at most (newest first).
+MAX_REASON_FETCHES = 20
+#: Envs the launcher sets: GIT_COMMIT and GIT_DIRTY for the job; GIT_URL and GIT_COMMIT_HASH for
+#: SkyPilot's own clone of a git workdir on the nodes (sky/utils/git_clone.sh reads them).
+LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_DIRTY", "GIT_URL", "GIT_COMMIT_HASH")
+#: GIT_COMMIT's suffix when the uploaded code matches no commit (as `git describe --dirty` writes it).
+DIRTY_SUFFIX = "-dirty"
 DUMP_FORMATS = ("yaml", "json")
 
 
@@ -100,18 +126,23 @@ class Plan:
         return f"Plan(name={self.name!r}, secrets={sorted(self.secrets)})"
 
 
-def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None) -> Plan:
+def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None, dirty: bool = False) -> Plan:
     """The Plan of one copy of `cfg` (a launch.LaunchConfig): job.yaml with name, num_nodes, workdir
-    and resource patches; envs = resolved envs + RUN_ID + GIT_COMMIT (+ GIT_URL/GIT_COMMIT_HASH).
+    and resource patches; envs = resolved envs + RUN_ID + GIT_COMMIT + GIT_DIRTY (+ GIT_URL and
+    GIT_COMMIT_HASH with a pin). `dirty`: the uploaded code is not exactly `commit`; then GIT_DIRTY
+    is "1" and GIT_COMMIT is `<commit>-dirty` (never a bare commit the code does not match).
 
-    Raises ConfigError when the user set an env the launcher owns (GIT_COMMIT, GIT_URL, GIT_COMMIT_HASH).
+    Raises ConfigError when the user set an env the launcher owns (LAUNCHER_ENVS) by flag or .env.
     """
     assert cfg.task is not None
     owned = [k for k in LAUNCHER_ENVS if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
     if owned:
+        source = cfg.sources[owned[0]]
         raise ConfigError(
-            f"{cfg.sources[owned[0]]}: {owned[0]} is set by the launcher from the git commit (--git-ref)"
+            f"{f'--set {owned[0]}' if source == 'flag' else source}: {owned[0]} is set by the launcher"
+            " from the git state (--git-ref, --skip-git-check); remove it"
         )
+    assert not (pin is not None and dirty), "a pinned commit is never dirty"
     config = copy.deepcopy(cfg.task.config)
     config["name"] = name
     config["num_nodes"] = cfg.nodes
@@ -123,9 +154,11 @@ def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None) 
         max_restarts=cfg.max_restarts,
     )
     config["resources"] = resources
-    envs = {**cfg.envs, "RUN_ID": name}
+    envs = {k: v for k, v in cfg.envs.items() if k not in LAUNCHER_ENVS}
+    envs["RUN_ID"] = name
     if commit:
-        envs["GIT_COMMIT"] = commit
+        envs["GIT_COMMIT"] = commit + DIRTY_SUFFIX if dirty else commit
+    envs["GIT_DIRTY"] = "1" if dirty or not commit else "0"
     if pin is not None:
         config["workdir"] = {"url": pin.url, "ref": pin.commit}
         envs["GIT_URL"] = pin.url
@@ -133,7 +166,7 @@ def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None) 
     else:
         config["workdir"] = str(cfg.repo)
     # job.yaml's envs as written (text, CASES.md Y1); the resolved values arrive as env_overrides.
-    config["envs"] = dict(cfg.task.envs)
+    config["envs"] = {k: v for k, v in cfg.task.envs.items() if k not in LAUNCHER_ENVS}
     declared = list(dict.fromkeys([*cfg.task.secrets, *cfg.secrets, *cfg.missing_secrets]))
     config["secrets"] = {k: None for k in declared}
     return Plan(name=name, config=config, envs=envs, secrets=dict(cfg.secrets))
@@ -294,17 +327,30 @@ class SkyJobsSDK:
             )
             return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
 
-    def tail_logs(self, job_id: int, follow: bool, stream: IO[str]) -> int:
-        """Write the job's logs to `stream`; returns sky.jobs.tail_logs' code (TAIL_*). When `stream`
-        is the process's stdout, the lines go to the real stdout while SkyPilot's own chatter goes
-        to stderr."""
+    def tail_logs(self, job_id: int, follow: bool, stream: IO[str]) -> int | None:
+        """Write the job's logs to `stream`; returns what sky.jobs.tail_logs returns: a TAIL_* code
+        with `follow`, None without (SkyPilot 0.14.1, sky/jobs/client/sdk.py: `get_result=follow`
+        in its call of `stream_response`, which returns None unless get_result). When `stream` is
+        the process's stdout, the lines go to the real stdout while SkyPilot's own chatter goes to
+        stderr."""
         with stdout_to_stderr() as real_stdout:
             import sky
 
             target = real_stdout if _fileno(stream) == 1 else stream
             code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=target)
             target.flush()
-        return int(code if code is not None else TAIL_SUCCEEDED)
+        return None if code is None else int(code)
+
+    def log_tail(self, job_id: int, lines: int) -> str:
+        """The last `lines` lines of a managed job's logs as text (sky.jobs.tail_logs with
+        follow=False and tail=lines, SkyPilot 0.14.1 sky/jobs/client/sdk.py; the server reads the
+        file backwards, sky/jobs/server/core.py tail_logs)."""
+        buffer = io.StringIO()
+        with stdout_to_stderr():
+            import sky
+
+            sky.jobs.tail_logs(job_id=job_id, follow=False, tail=lines, output_stream=buffer)
+        return buffer.getvalue()
 
     def cancel(self, job_ids: Sequence[int]) -> None:
         with stdout_to_stderr():
@@ -401,9 +447,12 @@ def tail_until_done(
     sdk: Any, job_id: int, stream: IO[str], *, poll: float = 5.0, sleep: Callable[[float], None] | None = None
 ) -> int:
     """`sdk.tail_logs(follow=True)` again while it answers 101 (not finished); returns the last
-    tail_logs code (TAIL_*)."""
+    tail_logs code (TAIL_*). A None (what SkyPilot answers without follow) is read from the job's
+    status instead (`tail_code_of_status`)."""
     while True:
         code = sdk.tail_logs(job_id, True, stream)
+        if code is None:
+            code = tail_code_of_status(status_of(job_record(sdk, job_id)))
         if code != TAIL_NOT_FINISHED:
             return code
         log.info("job %d: not finished (recovering?): following again", job_id)
@@ -420,33 +469,270 @@ def exit_code_of_tail(job_id: int, code: int) -> int:
     return EXIT_FAILED
 
 
-def ended_line(sdk: Any, job_id: int, code: int) -> str:
-    """One line that explains a failed or cancelled job's non-zero exit (`jobs.py logs`,
-    `launch.py --follow`): `job N (run R) ended STATUS: failure_reason`, from the API server's
-    record (`sdk.queue`); from the tail_logs code alone when the record cannot be read."""
-    fallback = {TAIL_FAILED: "FAILED", TAIL_CANCELLED: "CANCELLED"}.get(code, f"(tail_logs code {code})")
-    try:
-        records = [r for r in sdk.queue([job_id], False, False) if r.get("job_id") in (job_id, str(job_id))]
-    except Exception as exc:  # the line explains an exit code; it must not replace it
-        log.debug("job %d: no record for the outcome line: %s", job_id, exc)
-        records = []
-    if not records:
-        return f"job {job_id} ended {fallback}"
-    record = records[-1]
+def job_record(sdk: Any, job_id: int) -> dict[str, Any] | None:
+    """The API server's record of managed job `job_id` (`sdk.queue`), or None when it has none.
+    Raises what the SDK raises."""
+    records = [r for r in sdk.queue([job_id], False, False) if r.get("job_id") in (job_id, str(job_id))]
+    return records[-1] if records else None
+
+
+def status_of(record: Mapping[str, Any] | None) -> str | None:
+    """The record's status as a string (`ManagedJobStatus.X.value`, or the text), None without one."""
+    if record is None:
+        return None
     status = record.get("status")
-    status = getattr(status, "value", status) or fallback
+    status = getattr(status, "value", status)
+    return str(status) if status else None
+
+
+def tail_code_of_status(status: str | None) -> int:
+    """The tail_logs code (TAIL_*) a followed job would end with, from its status: SUCCEEDED 0,
+    CANCELLED 103, any FAILED* 100, not finished 101, no record 102 (sky/exceptions.py JobExitCode,
+    from_job_status)."""
+    if status is None:
+        return TAIL_NOT_FOUND
+    if status == "SUCCEEDED":
+        return TAIL_SUCCEEDED
+    if status == "CANCELLED":
+        return TAIL_CANCELLED
+    if status in FINISHED:
+        return TAIL_FAILED
+    return TAIL_NOT_FINISHED
+
+
+def ended_line(
+    sdk: Any,
+    job_id: int,
+    code: int,
+    summary: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> str:
+    """One line that explains a failed or cancelled job's non-zero exit (`jobs.py logs`,
+    `launch.py --follow`): `job N (run R) ended STATUS: failure_reason (supervisor: reason)`, from
+    the API server's record (`record`, else `sdk.queue`) and the supervisor's summary line
+    (`parse_summary`); from the tail_logs code alone when the record cannot be read."""
+    fallback = {TAIL_FAILED: "FAILED", TAIL_CANCELLED: "CANCELLED"}.get(code, f"(tail_logs code {code})")
+    why = f" (supervisor: {summary['reason']})" if summary and summary.get("reason") else ""
+    if record is None:
+        try:
+            record = job_record(sdk, job_id)
+        except Exception as exc:  # the line explains an exit code; it must not replace it
+            log.debug("job %d: no record for the outcome line: %s", job_id, exc)
+    if record is None:
+        return f"job {job_id} ended {fallback}{why}"
+    status = status_of(record) or fallback
     name = record.get("job_name") or record.get("task_name")
     reason = record.get("failure_reason")
-    return f"job {job_id}{f' (run {name})' if name else ''} ended {status}{f': {reason}' if reason else ''}"
+    return (
+        f"job {job_id}{f' (run {name})' if name else ''} ended {status}{f': {reason}' if reason else ''}{why}"
+    )
+
+
+def show_logs(
+    sdk: Any,
+    job_id: int,
+    out: IO[str],
+    follow: bool,
+    *,
+    poll: float = 5.0,
+    sleep: Callable[[float], None] | None = None,
+) -> tuple[int, str | None]:
+    """Print a managed job's logs on `out` (with `follow`, until it ends; 101 means still running)
+    and say how it ended. Returns (exit code, line for stderr or None):
+
+    - follow: 0 succeeded, 1 failed or cancelled, 3 not found (`exit_code_of_tail`);
+    - no follow: SkyPilot answers None, so the outcome is the job's status (`job_record`):
+      0 SUCCEEDED or not finished yet, 1 any other end.
+
+    The line (`ended_line`, with the supervisor's reason from the summary line seen in the logs) is
+    given for exit 1. Raises ConfigError (exit 2) when, without follow, the API server has no such
+    job. Raises what the SDK raises.
+    """
+    watch = SummaryWatch(out)
+    if follow:
+        tail = tail_until_done(sdk, job_id, watch, poll=poll, sleep=sleep)
+        code = exit_code_of_tail(job_id, tail)
+        return code, (ended_line(sdk, job_id, tail, watch.summary()) if code == EXIT_FAILED else None)
+    sdk.tail_logs(job_id, False, watch)  # None in SkyPilot 0.14.1; the status says how it ended
+    record = job_record(sdk, job_id)
+    tail = tail_code_of_status(status_of(record))
+    if tail == TAIL_NOT_FOUND:
+        raise ConfigError(f"ID {job_id}: no such managed job")
+    if tail in (TAIL_SUCCEEDED, TAIL_NOT_FINISHED):
+        return EXIT_OK, None
+    return EXIT_FAILED, ended_line(sdk, job_id, tail, watch.summary(), record)
+
+
+# --------------------------------------------------------------------------------------- why it ended
+
+#: The supervisor's last line on each node (scripts/remote/run.py): `run.py: INFO: summary: node=0
+#: attempt=2 reason=max_runtime exit_code=0 runtime_s=12.5[ cause: ...]`, possibly behind SkyPilot's
+#: per-node prefix `(worker1, rank=1, pid=..., ip=...) `.
+SUMMARY_RE = re.compile(
+    r"run\.py: [A-Z]+: summary: node=(?P<node>\d+) attempt=(?P<attempt>\d+) reason=(?P<reason>\S+)"
+    r" exit_code=(?P<exit_code>-?\d+) runtime_s=(?P<runtime_s>[0-9.]+)(?: cause: (?P<cause>.*))?$"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def summary_of_line(line: str) -> dict[str, Any] | None:
+    """The fields of one supervisor summary line (see SUMMARY_RE), or None for any other line."""
+    match = SUMMARY_RE.search(_ANSI.sub("", line).rstrip("\r\n"))
+    if match is None:
+        return None
+    return {
+        "node": int(match["node"]),
+        "attempt": int(match["attempt"]),
+        "reason": match["reason"],
+        "exit_code": int(match["exit_code"]),
+        "runtime_s": float(match["runtime_s"]),
+        "cause": match["cause"],
+    }
+
+
+def _weight(summary: Mapping[str, Any]) -> int:
+    """How much a node's result says about the attempt, as the supervisor folds them: bad node (86) >
+    failure (other non-zero) > stopped by a signal (130, 143: SkyPilot stopping the other nodes) > 0."""
+    code = summary["exit_code"]
+    return 3 if code == 86 else 1 if code in (130, 143) else 0 if code == 0 else 2
+
+
+def pick_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The summary that says how the job ended: of the last attempt seen, the most significant node
+    result (`_weight`), the later line on a tie. None for no summaries."""
+    if not summaries:
+        return None
+    last = max(s["attempt"] for s in summaries)
+    best = None
+    for summary in summaries:
+        if summary["attempt"] == last and (best is None or _weight(summary) >= _weight(best)):
+            best = summary
+    return dict(best) if best is not None else None
+
+
+def parse_summary(text: str) -> dict[str, Any] | None:
+    """The summary (`pick_summary`) among the supervisor summary lines of a log text, or None."""
+    found = [s for s in map(summary_of_line, text.splitlines()) if s is not None]
+    return pick_summary(found)
+
+
+class SummaryWatch(io.TextIOBase):
+    """A text stream that writes through to `inner` and keeps the supervisor summary lines it sees.
+    When `inner` is the process's stdout, writes go to the real stdout also inside
+    `stdout_to_stderr()` (where file descriptor 1 points at stderr)."""
+
+    def __init__(self, inner: IO[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.summaries: list[dict[str, Any]] = []
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def _target(self) -> IO[str]:
+        if _REDIRECT["depth"] and _fileno(self.inner) == 1:
+            return _REDIRECT["data"]
+        return self.inner
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if "summary:" in line and (found := summary_of_line(line)) is not None:
+                self.summaries.append(found)
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def summary(self) -> dict[str, Any] | None:
+        """The summary that says how the job ended, from the lines written so far."""
+        tail = summary_of_line(self._partial) if "summary:" in self._partial else None
+        return pick_summary([*self.summaries, *([tail] if tail else [])])
+
+
+def _read_reasons(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    return jobs if isinstance(jobs, dict) else {}
+
+
+def _write_reasons(path: Path, jobs: Mapping[str, Any]) -> None:
+    """Atomic: a temp file in the same folder and os.replace(); a failure is only logged (a cache)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": 1, "jobs": dict(jobs)}, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def supervisor_reasons(
+    sdk: Any,
+    records: Sequence[Mapping[str, Any]],
+    cache: Path | None = None,
+    *,
+    lines: int = SUMMARY_TAIL_LINES,
+    max_fetches: int = MAX_REASON_FETCHES,
+) -> dict[int, dict[str, Any] | None]:
+    """The supervisor's summary (`parse_summary`: reason, exit_code, cause, ...) of each finished job
+    in `records` (queue_v2 records), keyed by job id; None where its logs hold no summary line (e.g.
+    FAILED_NO_RESOURCE: no node ever ran).
+
+    A finished job never changes, so each answer is cached in `cache` (default REASONS_CACHE), keyed
+    by job id and checked against `submitted_at` (another API server's job of the same id is not
+    taken for it). Uncached jobs are read with `sdk.log_tail(job_id, lines)`, newest first, at most
+    `max_fetches` per call; the first failure stops the fetching for this call (the rest are shown
+    without a reason and tried again next time; nothing is cached for them). Never raises for a
+    log it cannot read."""
+    path = cache if cache is not None else REASONS_CACHE
+    cached = _read_reasons(path)
+    answers: dict[int, dict[str, Any] | None] = {}
+    todo: list[tuple[int, Any]] = []
+    for record in records:
+        if status_of(record) not in FINISHED or record.get("job_id") is None:
+            continue
+        job_id, submitted = int(record["job_id"]), record.get("submitted_at")
+        entry = cached.get(str(job_id))
+        if isinstance(entry, dict) and entry.get("submitted_at") == submitted:
+            answers[job_id] = entry.get("summary")
+        elif job_id not in dict(todo):
+            todo.append((job_id, submitted))
+    changed = False
+    for job_id, submitted in sorted(todo, reverse=True)[:max_fetches]:
+        try:
+            text = sdk.log_tail(job_id, lines)
+        except Exception as exc:  # a status view must not fail for one log
+            log.debug("job %d: cannot read the end of its logs: %s", job_id, exc)
+            break
+        summary = parse_summary(text)
+        answers[job_id] = summary
+        if summary is not None or text.strip():  # an empty answer may be logs not synced yet
+            cached[str(job_id)] = {"submitted_at": submitted, "summary": summary}
+            changed = True
+    if changed:
+        _write_reasons(path, cached)
+    return answers
 
 
 # --------------------------------------------------------------------------------------- launch
 
 
-def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
-    """The git pin and GIT_COMMIT for a launch. With --skip-git-check: no pin (the working tree is
-    uploaded as workdir) and GIT_COMMIT = HEAD if known. On a dry run (--dry-run, --dump-config) a
-    refusal is only a warning on stderr.
+def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None, bool]:
+    """The git pin, the commit and whether the code is dirty, for a launch (see `plan_copy`).
+
+    Through the gate: the pin, its commit, not dirty. With --skip-git-check: no pin (the working tree
+    is uploaded as workdir), HEAD if known, and dirty unless the tree is exactly HEAD
+    (`_git.worktree_matches`; no repository counts as dirty). On a dry run (--dry-run,
+    --dump-config) a refusal is only a warning on stderr, and the preview uploads the working tree.
 
     Raises GitError (exit 2) when the gate refuses (`_git.gate`) or when the remote's URL is a local
     path the cloud nodes cannot clone (`_git.remote_url_problem`).
@@ -458,11 +744,14 @@ def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
                 "--git-ref: cannot be combined with --skip-git-check (the ref is cloned from the remote)"
             )
         commit = _git.head_commit(cfg.repo)
+        dirty = not _git.worktree_matches(cfg.repo, commit)
         log.warning(
             "--skip-git-check: uploading the working tree as it is%s",
-            f" (HEAD {commit[:12]})" if commit else "",
+            (f" (HEAD {commit[:12]}" + (" with uncommitted changes: GIT_DIRTY=1)" if dirty else ")"))
+            if commit
+            else " (not a git repository: GIT_DIRTY=1, no GIT_COMMIT)",
         )
-        return None, commit
+        return None, commit, dirty
     try:
         pin = _git.gate(cfg.repo, cfg.git_ref)
     except _git.GitError as exc:
@@ -470,13 +759,13 @@ def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None]:
             raise
         log.warning("git gate: %s (a launch would refuse)", exc)
         commit = _git.resolve_ref(cfg.repo, cfg.git_ref) if cfg.git_ref else _git.head_commit(cfg.repo)
-        return None, commit
+        return None, commit, not _git.worktree_matches(cfg.repo, commit)
     problem = _git.remote_url_problem(pin.remote, pin.url)
     if problem:
         if not dry:
             raise _git.GitError(problem)
         log.warning("git gate: %s (a launch would refuse)", problem)
-    return pin, pin.commit
+    return pin, pin.commit, False
 
 
 def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
@@ -485,7 +774,10 @@ def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
     lines = [
         f"launch {len(plans)} managed job(s): {', '.join(p.name for p in plans)}",
         f"  nodes: {first['num_nodes']}  resources: {json.dumps(first.get('resources') or {}, sort_keys=True)}",
-        f"  code: {pin.url} @ {pin.commit}" if pin else f"  code: working tree of {cfg.repo} (uploaded)",
+        f"  code: {pin.url} @ {pin.commit}"
+        if pin
+        else f"  code: working tree of {cfg.repo} (uploaded; GIT_COMMIT={plans[0].envs.get('GIT_COMMIT', '-')},"
+        f" GIT_DIRTY={plans[0].envs.get('GIT_DIRTY')})",
         f"  job: {plans[0].envs.get('JOB', '')} {plans[0].envs.get('JOB_ARGS', '')}".rstrip(),
         f"  secrets: {', '.join(sorted(plans[0].secrets)) or 'none'}",
     ]
@@ -547,8 +839,8 @@ def launch(
             f"secrets {keys}: not set; add {cfg.missing_secrets[0]}=... to .env, export it, or --set it"
             " (an empty value is allowed)"
         )
-    pin, commit = resolve_git(cfg)
-    plans = [plan_copy(cfg, name, pin, commit) for name in names]
+    pin, commit, dirty = resolve_git(cfg)
+    plans = [plan_copy(cfg, name, pin, commit, dirty) for name in names]
     try:
         tasks = [build_task(plan) for plan in plans]
     except SkyError as exc:
@@ -604,10 +896,9 @@ def launch(
         log.info("run %s: managed job %s submitted", plan.name, ", ".join(map(str, ids)))
     if cfg.follow:
         job_id = launched[0][1]
-        tail = tail_until_done(sdk, job_id, err)
-        code = exit_code_of_tail(job_id, tail)
-        if code == EXIT_FAILED:
-            print(ended_line(sdk, job_id, tail), file=err, flush=True)
+        code, line = show_logs(sdk, job_id, err, True)
+        if line:
+            print(line, file=err, flush=True)
         return code
     if not cfg.print_id:
         log.info("watch: jobs.py --backend sky status | logs --follow ID | cancel ID")

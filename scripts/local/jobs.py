@@ -7,6 +7,8 @@
 #     "psutil==7.2.2",
 #     "skypilot==0.14.1",
 # ]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Watch and stop the jobs launch.py started: status, logs, cancel.
 
@@ -540,10 +542,13 @@ def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
 
 def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path | None = None) -> int:
     """The sky backend's commands. status: queue_v2 records, with the supervisor's reason of each
-    finished job (from the end of its logs, cached in `reasons_cache`, default
-    _sky_backend.REASONS_CACHE). logs: _sky_backend.show_logs (the outcome from the job's status
-    when SkyPilot's tail_logs answers None, as it does without --follow)."""
+    finished job (from the end of its logs, cached in `reasons_cache`, default `sky-reasons.json`
+    next to the runs directory: `$SKYOPS_STATE_DIR/`, else `<repo>/.skyops/`). logs:
+    _sky_backend.show_logs (the outcome from the job's status when SkyPilot's tail_logs answers
+    None, as it does without --follow)."""
     import _sky_backend
+
+    reasons_cache = reasons_cache if reasons_cache is not None else cfg.runs_dir.parent / "sky-reasons.json"
 
     sdk = sdk if sdk is not None else _sky_backend.SkyJobsSDK()
     try:
