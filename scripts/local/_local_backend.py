@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import _teardown
 from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -217,38 +217,44 @@ def exit_code_of(returncode: int) -> int:
 
 
 class Node:
-    """One emulated node running one bash script in its own session, its output copied to a log."""
+    """One emulated node running one bash script in its own session. Its output goes straight into its
+    log file, as on a SkyPilot node, so it outlives the launcher (a pipe to a killed launcher would
+    break the job's writes); with `follow`, a thread copies new lines to stderr, prefixed."""
 
     def __init__(self, rank: int, script: str, env: dict[str, str], cwd: Path, log_path: Path, follow: bool):
         self.rank = rank
         self.label = "head, rank=0" if rank == 0 else f"worker{rank}, rank={rank}"
         self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed by the pump thread
-        self.proc = subprocess.Popen(
-            ["bash", "-c", script],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._pump = threading.Thread(target=self._copy_output, args=(follow,), daemon=True)
-        self._pump.start()
+        with open(log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                ["bash", "-c", script],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._pump: threading.Thread | None = None
+        if follow:
+            self._pump = threading.Thread(target=self._follow, daemon=True)
+            self._pump.start()
 
-    def _copy_output(self, follow: bool) -> None:
-        assert self.proc.stdout is not None
+    def _follow(self, poll: float = 0.1) -> None:
         prefix = f"({self.label}) ".encode()
-        with self._log:
-            for line in iter(self.proc.stdout.readline, b""):
-                self._log.write(line)
-                self._log.flush()
-                if follow:
+        with open(self.log_path, "rb") as fh:
+            while True:
+                done = self.proc.poll() is not None
+                for line in iter(fh.readline, b""):
                     sys.stderr.buffer.write(prefix + line)
-                    sys.stderr.buffer.flush()
+                sys.stderr.buffer.flush()
+                if done:
+                    return
+                time.sleep(poll)
 
     def wait_output(self) -> None:
-        self._pump.join(timeout=5)
+        if self._pump is not None:
+            self._pump.join(timeout=5)
 
 
 def stop_nodes(nodes: Sequence[Node], grace: float, *, marker: str | None = None) -> _teardown.Teardown:
@@ -443,10 +449,10 @@ def run_lock(run_data: Path, run: str, job_dir: Callable[[], Path]) -> Iterator[
         owner = run_owner(run_data)
         if owner is not None:
             raise refuse(owner[0], f"its launcher is gone, {owner[1]} of its processes live on")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{job_dir()}\n")
-        fh.flush()
+        owner_line = f"{job_dir()}\n"
+        with contextlib.suppress(OSError):  # only names the owner in the next refusal; a full disk is fine
+            os.ftruncate(fh.fileno(), 0)
+            os.pwrite(fh.fileno(), owner_line.encode(), 0)
         yield
 
 
