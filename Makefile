@@ -58,5 +58,5 @@ status: uv ## Show jobs, with failure reason and recovery count (BACKEND=local|s
 logs: uv ## Show a job's logs (ID required; FLAGS="--follow" to stream)
 	@$(call require,ID,make logs ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) logs $(ID) $(FLAGS)
 
-cancel: uv ## Cancel a job (ID required)
-	@$(call require,ID,make cancel ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) cancel $(ID)
+cancel: uv ## Cancel a job (ID required; FLAGS="--force" skips the grace period)
+	@$(call require,ID,make cancel ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) cancel $(FLAGS) $(ID)

@@ -215,7 +215,7 @@ def test_a_job_that_exits_3_at_once_stops_when_the_crash_loop_guard_fires(tmp_pa
     assert proc.returncode == 1, err[-3000:]
     record = json.loads((job_dir(run) / "job.json").read_text())
     assert len(record["attempts"]) == 3, "attempt 3 declares the loop; SkyPilot (emulated) runs no 4th"
-    assert record["state"] == "FAILED" and "crash_loop" in record["reason"]
+    assert record["state"] == "CANCELLED" and record["reason"].startswith("crash_loop: ")
     assert "crash_loop" in last_line(err)
 
 

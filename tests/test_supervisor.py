@@ -1068,3 +1068,27 @@ def test_script_header() -> None:
     assert os.access(RUN, os.X_OK)
     assert "raise SystemExit(main())" in text and "allow_abbrev=False" in text
     assert math.isclose(run.ALIVE_INTERVAL_S, 300.0)
+
+
+def test_every_reason_and_exit_code_is_in_the_contract_page() -> None:
+    import _contract
+
+    page = (ROOT / "docs" / "contract.md").read_text()
+    reasons = {v for k, v in vars(_contract).items() if k.startswith("REASON_")}
+    assert {r for r in reasons if f"`{r}`" not in page} == set()
+    codes = {v for k, v in vars(_contract).items() if k.startswith("EXIT_")}
+    assert {c for c in codes if f"| {c} |" not in page} == set()
+
+
+def test_the_job_gets_grace_for_torchruns_own_shutdown(tmp_path: Path) -> None:
+    """torchrun SIGKILLs its workers 30 s after a SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
+    otherwise: the supervisor sets it to GRACE (rounded up), and never overrides the user's."""
+    env = {"DATA_DIR": str(tmp_path), "RUN_ID": "r", "GRACE": "61.5", "PATH": os.environ["PATH"]}
+    script = tmp_path / "job.sh"
+    script.write_text("exit 0\n")
+    cfg = run.load_config(["--", str(script)], env, tmp_dir=tmp_path, here=ROOT / "scripts" / "remote")
+    with run.Events() as events:
+        runner = run.AttemptRunner(cfg, run.Supervisor(events, cfg.limits.grace_s))
+        assert runner._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "62"
+        mine = replace(cfg, env={**cfg.env, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"})
+        assert run.AttemptRunner(mine, runner.sup)._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "5"

@@ -693,16 +693,11 @@ def _recovery_loop(job: _LocalJob) -> int:
         _show_failure(cfg.run, attempt_dir, phase, codes)
         first = first_cause(results)
         detail = f"{phase} failed with node exit codes {codes}" + (f": {first}" if first else "")
-        loop = next((r for r in results if r.get("reason") == REASON_CRASH_LOOP), None)
-        if loop is not None:
-            # The node asks SkyPilot to end the managed job once it declares a crash loop (run.py,
-            # docs/decisions/endings.md); the local backend does what SkyPilot then does.
-            return job.end(
-                failed,
-                f"{detail}; no further attempt",
-                EXIT_FAILED,
-                f"{failed}: {detail}; no further attempt",
-            )
+        if any(r.get("reason") == REASON_CRASH_LOOP for r in results):
+            # A node that declares a crash loop cancels its own managed job through SkyPilot's API server
+            # (run.py, docs/decisions/endings.md); the local backend does what SkyPilot then does.
+            reason = f"crash_loop: {detail}; the node cancelled the managed job (no further attempt)"
+            return job.end("CANCELLED", reason, EXIT_FAILED, f"CANCELLED: {reason}")
         decision, restarts_on_errors = recovery_decision(
             codes, recover_codes, restarts_on_errors, max_restarts
         )

@@ -14,23 +14,25 @@
 
 usage: jobs.py [--backend {local,sky}] [--env-file PATH] [-v] status [--active] [--json] [ID ...]
        jobs.py [--backend {local,sky}] logs [--follow] ID
-       jobs.py [--backend {local,sky}] cancel ID [ID ...]
+       jobs.py [--backend {local,sky}] cancel [--force] [--wait S] ID [ID ...]
 
-    ./scripts/local/jobs.py --backend sky status          # managed jobs not finished yet
+    ./scripts/local/jobs.py --backend sky status          # managed jobs, finished ones with why
     ./scripts/local/jobs.py --backend sky logs --follow 42
     ./scripts/local/jobs.py cancel demo-2                 # local backend: by run name or job id
 
 ID is a job id (an integer) or a run name (its latest job). The backend comes from --backend >
 SKYOPS_BACKEND in the environment > .env > local, as for launch.py.
 
-- sky: status from `sky.jobs.queue_v2` with `failure_reason` and `recovery_count`; logs from
-  `sky.jobs.tail_logs` (with --follow, 101 "not finished" means still running); `sky.jobs.cancel`.
-- local: the local backend's run directories `.skyops/runs/<run>/job-<id>/` (`job.json`, node logs);
-  cancel sends SIGTERM to the job's launcher (`launcher_pid`), which tears every node down. A job
-  whose launcher is gone (killed by SIGHUP or SIGKILL) is shown `<STATE> (launcher gone)`; cancel
-  then stops its node process groups itself (`node_pids` in job.json, when recorded: SIGTERM, 10 s,
-  SIGKILL; a pid is signalled only while it is still that node's process) and marks the job
-  FAILED_CONTROLLER.
+- sky: status from `sky.jobs.queue_v2` with `failure_reason` and `recovery_count`, plus the
+  supervisor's reason for finished jobs (REASON: from the summary line at the end of their logs,
+  cached); logs from `sky.jobs.tail_logs` (with --follow, 101 "not finished" means still running;
+  the outcome of a finished job from its status); `sky.jobs.cancel`.
+- local: the local backend's run directories `.skyops/runs/<run>/job-<id>/` (`job.json`, node logs;
+  `$SKYOPS_STATE_DIR/runs/` when set). cancel sends SIGTERM to the job's launcher (`launcher_pid`),
+  which stops every process of the job with its whole GRACE; `--force` SIGKILLs them at once. A job
+  whose launcher is gone (killed by SIGKILL) is shown `<STATE> (launcher gone)` while any process of it
+  lives (found by its SKYOPS_LOCAL_JOB marker, in any session); cancel then stops them itself with the
+  job's GRACE and records FAILED_CONTROLLER. Once none lives, any look at the job records its end.
 
 stdout carries data (the status table or JSON, log lines); messages go to stderr. SkyPilot's own
 output during its calls (e.g. when it starts a local API server, which then keeps running; `sky api
