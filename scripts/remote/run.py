@@ -2,6 +2,8 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = ["psutil==7.2.2"]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Node-side supervisor: run the job, watch it, tear its whole tree down, exit with a code SkyPilot acts on.
 
@@ -87,6 +89,7 @@ from _contract import (
     REASON_SIGTERM,
     RESERVED_EXIT_CODES,
 )
+from _sky_self import cancel_own_managed_job
 
 log = logging.getLogger("run")
 
@@ -115,6 +118,10 @@ ALIVE_INTERVAL_S = 300.0
 KILL_WAIT_S = 10.0
 #: File timestamps come from the kernel's coarse clock (a few ms behind); tolerated in age estimates.
 MTIME_SLACK_S = 0.05
+#: Seconds for the API server to accept a node's cancel of its own managed job, and to wait after it for
+#: SkyPilot's teardown (its controller looks for cancel requests every 15 s; docs/decisions/endings.md).
+SELF_CANCEL_TIMEOUT_S = 60.0
+SELF_CANCEL_WAIT_S = 120.0
 #: Ledger `end` reason for an attempt that never recorded its end (written by the next attempt).
 LEDGER_LOST = "lost"
 #: Exit codes of a command that could not be started (POSIX shell convention).
@@ -1502,7 +1509,31 @@ class AttemptRunner:
             runtime,
             f" cause: {cause}" if cause else "",
         )
+        if code == EXIT_CRASH_LOOP:
+            self._end_managed_job()
         return code
+
+    def _end_managed_job(self) -> None:
+        """After a crash loop is declared, ask SkyPilot to cancel this managed job (exit 87 alone would
+        spend max_restarts_on_errors on new nodes), then wait up to SELF_CANCEL_WAIT_S for SkyPilot's
+        teardown (SIGTERM) so no restart starts before the cancel lands. Without API server access the
+        node just exits 87; every later attempt then ends at once (see declared_crash_loop).
+        docs/decisions/endings.md, docs/decisions/sky-self-cancel-findings.md."""
+        ident = self.cfg.identity
+        ok, why = cancel_own_managed_job(self.cfg.env, timeout_s=SELF_CANCEL_TIMEOUT_S)
+        if not ok:
+            log.warning("crash loop: managed job not cancelled from the node (%s); exit 87", why)
+            return
+        log.info("crash loop: %s; waiting up to %.0f s for SkyPilot's teardown", why, SELF_CANCEL_WAIT_S)
+        deadline = self.sup.clock() + SELF_CANCEL_WAIT_S
+        while not self.sup.events.signals and self.sup.clock() < deadline:
+            self.sup.events.wait(deadline - self.sup.clock())
+        if not self.sup.events.signals:
+            log.warning(
+                "managed job %d still running %.0f s after its cancel; exit 87",
+                ident.managed_job_id,
+                SELF_CANCEL_WAIT_S,
+            )
 
     def _gate(self, prior: Sequence[Attempt], budget_end: float | None) -> Phase | None:
         """Checked before any paid work: a Phase to end the attempt with at once, or None to go on."""
@@ -1586,10 +1617,15 @@ class AttemptRunner:
             return False
 
     def _job_env(self, **extra: str) -> dict[str, str]:
+        """The job's environment. torchrun SIGKILLs its workers 30 s after it forwards a SIGTERM
+        unless told otherwise (torch.distributed.run `--shutdown-timeout`, read from
+        TORCH_ELASTIC_SHUTDOWN_TIMEOUT in torch 2.13; older torch ignores it): it gets GRACE, so the
+        workers do too."""
         env = dict(self.cfg.env)
         env.update(
             DATA_DIR=str(self.cfg.data_dir), RUN_ID=self.cfg.run_id, SKYOPS_ATTEMPT=str(self.number), **extra
         )
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(math.ceil(self.cfg.limits.grace_s)))
         return env
 
     def _preflight_then_job(self, budget_end: float | None) -> Phase:
