@@ -77,7 +77,7 @@ def test_help_returns_without_importing_skypilot() -> None:
         ([], 'A=1\nTOKEN="abc\n', ".env:2: cannot parse"),
         ([], "SKYOPS_USE_SPOT=maybe\n", "SKYOPS_USE_SPOT"),
         ([], "SKYOPS_NODES=0\n", "SKYOPS_NODES: must be >= 1"),
-        ([], "GITHUB_TOKEN=x\n", "GITHUB_TOKEN looks like a credential"),
+        ([], "GITLAB_TOKEN=x\n", "GITLAB_TOKEN looks like a credential"),
         ([], "my-key=1\n", "my-key"),
         ([], "B\n", ".env:1: B has no value"),
         (["--unknown-flag"], "", "--unknown-flag"),
@@ -166,7 +166,10 @@ def test_dry_run_prints_yaml_only_and_redacts_secrets(
     assert CANARY not in out and CANARY not in err
     task = yaml.safe_load(out)
     assert task["name"] == "dry-1" and task["num_nodes"] == 3
-    assert task["secrets"] == {"WANDB_API_KEY": "<redacted>", "HF_TOKEN": "<redacted>"}
+    assert set(task["secrets"]) == {
+        "WANDB_API_KEY", "HF_TOKEN", "DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_URL", "GITHUB_TOKEN"
+    }  # fmt: skip
+    assert set(task["secrets"].values()) == {"<redacted>"}
     assert "WANDB_API_KEY" not in task["envs"]
     assert all(isinstance(v, str) for v in task["envs"].values())
     assert task["envs"]["EXTRA"] == "0123"

@@ -68,6 +68,7 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 TASK_KEYS = frozenset(
     {
         "name",
+        "api_server_access",
         "workdir",
         "event_callback",
         "num_nodes",

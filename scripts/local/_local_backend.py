@@ -489,6 +489,10 @@ SIGNAL_CAUSES = {
 }
 #: Written by `jobs.py cancel` into the job directory before it signals the launcher.
 CANCEL_REQUEST = "cancel-request.json"
+#: Keys that configure a notification channel (scripts/remote/notify.py, docs/notifications.md).
+NOTIFY_KEYS = ("DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_URL", "GITHUB_TOKEN")
+#: Seconds a notification may take: notify.py caps all channels at 30 s, plus uv's start.
+NOTIFY_CAP_S = 35.0
 
 
 @dataclass
@@ -522,15 +526,56 @@ class _LocalJob:
         env[_teardown.RUN_MARKER] = str(self.run_data)
         return env
 
-    def end(self, state: str, reason: str | None, code: int, message: str) -> int:
-        """Record the job's end in job.json and say it in the launcher's last stderr line."""
+    def end(self, state: str, reason: str | None, code: int, message: str, kind: str = "") -> int:
+        """Record the job's end in job.json, tell the notification channels (`kind`: the short reason,
+        e.g. job_failed), and say it in the launcher's last stderr line."""
         self.status.update(
-            state=state, failure_reason=reason if state != "SUCCEEDED" else None, reason=reason
+            state=state,
+            failure_reason=reason if state != "SUCCEEDED" else None,
+            reason=reason,
+            exit_code=code,
         )
         self.status["attempts"][-1].setdefault("ended_at", time.time())
         self.save()
+        self.notify("ended", state, kind or (reason or "completed").split(":")[0], reason)
         (log.info if code == EXIT_OK else log.error)("run %s: %s", self.cfg.run, message)
         return code
+
+    def notify(self, event: str, state: str, reason: str, cause: str | None) -> None:
+        """Send an event through the node side's notifier (scripts/remote/notify.py, run as a uv script,
+        never imported), with the job's secrets and envs, as SkyPilot's controller side would see it.
+        The claim folder it shares with the nodes keeps an ending from being sent twice. At most
+        NOTIFY_CAP_S; never changes how the job ended."""
+        env = {**self.cfg.base_env, **self.envs, **self.cfg.secrets}
+        if not any(env.get(k) for k in NOTIFY_KEYS):
+            return
+        uv, script = (
+            shutil.which("uv", path=env.get("PATH")),
+            self.cfg.repo / "scripts" / "remote" / "notify.py",
+        )
+        if uv is None:
+            log.warning("notification %s not sent: uv is not on PATH", event)
+            return
+        attempts = self.status["attempts"]
+        started = attempts[0].get("started_at") if attempts else self.status["submitted_at"]
+        commit = self.envs.get("GIT_COMMIT", "")
+        doc = {
+            "event": event, "run_id": self.cfg.run, "job_id": str(self.cluster.job_id), "backend": "local",
+            "state": state, "reason": reason, "cause": cause, "attempts": len(attempts),
+            "recoveries": self.status["recovery_count"], "runtime_s": round(max(0.0, time.time() - started), 3),
+            "commit": commit if len(commit) == 40 else "", "logs_hint": f"make logs ID={self.cluster.job_id}",
+            "time": time.time(),
+        }  # fmt: skip
+        argv = [uv, "run", "--quiet", "--script", str(script), "send", "--event-file", "-"]
+        argv += ["--claim-dir", str(self.run_data / "notify")]
+        try:
+            done = subprocess.run(
+                argv, input=json.dumps(doc), text=True, env=env, stdout=sys.stderr, timeout=NOTIFY_CAP_S
+            )
+            if done.returncode != 0:
+                log.warning("notification %s not sent: notify.py exited %d", event, done.returncode)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("notification %s not sent: %s", event, type(exc).__name__)
 
 
 def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_data: Path) -> int:
@@ -703,11 +748,14 @@ def _recovery_loop(job: _LocalJob) -> int:
         )
         if decision == "fail":
             reason = f"{detail}; max_restarts_on_errors={max_restarts} spent"
-            return job.end(failed, reason, EXIT_FAILED, f"{failed} ({reason})")
+            return job.end(
+                failed, reason, EXIT_FAILED, f"{failed} ({reason})", first_reason(results) or "failed"
+            )
         status["recovery_count"] += 1
         status["state"] = "RECOVERING"
         status["reason"] = detail
         job.save()
+        job.notify("attempt_ended", "RECOVERING", first_reason(results) or "failed", detail)
         if decision == "recover":
             log.warning(
                 "run %s: %s; a recover_on_exit_codes code: recovering onto fresh nodes (not counted)",
@@ -747,14 +795,26 @@ def describe_result(result: Mapping[str, Any]) -> str:
     return f"node{result['node_rank']}: {result['reason']} (exit {result.get('exit_code')}){cause}"
 
 
+def first_failure(results: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The attempt's cause: the failed node that ended earliest (a bad node before any other failure);
+    None when no node failed (only cancels, or no results)."""
+    failed = [r for r in results if r.get("exit_code") not in (0, 130, 143, None)]
+    return min(failed, key=lambda r: (r.get("exit_code") != 86, r.get("end_time") or 0), default=None)
+
+
+def first_reason(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """The short reason (e.g. job_failed) of the attempt's cause, see first_failure."""
+    first = first_failure(results)
+    return None if first is None else str(first.get("reason"))
+
+
 def first_cause(results: Sequence[Mapping[str, Any]]) -> str | None:
     """The attempt's cause first, then its consequences: the failed node that ended earliest (a bad
     node before any other failure), then the nodes stopped because of it. None without results."""
     stopped = [r for r in results if r.get("exit_code") in (130, 143)]
-    failed = [r for r in results if r not in stopped and r.get("exit_code") not in (0, None)]
-    if not failed:
+    first = first_failure(results)
+    if first is None:
         return "; ".join(describe_result(r) for r in results) or None
-    first = min(failed, key=lambda r: (r.get("exit_code") != 86, r.get("end_time") or 0))
     text = describe_result(first)
     if stopped:
         ranks = ", ".join(f"node{r['node_rank']}" for r in stopped)

@@ -265,13 +265,15 @@ def slack_body(event: Event) -> dict[str, Any]:
 
 def github_state(event: Event) -> str:
     """The commit status state (GitHub allows exactly error, failure, pending, success) for an event:
-    `started` is pending; an ending is success for SUCCEEDED, failure for FAILED and FAILED_SETUP (the
-    code failed), error for anything else (CANCELLED, FAILED_CONTROLLER, FAILED_NO_RESOURCE, ...)."""
+    `started` is pending; an ending is success for SUCCEEDED (unless the runtime budget ran out before
+    the job ever started), failure when the code failed (FAILED, FAILED_SETUP, a crash loop, that
+    budget), error for anything else (CANCELLED, FAILED_CONTROLLER, FAILED_NO_RESOURCE, ...)."""
     if event.event == "started":
         return "pending"
-    if event.state == "SUCCEEDED" or event.event == TEST_EVENT:
+    if event.event == TEST_EVENT or (event.state == "SUCCEEDED" and event.reason != "max_runtime_before_job"):
         return "success"
-    return "failure" if event.state in ("FAILED", "FAILED_SETUP") else "error"
+    code_failed = event.state in ("FAILED", "FAILED_SETUP") or event.reason in ("crash_loop", "max_runtime_before_job")
+    return "failure" if code_failed else "error"
 
 
 def github_body(event: Event) -> dict[str, Any]:

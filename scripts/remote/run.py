@@ -122,6 +122,12 @@ MTIME_SLACK_S = 0.05
 #: SkyPilot's teardown (its controller looks for cancel requests every 15 s; docs/decisions/endings.md).
 SELF_CANCEL_TIMEOUT_S = 60.0
 SELF_CANCEL_WAIT_S = 120.0
+#: Keys that configure a notification channel (scripts/remote/notify.py); with none set, nothing runs.
+NOTIFY_KEYS = ("DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_URL", "GITHUB_TOKEN")
+#: Seconds a notification may delay the node's exit: notify.py caps all channels at 30 s, plus uv's start.
+NOTIFY_CAP_S = 35.0
+#: Seconds node rank 0 waits for the other nodes' results before it calls an attempt a success.
+PEERS_WAIT_S = 10.0
 #: Ledger `end` reason for an attempt that never recorded its end (written by the next attempt).
 LEDGER_LOST = "lost"
 #: Exit codes of a command that could not be started (POSIX shell convention).
@@ -1451,6 +1457,8 @@ class AttemptRunner:
         log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
         phase = self._gate(prior, budget_end)
         if phase is None:
+            if self.number == 1:
+                self._notify("started", "STARTING", "", None, 0.0)
             phase = self._preflight_then_job(budget_end)
         runtime = self.sup.clock() - self.start
         current = Attempt(self.number, self.start_wall, runtime, node_rank=ident.node_rank)
@@ -1509,9 +1517,94 @@ class AttemptRunner:
             runtime,
             f" cause: {cause}" if cause else "",
         )
+        self._notify_end(code, reason, cause, used + runtime)
         if code == EXIT_CRASH_LOOP:
             self._end_managed_job()
         return code
+
+    def _notify_end(self, code: int, reason: str, cause: str | None, total_runtime_s: float) -> None:
+        """Node rank 0 tells the endings it knows for sure (docs/notifications.md): a success (every
+        node exited 0: their results are read back), a runtime budget, a crash loop. A cancel or
+        preemption (143/130), a bad node and the job's own failures are told by whoever sees the
+        managed job's state (the local backend, `jobs.py watch`), which then knows whether it goes on."""
+        if not self.writer:
+            return
+        if code == EXIT_OK and self._peers_succeeded():
+            self._notify("ended", "SUCCEEDED", reason, cause, total_runtime_s)
+        elif code == EXIT_CRASH_LOOP:
+            self._notify("ended", "FAILED", reason, cause, total_runtime_s)
+
+    def _peers_succeeded(self) -> bool:
+        """True when every other node's result of this attempt says exit 0 (waits up to PEERS_WAIT_S)."""
+        ident = self.cfg.identity
+        deadline = self.sup.clock() + PEERS_WAIT_S
+        while True:
+            done = {
+                _code(r.get("node_rank")): _code(r.get("exit_code"))
+                for r in self._results()
+                if _code(r.get("attempt")) == self.number
+            }
+            if any(c not in (None, EXIT_OK) for c in done.values()):
+                return False
+            if all(done.get(rank) == EXIT_OK for rank in range(1, ident.num_nodes)):
+                return True
+            if self.sup.clock() >= deadline:
+                return False
+            self.sup.events.wait(0.5)
+
+    def _notify(self, event: str, state: str, reason: str, cause: str | None, runtime_s: float) -> None:
+        """Send one event through notify.py (rank 0 only; when a channel is configured). Never changes
+        the exit code; delays it by NOTIFY_CAP_S at most; a failure is a warning. The claim folder
+        `$DATA_DIR/$RUN_ID/notify/` keeps a watcher from sending the same ending again."""
+        cfg, ident = self.cfg, self.cfg.identity
+        if not any(cfg.env.get(k) for k in NOTIFY_KEYS):
+            return
+        script = cfg.preflight_script.with_name("notify.py")
+        if cfg.uv is None or not script.is_file():
+            log.warning("notification %s not sent: needs uv and %s", event, script)
+            return
+        local = (ident.cluster_info or {}).get("cloud") == "local"
+        commit = cfg.env.get("GIT_COMMIT", "")
+        doc = {
+            "event": event,
+            "run_id": cfg.run_id,
+            "job_id": str(ident.managed_job_id),
+            "backend": "local" if local else "sky",
+            "state": state,
+            "reason": reason,
+            "cause": cause,
+            "attempts": self.number,
+            "recoveries": self.number - 1,
+            "runtime_s": round(max(0.0, runtime_s), 3),
+            "commit": commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "",
+            "logs_hint": f"make logs ID={ident.managed_job_id}" + ("" if local else " BACKEND=sky"),
+            "time": time.time(),
+        }
+        claims = cfg.data_dir / cfg.run_id / "notify"
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=cfg.tmp_dir, delete=False) as f:
+            json.dump(doc, f)
+        argv = [cfg.uv, "run", "--quiet", "--script", str(script), "send", "--event-file", f.name]
+        argv += ["--claim-dir", str(claims)]
+        try:
+            proc = subprocess.Popen(
+                argv, env=dict(cfg.env), stdout=sys.stderr.fileno(), start_new_session=True
+            )
+            try:
+                code = proc.wait(timeout=NOTIFY_CAP_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                log.warning("notification %s not sent within %.0f s", event, NOTIFY_CAP_S)
+                return
+            if code == 0:
+                log.info("notify: %s sent for job %s", event, ident.managed_job_id)
+            else:
+                log.warning("notification %s not sent: notify.py exited %d", event, code)
+        except OSError as exc:
+            log.warning("notification %s not sent: %s", event, os_error(exc))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(f.name)
 
     def _end_managed_job(self) -> None:
         """After a crash loop is declared, ask SkyPilot to cancel this managed job (exit 87 alone would
@@ -1581,13 +1674,25 @@ class AttemptRunner:
             return ("python3" if kind else None), None
         uv = self.cfg.uv or "uv"
         self.phase = f"while preparing the environment of {script.name} (uv sync)"
-        phase = self.sup.run(
-            [uv, "sync", "--quiet", "--script", str(script)],
-            self.cfg.env,
-            deadlines=self._deadline(budget_end),
-            tick=self._tick(),
-            stdout=sys.stderr.fileno(),
-        )
+        # job.yaml's setup built this environment: check it offline (uv's cache, no index round
+        # trip), against the script's committed lock where it has one (a stale lock fails). Only an
+        # environment that setup never built (or whose packages left the cache) resolves, online.
+        # docs/decisions/locked-environments.md
+        locked = ["--locked"] if script.with_name(script.name + ".lock").is_file() else []
+
+        def sync(*flags: str) -> Phase:
+            return self.sup.run(
+                [uv, "sync", *flags, *locked, "--script", str(script)],
+                self.cfg.env,
+                deadlines=self._deadline(budget_end),
+                tick=self._tick(),
+                stdout=sys.stderr.fileno(),
+            )
+
+        phase = sync("-qq", "--offline")  # silent: the online try below reports any error
+        if phase.stop is None and phase.code != 0:
+            log.info("the environment of %s cannot be built offline; resolving it online", script.name)
+            phase = sync("--quiet")
         if phase.stop is not None or phase.code != 0:
             log.error("uv sync --script %s failed (exit %s)", script, phase.code)
             return None, Phase(phase.stop, phase.code if phase.stop else EXIT_FAILURE)
