@@ -18,6 +18,7 @@ from pathlib import Path
 
 import _local_backend as lb
 import launch
+import run as run_py
 import psutil
 import pytest
 from conftest import REPO, STATE, clean_env
@@ -298,9 +299,11 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     status = json.loads(next((STATE / "runs" / run).glob("job-*/job.json")).read_text())
     assert status["state"] == "SUCCEEDED" and status["recovery_count"] == 1
     assert [a["run_exit_codes"] for a in status["attempts"]][-1] == [0, 0]
-    ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_text().splitlines()
-    ends = [json.loads(line) for line in ledger if '"end"' in line]
-    assert [(e["attempt"], e["reason"]) for e in ends] == [(1, "job_failed"), (2, "completed")]
+    # Each attempt's outcome over all nodes: in attempt 1 either node may fail first (the other is then
+    # stopped, 143), so rank 0's own `end` record alone can say sigterm.
+    ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_bytes()
+    outcomes = [(a.number, a.reason) for a in run_py.summarize(run_py.parse_ledger(ledger))]
+    assert outcomes == [(1, "job_failed"), (2, "completed")]
 
 
 def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
