@@ -16,9 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
+import _ledger
 import _local_backend as lb
+import _policy
 import launch
-import run as run_py
 import psutil
 import pytest
 from conftest import REPO, STATE, clean_env
@@ -302,7 +303,7 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     # Each attempt's outcome over all nodes: in attempt 1 either node may fail first (the other is then
     # stopped, 143), so rank 0's own `end` record alone can say sigterm.
     ledger = next((tmp_path / run / "supervisor").glob("ledger-*.jsonl")).read_bytes()
-    outcomes = [(a.number, a.reason) for a in run_py.summarize(run_py.parse_ledger(ledger))]
+    outcomes = [(a.number, a.reason) for a in _policy.summarize(_ledger.parse_ledger(ledger))]
     assert outcomes == [(1, "job_failed"), (2, "completed")]
 
 

@@ -13,8 +13,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import _notify_messages as msg
@@ -22,6 +20,7 @@ import httpx
 import notify
 import pytest
 import stamina
+from _fake_services import Answer, Service
 from conftest import REPO, clean_env
 
 CANARY_URL = "CANARY-5e1f"
@@ -55,73 +54,6 @@ EVENT = {
 #: A cause of 10,000 code points: emoji (astral: 4 UTF-8 bytes, 2 UTF-16 units), CJK, and every kind
 #: of markup the services know (code fences, bold, mentions, entities, masked links).
 NASTY = ("😀🚀 訓練が失敗しました ```rm -rf``` *bold* _it_ ~s~ <!channel> @everyone &amp; [x](y) `") * 250
-
-
-@dataclass
-class Answer:
-    """One scripted HTTP answer; `hold`: answer only once the test releases the server (a slow server)."""
-
-    status: int
-    body: bytes | str | dict = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    hold: bool = False
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: dict
-
-
-class Service:
-    """A loopback HTTP server answering POSTs with `answers` in order (the last one repeats)."""
-
-    def __init__(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-        self.seen: list[Seen] = []
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with service._lock:
-                    service.seen.append(
-                        Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    answer = service.answers[min(len(service.seen), len(service.answers)) - 1]
-                if answer.hold:
-                    service.release.wait(60)
-                data = answer.body
-                if isinstance(data, dict):
-                    data = json.dumps(data)
-                data = data.encode() if isinstance(data, str) else data
-                try:
-                    self.send_response(answer.status)
-                    for key, value in answer.headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (the slow-server test)
-                    pass
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -318,7 +250,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
 def test_bad_setting_names_the_key(env, tmp_path: Path, capsys, key: str, value: str) -> None:
     env.setenv(key, value)
     assert send(tmp_path)[0] == 2
-    assert capsys.readouterr().err.startswith(f"notify: {key}: ")
+    assert capsys.readouterr().err.startswith(f"notify: {key}={value!r}: expected ")
 
 
 @pytest.mark.parametrize(

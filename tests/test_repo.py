@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import _config
 import _contract
@@ -26,6 +27,21 @@ ENTRY_SCRIPTS = sorted(
 JOB_YAML = REPO / "job.yaml"
 
 
+def pep723(script) -> dict:
+    """The script's PEP 723 `script` block as TOML."""
+    match = re.search(r"(?m)^# /// script\n((?:#.*\n)*?)# ///\n", script.read_text())
+    assert match, f"{script.name}: no PEP 723 block"
+    return tomllib.loads("".join(line[2:] for line in match.group(1).splitlines(keepends=True)))
+
+
+def needs_torch(script) -> bool:
+    return any(re.match(r"torch\b", dep) for dep in pep723(script)["dependencies"])
+
+
+def lock_of(script):
+    return script.with_name(script.name + ".lock")
+
+
 @pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_entry_scripts_are_executable_uv_scripts(script) -> None:
     text = script.read_text()
@@ -38,6 +54,31 @@ def test_entry_scripts_are_executable_uv_scripts(script) -> None:
         assert "==" in dep, f"{script.name}: pin {dep}"
     assert "from __future__ import annotations" in text
     assert os.access(script, os.X_OK)
+
+
+def test_every_script_has_one_uv_policy() -> None:
+    """Every PEP 723 block bounds its resolution with the same `exclude-newer` date
+    (docs/decisions/locked-environments.md)."""
+    policies = {str(s.relative_to(REPO)): pep723(s).get("tool", {}).get("uv") for s in ENTRY_SCRIPTS}
+    assert all(policies.values()), [name for name, policy in policies.items() if not policy]
+    dates = {policy.get("exclude-newer") for policy in policies.values()}
+    assert len(dates) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\dT00:00:00Z", dates.pop() or ""), policies
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_scripts_without_torch_are_locked(script) -> None:
+    """A script that needs no torch has a committed lock made under its own policy, with every package
+    from a public index; one that needs torch has none (a lock would pin PyPI's CUDA build, or an
+    absolute path to this machine's wheel folder). `nox -s locks` checks that the locks are current."""
+    lock = lock_of(script)
+    if needs_torch(script):
+        assert not lock.exists(), f"{lock.name}: scripts that need torch are not locked"
+        return
+    assert lock.is_file(), f"missing {lock.relative_to(REPO)}: uv lock --script {script.relative_to(REPO)}"
+    data = tomllib.loads(lock.read_text())
+    assert data.get("options", {}).get("exclude-newer") == pep723(script)["tool"]["uv"]["exclude-newer"]
+    sources = {str(pkg.get("source", {}).get("registry")) for pkg in data.get("package", [])}
+    assert sources <= {"https://pypi.org/simple"}, sources
 
 
 def test_remote_never_imports_local_and_local_imports_only_the_contract() -> None:
@@ -80,8 +121,54 @@ def test_job_yaml_reads_like_the_contract() -> None:
         if line.strip() and not line.strip().startswith("#")
     ]
     assert "scripts/remote/configure_environment.py" in config["run"]
-    assert run_lines[-1].startswith("exec uv run --script scripts/remote/run.py")
+    assert run_lines[-1].startswith("exec uv run --locked --script scripts/remote/run.py")
     assert "command -v uv" in config["setup"]
+
+
+def test_job_yaml_uses_the_locks_and_compiles_bytecode() -> None:
+    """setup builds the environment of every script a node runs and compiles their bytecode (run only
+    uses them), and setup and run use a script's lock wherever it has one (`--locked`)
+    (docs/decisions/locked-environments.md)."""
+    config = yaml.safe_load(JOB_YAML.read_text())
+    compile_bytecode = r'(?m)^\s*export .*\bUV_COMPILE_BYTECODE="\$\{UV_COMPILE_BYTECODE:-1\}"'
+    assert re.search(compile_bytecode, config["setup"])
+    assert not re.search(r"(?m)^[^#]*UV_COMPILE_BYTECODE", config["run"])
+    for phase in ("setup", "run"):
+        text = config[phase]
+        calls = re.findall(r"uv (?:run|sync) ((?:--?[a-z]+ )*)--script (scripts/\S+\.py)", text)
+        assert calls, phase
+        for flags, path in calls:
+            assert ("--locked" in flags.split()) == lock_of(REPO / path).is_file(), (phase, path)
+    synced = set(re.findall(r"uv sync .*--script (scripts/\S+\.py)", config["setup"]))
+    run_scripts = {
+        "scripts/remote/configure_environment.py",
+        "scripts/remote/run.py",
+        "scripts/remote/nccl_test.py",
+    }
+    assert synced == run_scripts
+
+
+def test_setup_syncs_a_job_with_its_lock(tmp_path) -> None:
+    """A PEP 723 job without a lock is resolved in setup; one with a lock gets it `--locked`, so a lock
+    that no longer matches its job stops setup instead of being rewritten on the node."""
+    config = yaml.safe_load(JOB_YAML.read_text())
+    job = tmp_path / "job.py"
+    job.write_text('# /// script\n# requires-python = ">=3.11"\n# dependencies = []\n# ///\nprint(1)\n')
+    env = {**os.environ, **{k: str(v) for k, v in config["envs"].items()}, "JOB": str(job)}
+    env["NCCL_PREFLIGHT"] = "0"
+    env.pop("VIRTUAL_ENV", None)
+
+    def setup() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", config["setup"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    assert setup().returncode == 0
+    stale = lock_of(job)
+    stale.write_bytes(lock_of(REPO / "scripts/remote/run.py").read_bytes())  # locks psutil, not []
+    result = setup()
+    assert result.returncode != 0 and "--locked" in result.stderr, result.stderr
+    assert stale.read_bytes() == lock_of(REPO / "scripts/remote/run.py").read_bytes()
 
 
 def test_setup_is_safe_to_run_twice(tmp_path) -> None:
@@ -149,14 +236,16 @@ def test_make_help_is_the_default_and_launch_requires_job() -> None:
     assert missing.returncode == 2 and "JOB is required" in missing.stderr
 
 
-@pytest.mark.parametrize("key", sorted(_config.TYPED_ENVS))
+@pytest.mark.parametrize("key", sorted(_config.TYPED_KEYS))
 def test_launch_time_checks_agree_with_the_node_side_parsers(key: str, tmp_path) -> None:
     """A typed env the launcher accepts is accepted on the node, and one it refuses is refused there:
     the check before launch neither lets a node fail on it nor blocks a value that works."""
     from pathlib import Path
 
+    import _supervisor_config
     import configure_environment
     import nccl_test
+    import notify
     import run
 
     def node_rejects(value: str) -> bool:
@@ -164,11 +253,20 @@ def test_launch_time_checks_agree_with_the_node_side_parsers(key: str, tmp_path)
         try:
             if key == "MASTER_PORT":
                 configure_environment.derive("", "", "", "", value)
+            elif key.startswith("NOTIFY_"):
+                notify.load_config(env, tmp_path)
             elif key.startswith("NCCL_PREFLIGHT_"):
                 nccl_test.make_config(nccl_test.build_parser(env).parse_args([]), env)
             else:
-                run.load_config(["--", "true"], env, tmp_dir=tmp_path, here=Path(run.__file__).parent)
-        except (run.BadInput, nccl_test.BadInput, configure_environment.InputError):
+                _supervisor_config.load_config(
+                    ["--", "true"], env, tmp_dir=tmp_path, here=Path(run.__file__).parent
+                )
+        except (
+            _supervisor_config.BadInput,
+            nccl_test.BadInput,
+            configure_environment.InputError,
+            notify.BadInput,
+        ):
             return True
         return False
 

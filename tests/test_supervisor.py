@@ -23,6 +23,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import _contract
+import _distributed
+import _heartbeat
+import _job_command
+import _ledger
+import _policy
+import _proctree
+import _supervisor_config
 import psutil
 import pytest
 import run
@@ -125,7 +133,7 @@ class Node:
             "WORLD_SIZE",
             "MASTER_ADDR",
             "HEARTBEAT_FILE",
-            *run.DEFAULTS,
+            *(k.name for k in _contract.KEYS),
         ):
             self.env.pop(key, None)
         self.env.update(
@@ -149,7 +157,7 @@ class Node:
 
     @property
     def ledger_path(self) -> Path:
-        return run.ledger_path(self.data, "r", JOB_ID, TASK)
+        return _ledger.ledger_path(self.data, "r", JOB_ID, TASK)
 
     def job(self, body: str) -> Path:
         self.count += 1
@@ -190,9 +198,9 @@ class Node:
             else []
         )
         self.events.unlink(missing_ok=True)
-        result_file = run.result_path(self.data, "r", self.rank)
+        result_file = _ledger.result_path(self.data, "r", self.rank)
         result = json.loads(result_file.read_text()) if result_file.exists() else None
-        ledger = run.parse_ledger(self.ledger_path.read_bytes()) if self.ledger_path.exists() else []
+        ledger = _ledger.parse_ledger(self.ledger_path.read_bytes()) if self.ledger_path.exists() else []
         outcome = Outcome(harness["code"], stderr, harness["left"], events, ledger, result, wall)
         assert_no_survivors(outcome, self.tmp)
         return outcome
@@ -275,7 +283,7 @@ def test_hang_without_heartbeat_r3(node: Node) -> None:
     assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
     last_beat = max(e["t"] for e in out.of("beat"))
     first_term = min(e["t"] for e in out.of("sigterm"))
-    assert 2 - run.MTIME_SLACK_S <= first_term - last_beat < 2 + 1.5
+    assert 2 - _heartbeat.MTIME_SLACK_S <= first_term - last_beat < 2 + 1.5
     assert len(out.of("sigterm")) == 2  # the job and its worker in its own session
     assert ends(out) == [(1, EXIT_BAD_NODE, "heartbeat_timeout")]
 
@@ -568,7 +576,7 @@ def test_crash_loop_anywhere_in_the_cluster(tmp_path: Path) -> None:
         *[(n, EXIT_SIGTERM, "sigterm") for n in (1, 2, 3)],
         (4, EXIT_CRASH_LOOP, "crash_loop"),
     ]
-    assert [(a.exit_code, a.reason, a.node_rank) for a in run.summarize(out.ledger)] == [
+    assert [(a.exit_code, a.reason, a.node_rank) for a in _policy.summarize(out.ledger)] == [
         (3, "job_failed", 1),
         (3, "job_failed", 1),
         (EXIT_CRASH_LOOP, "crash_loop", 1),
@@ -601,7 +609,7 @@ def test_lost_attempt_is_closed_and_counted(node: Node) -> None:
     ]
     node.ledger_path.write_text("".join(json.dumps(r) + "\n" for r in lost))
     out = node("sys.exit(0)\n")
-    assert ends(out) == [(1, None, run.LEDGER_LOST), (2, 0, "completed")]
+    assert ends(out) == [(1, None, _ledger.LEDGER_LOST), (2, 0, "completed")]
     assert "runtime used so far 300 s" in out.stderr
 
 
@@ -720,9 +728,10 @@ def test_torchrun_passes_the_workers_exit_code(node: Node, tmp_path: Path, fail,
 # Pure functions
 
 
-def limits(**overrides: float) -> run.Limits:
+def limits(**overrides: float) -> _supervisor_config.Limits:
     return replace(
-        run.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=RUN.parent).limits, **overrides
+        _supervisor_config.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=RUN.parent).limits,
+        **overrides,
     )
 
 
@@ -730,7 +739,9 @@ def test_monotonic_clock_wall_jump_never_kills_r3() -> None:
     """R3: the wall clock jumps 2 h (either way) between beats; no kill while beats keep coming."""
     start_wall = 1_000_000 * 10**9
     for jump in (2 * 3600, -2 * 3600):
-        mon = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=10, start=100.0, start_wall_ns=start_wall)
+        mon = _heartbeat.HeartbeatMonitor(
+            timeout_s=3, startup_grace_s=10, start=100.0, start_wall_ns=start_wall
+        )
         offset = 0
         for i in range(1, 20):  # a beat every second of monotonic time, looked at every 2.5 s
             now = 100.0 + i
@@ -746,27 +757,27 @@ def test_monotonic_clock_wall_jump_never_kills_r3() -> None:
 
 
 def test_heartbeat_monitor_uses_clock_values_only() -> None:
-    mon = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=20, start=0.0, start_wall_ns=0)
+    mon = _heartbeat.HeartbeatMonitor(timeout_s=3, startup_grace_s=20, start=0.0, start_wall_ns=0)
     assert mon.next_wakeup() == 3  # before the first beat: look every timeout_s
     assert not mon.observe(3.0, 3 * 10**9, 10**9)  # a beat at 1 s, seen at 3 s
     assert mon.last_beat == pytest.approx(1.0)
     assert mon.next_wakeup() == pytest.approx(4.0)
     assert mon.observe(4.0, 4 * 10**9, 10**9)  # no newer beat: stale exactly timeout_s after the last
-    never = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    never = _heartbeat.HeartbeatMonitor(timeout_s=3, startup_grace_s=5, start=0.0, start_wall_ns=0)
     assert not never.observe(4.9, 0, None) and never.observe(5.0, 0, None)
-    off = run.HeartbeatMonitor(timeout_s=0, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    off = _heartbeat.HeartbeatMonitor(timeout_s=0, startup_grace_s=5, start=0.0, start_wall_ns=0)
     assert off.next_wakeup() is None and not off.observe(10**6, 0, None)
 
 
 def test_leftover_heartbeat_file_never_counts() -> None:
     start_wall = 5_000 * 10**9
     old = start_wall - 3600 * 10**9
-    mon = run.HeartbeatMonitor(
+    mon = _heartbeat.HeartbeatMonitor(
         timeout_s=3, startup_grace_s=10, start=0.0, start_wall_ns=start_wall, baseline_mtime_ns=old
     )
     assert not mon.observe(3.0, start_wall + 3 * 10**9, old)  # not stale at start despite its age
     assert mon.last_beat is None
-    fresh = run.HeartbeatMonitor(timeout_s=3, startup_grace_s=10, start=0.0, start_wall_ns=start_wall)
+    fresh = _heartbeat.HeartbeatMonitor(timeout_s=3, startup_grace_s=10, start=0.0, start_wall_ns=start_wall)
     assert not fresh.observe(3.0, start_wall + 3 * 10**9, old)  # appears, but with an old mtime
     assert fresh.last_beat is None
     assert not fresh.observe(6.0, start_wall + 6 * 10**9, start_wall + 5 * 10**9)  # a real touch
@@ -774,7 +785,7 @@ def test_leftover_heartbeat_file_never_counts() -> None:
 
 
 def test_build_job_command_r1() -> None:
-    dist = run.distributed_from_env(
+    dist = _distributed.from_env(
         {
             "NNODES": "2",
             "NODE_RANK": "1",
@@ -783,27 +794,27 @@ def test_build_job_command_r1() -> None:
             "WORLD_SIZE": "16",
         }
     )
-    argv = run.build_job_command(["examples/train.py", "--steps", "5"], dist, "/env/bin/python")
+    argv = _job_command.build_job_command(["examples/train.py", "--steps", "5"], dist, "/env/bin/python")
     assert argv == [
         "/env/bin/python", "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--nproc-per-node=8",
         "--master-addr=10.0.0.11", "--master-port=29500", "examples/train.py", "--steps", "5",
     ]  # fmt: skip
     assert not any(a.endswith("=") for a in argv), "never a flag with an empty value"
-    shim = run.build_job_command(
+    shim = _job_command.build_job_command(
         ["examples/train.py", "--steps", "5"], dist, "/env/bin/python", Path("/t/f.json")
     )
-    assert shim == ["/env/bin/python", "-c", run.TORCHRUN_SHIM, "/t/f.json", *argv[3:]]
-    compile(run.TORCHRUN_SHIM, "<shim>", "exec")
-    laptop = run.distributed_from_env({"MASTER_ADDR": "", "NNODES": " "})
-    assert laptop == run.Distributed()
-    assert run.build_job_command(["job.py", "a"], laptop, "python3") == ["python3", "job.py", "a"]
+    assert shim == ["/env/bin/python", "-c", _job_command.TORCHRUN_SHIM, "/t/f.json", *argv[3:]]
+    compile(_job_command.TORCHRUN_SHIM, "<shim>", "exec")
+    laptop = _distributed.from_env({"MASTER_ADDR": "", "NNODES": " "})
+    assert laptop == _distributed.Distributed()
+    assert _job_command.build_job_command(["job.py", "a"], laptop, "python3") == ["python3", "job.py", "a"]
     # no torch in the job's environment: one process per node, never torchrun
-    assert run.build_job_command(["job.py", "a"], dist, "/env/bin/python", torchrun=False) == [
+    assert _job_command.build_job_command(["job.py", "a"], dist, "/env/bin/python", torchrun=False) == [
         "/env/bin/python",
         "job.py",
         "a",
     ]
-    assert run.build_job_command(["bash", "-c", "exit 3"], dist, None) == ["bash", "-c", "exit 3"]
+    assert _job_command.build_job_command(["bash", "-c", "exit 3"], dist, None) == ["bash", "-c", "exit 3"]
 
 
 def test_python_kind(tmp_path: Path) -> None:
@@ -811,7 +822,11 @@ def test_python_kind(tmp_path: Path) -> None:
     uv_script.write_text('# /// script\n# requires-python = ">=3.11"\n# dependencies = []\n# ///\nprint(1)\n')
     plain = tmp_path / "b.py"
     plain.write_text("print(1)  # /// script\n")
-    assert (run.python_kind(uv_script), run.python_kind(plain), run.python_kind(tmp_path / "c.sh")) == (
+    assert (
+        _job_command.python_kind(uv_script),
+        _job_command.python_kind(plain),
+        _job_command.python_kind(tmp_path / "c.sh"),
+    ) == (
         "uv",
         "python",
         None,
@@ -819,35 +834,35 @@ def test_python_kind(tmp_path: Path) -> None:
 
 
 def test_identity_from_skypilot_env() -> None:
-    ident = run.identity_from_env(
+    ident = _distributed.identity(
         {"SKYPILOT_NODE_RANK": "1", "SKYPILOT_MANAGED_JOB_ID": "12", "SKYPILOT_TASK_ID": "sky-managed-2026-01-02-03-04-05-000006_my-run_12-3", "SKYPILOT_NUM_NODES": "2"},
         1,
     )  # fmt: skip
     assert (ident.node_rank, ident.managed_job_id, ident.task_index, ident.num_nodes) == (1, 12, 3, 2)
-    assert run.identity_from_env({}, 1) == run.Identity()
-    assert run.task_index_from("sky-2026-01-02-03-04-05-000006_cluster_4") == 0
+    assert _distributed.identity({}, 1) == _distributed.Identity()
+    assert _distributed.task_index_from("sky-2026-01-02-03-04-05-000006_cluster_4") == 0
 
 
 def test_ledger_parsing_tolerates_corruption(tmp_path: Path) -> None:
     data = b'{"event": "start", "attempt": 1, "time": 1.0}\n\nnot json\n{"event": "start", "attempt": "2"}\n[1]\n{"event": "end", "attempt": 1, "runtime_s": 4, "exit_code": 86, "reason": "heartbeat_timeout"}\n{"event": "al'
-    records = run.parse_ledger(data)
+    records = _ledger.parse_ledger(data)
     assert [r["event"] for r in records] == ["start", "end"]
-    [attempt] = run.summarize(records)
+    [attempt] = _policy.summarize(records)
     assert (attempt.number, attempt.runtime_s, attempt.bad_node) == (1, 4.0, True)
     path = tmp_path / "l.jsonl"
     path.write_bytes(b'{"event": "st')
-    assert run.append_record(path, {"event": "start", "attempt": 1})
-    assert len(run.read_ledger(path)) == 1
-    assert run.read_ledger(tmp_path / "missing.jsonl") == []
+    assert _ledger.append_record(path, {"event": "start", "attempt": 1})
+    assert len(_ledger.read_ledger(path)) == 1
+    assert _ledger.read_ledger(tmp_path / "missing.jsonl") == []
 
 
 def test_attempt_numbers() -> None:
-    ended = run.Attempt(1, 0.0, 10.0, 3, "job_failed", ended=True)
-    current = run.Attempt(2, 0.0)  # rank 0 already wrote this attempt's start
-    assert run.attempt_number([ended], writer=True) == 2
-    assert run.attempt_number([ended, current], writer=False) == 2
+    ended = _policy.Attempt(1, 0.0, 10.0, 3, "job_failed", ended=True)
+    current = _policy.Attempt(2, 0.0)  # rank 0 already wrote this attempt's start
+    assert _policy.attempt_number([ended], writer=True) == 2
+    assert _policy.attempt_number([ended, current], writer=False) == 2
     # rank 0's attempt 2 was lost and is not closed yet; this node's own last result was attempt 2
-    assert run.attempt_number([ended, current], writer=False, own_last=2) == 3
+    assert _policy.attempt_number([ended, current], writer=False, own_last=2) == 3
 
 
 def test_attempt_outcome_over_all_nodes() -> None:
@@ -872,7 +887,7 @@ def test_attempt_outcome_over_all_nodes() -> None:
         ),
         *attempt(3, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm"), (2, EXIT_SIGINT, "sigint")),
         *attempt(4, (0, 1, "job_failed"), (1, 3, "job_failed")),
-        *attempt(5, (0, None, run.LEDGER_LOST), (1, 0, "completed")),
+        *attempt(5, (0, None, _ledger.LEDGER_LOST), (1, 0, "completed")),
     ]
     records.append(
         {
@@ -884,7 +899,7 @@ def test_attempt_outcome_over_all_nodes() -> None:
             "reason": "completed",
         }
     )
-    got = [(a.exit_code, a.reason, a.node_rank, a.bad_node, a.runtime_s) for a in run.summarize(records)]
+    got = [(a.exit_code, a.reason, a.node_rank, a.bad_node, a.runtime_s) for a in _policy.summarize(records)]
     assert got == [
         (3, "job_failed", 1, False, 20.0),
         (EXIT_BAD_NODE, "heartbeat_timeout", 1, True, 20.0),
@@ -893,15 +908,17 @@ def test_attempt_outcome_over_all_nodes() -> None:
         (0, "completed", 1, False, 900.0),  # a lost attempt's runtime: the longest node's
     ]
     lim = limits(crash_loop_attempts=3)
-    attempts = run.summarize(records)
-    assert run.crash_loop_evidence(attempts[:3], lim, now) is None, "attempt 3 (all signals) does not count"
-    assert run.crash_loop_evidence(attempts[:4], lim, now) is not None
-    cur = run.Attempt(6, now - 10, 10.0, node_rank=0)
-    signals_only = run.summarize(attempt(1, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm")))
+    attempts = _policy.summarize(records)
+    assert _policy.crash_loop_evidence(attempts[:3], lim, now) is None, (
+        "attempt 3 (all signals) does not count"
+    )
+    assert _policy.crash_loop_evidence(attempts[:4], lim, now) is not None
+    cur = _policy.Attempt(6, now - 10, 10.0, node_rank=0)
+    signals_only = _policy.summarize(attempt(1, (0, EXIT_SIGTERM, "sigterm"), (1, EXIT_SIGTERM, "sigterm")))
     two = replace(lim, crash_loop_attempts=2)
-    decision = run.decide(None, 3, prior=signals_only, current=cur, limits=two, now_wall=now)
+    decision = _policy.decide(None, 3, prior=signals_only, current=cur, limits=two, now_wall=now)
     assert decision == (3, "job_failed", None), "cancel or preemption on every node never counts"
-    decision = run.decide(None, 3, prior=attempts[:2], current=cur, limits=lim, now_wall=now)
+    decision = _policy.decide(None, 3, prior=attempts[:2], current=cur, limits=lim, now_wall=now)
     assert decision == (
         EXIT_CRASH_LOOP,
         "crash_loop",
@@ -911,9 +928,9 @@ def test_attempt_outcome_over_all_nodes() -> None:
     )
     # the recover cap counts any node's bad-node exit
     one = replace(lim, max_recover_restarts=1, crash_loop_attempts=0)
-    assert run.decide("heartbeat_timeout", None, prior=attempts[:2], current=cur, limits=one, now_wall=now)[
-        :2
-    ] == (
+    assert _policy.decide(
+        "heartbeat_timeout", None, prior=attempts[:2], current=cur, limits=one, now_wall=now
+    )[:2] == (
         EXIT_FAILURE,
         "recover_cap",
     )
@@ -923,12 +940,12 @@ def test_worker_failure_file(tmp_path: Path) -> None:
     """TORCHRUN_SHIM's record of the first failed worker; torchrun gives -N for a death by signal N."""
     path = tmp_path / "failure.json"
 
-    def parse(**data: object) -> run.WorkerFailure | None:
+    def parse(**data: object) -> _job_command.WorkerFailure | None:
         path.write_text(json.dumps(data))
-        return run.worker_failure(path)
+        return _job_command.worker_failure(path)
 
-    assert parse(rank=1, local_rank=1, exitcode=3) == run.WorkerFailure(1, 1, 3)
-    assert parse(rank=9, local_rank=1, exitcode=-11) == run.WorkerFailure(9, 1, 139, 11)
+    assert parse(rank=1, local_rank=1, exitcode=3) == _job_command.WorkerFailure(1, 1, 3)
+    assert parse(rank=9, local_rank=1, exitcode=-11) == _job_command.WorkerFailure(9, 1, 139, 11)
     assert (
         parse(rank=9, local_rank=1, exitcode=-11).describe()
         == "worker rank 9 (local rank 1) killed by signal 11"
@@ -936,13 +953,13 @@ def test_worker_failure_file(tmp_path: Path) -> None:
     assert parse(rank=0, local_rank=0, exitcode=0) is None
     assert parse(rank=0, exitcode="3") is None
     path.write_text("{half")
-    assert run.worker_failure(path) is None
-    assert run.worker_failure(tmp_path / "missing.json") is None
+    assert _job_command.worker_failure(path) is None
+    assert _job_command.worker_failure(tmp_path / "missing.json") is None
     now = 10_000.0
-    cur = run.Attempt(1, now - 10, 10.0)
+    cur = _policy.Attempt(1, now - 10, 10.0)
     lim = limits()
     for job_code, expected in ((3, (3, "job_failed")), (86, (EXIT_FAILURE, "job_failed_reserved_code"))):
-        decision = run.decide(
+        decision = _policy.decide(
             None, job_code, prior=[], current=cur, limits=lim, now_wall=now, detail="worker rank 1 exited"
         )
         assert decision[:2] == expected and decision.cause.startswith("worker rank 1 exited")
@@ -951,10 +968,10 @@ def test_worker_failure_file(tmp_path: Path) -> None:
 def test_decide_contract() -> None:
     lim = limits()
     now = 10_000.0
-    cur = run.Attempt(1, now - 10, 10.0)
+    cur = _policy.Attempt(1, now - 10, 10.0)
 
     def d(stop, code, prior=(), lim=lim):
-        return run.decide(stop, code, prior=list(prior), current=cur, limits=lim, now_wall=now)[:2]
+        return _policy.decide(stop, code, prior=list(prior), current=cur, limits=lim, now_wall=now)[:2]
 
     assert d(None, 0) == (0, "completed")
     assert d(None, 3) == (3, "job_failed")
@@ -966,18 +983,20 @@ def test_decide_contract() -> None:
     assert d("max_runtime", 143) == (0, "max_runtime")
     assert d("sigterm", 1) == (EXIT_SIGTERM, "sigterm")
     assert d("sigint", None) == (EXIT_SIGINT, "sigint")
-    bad = [run.Attempt(i, now - 5000, 4000.0, EXIT_BAD_NODE, "heartbeat_timeout", True) for i in range(1, 11)]
+    bad = [
+        _policy.Attempt(i, now - 5000, 4000.0, EXIT_BAD_NODE, "heartbeat_timeout", True) for i in range(1, 11)
+    ]
     assert d("heartbeat_timeout", None, bad[:9]) == (EXIT_BAD_NODE, "heartbeat_timeout")
     assert d("heartbeat_timeout", None, bad) == (EXIT_FAILURE, "recover_cap")
-    fast = [run.Attempt(i, now - 600, 30.0, 3, "job_failed") for i in (1, 2)]
+    fast = [_policy.Attempt(i, now - 600, 30.0, 3, "job_failed") for i in (1, 2)]
     assert d(None, 3, fast) == (EXIT_CRASH_LOOP, "crash_loop")
     assert d(None, 3, fast[:1]) == (3, "job_failed")
     assert d(None, 3, fast, replace(lim, crash_loop_attempts=0)) == (3, "job_failed")
-    old = [run.Attempt(i, now - 7200, 30.0, 3, "job_failed") for i in (1, 2)]
+    old = [_policy.Attempt(i, now - 7200, 30.0, 3, "job_failed") for i in (1, 2)]
     assert d(None, 3, old) == (3, "job_failed"), "outside the window"
-    slow = [run.Attempt(i, now - 1200, 900.0, 3, "job_failed") for i in (1, 2)]
+    slow = [_policy.Attempt(i, now - 1200, 900.0, 3, "job_failed") for i in (1, 2)]
     assert d(None, 3, slow) == (3, "job_failed"), "average runtime above the minimum"
-    preempted = [run.Attempt(i, now - 600, 30.0, EXIT_SIGTERM, "sigterm") for i in (1, 2)]
+    preempted = [_policy.Attempt(i, now - 600, 30.0, EXIT_SIGTERM, "sigterm") for i in (1, 2)]
     assert d(None, 3, preempted) == (3, "job_failed"), "preemptions are not crashes"
     assert d(None, 0, fast) == (0, "completed")
 
@@ -990,14 +1009,16 @@ def test_exit_codes_match_job_yaml() -> None:
     assert EXIT_BAD_NODE in codes
     assert EXIT_CRASH_LOOP not in codes and 137 not in codes and EXIT_FAILURE not in codes
     envs = task["envs"]
-    for key, default in run.DEFAULTS.items():
-        assert envs[key] == default, f"run.py's default for {key} differs from job.yaml"
+    for key in _supervisor_config.OPTIONS.values():
+        assert envs[key] == _contract.KEY[key].default, (
+            f"the contract's default for {key} differs from job.yaml"
+        )
     assert "run.py -- " in task["run"].splitlines()[-1]
 
 
 def test_precedence_flags_env_defaults() -> None:
     here = RUN.parent
-    cfg = run.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=here)
+    cfg = _supervisor_config.load_config(["--", "true"], {}, tmp_dir=Path("/tmp"), here=here)
     assert (cfg.limits.heartbeat_timeout_s, cfg.limits.max_runtime_s, cfg.limits.grace_s, cfg.preflight) == (
         600,
         86400,
@@ -1011,7 +1032,7 @@ def test_precedence_flags_env_defaults() -> None:
         "RUN_ID": "x",
         "CRASH_LOOP_WINDOW_MINUTES": "2",
     }
-    cfg = run.load_config(["--", "true"], env, tmp_dir=Path("/tmp"), here=here)
+    cfg = _supervisor_config.load_config(["--", "true"], env, tmp_dir=Path("/tmp"), here=here)
     assert (cfg.limits.heartbeat_timeout_s, cfg.preflight, cfg.data_dir, cfg.run_id) == (
         5,
         False,
@@ -1019,7 +1040,7 @@ def test_precedence_flags_env_defaults() -> None:
         "x",
     )
     assert cfg.limits.crash_loop_window_s == 120
-    cfg = run.load_config(
+    cfg = _supervisor_config.load_config(
         ["--heartbeat-timeout", "7", "--preflight", "--", "true", "--heartbeat-timeout", "9"],
         env,
         tmp_dir=Path("/tmp"),
@@ -1049,7 +1070,7 @@ def test_precedence_flags_env_defaults() -> None:
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, env, named, monkeypatch, capsys) -> None:
-    for key in [*run.DEFAULTS, "NNODES", "SKYPILOT_NODE_RANK"]:
+    for key in [*(k.name for k in _contract.KEYS), "NNODES", "SKYPILOT_NODE_RANK"]:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -1071,7 +1092,8 @@ def test_script_header() -> None:
     assert text.startswith("#!/usr/bin/env -S uv run --script\n# /// script\n")
     assert 'requires-python = ">=3.11"' in text and 'dependencies = ["psutil==7.2.2"]' in text
     assert os.access(RUN, os.X_OK)
-    assert "raise SystemExit(main())" in text and "allow_abbrev=False" in text
+    assert "raise SystemExit(main())" in text
+    assert "allow_abbrev=False" in (RUN.parent / "_supervisor_config.py").read_text()
     assert math.isclose(run.ALIVE_INTERVAL_S, 300.0)
 
 
@@ -1091,9 +1113,11 @@ def test_the_job_gets_grace_for_torchruns_own_shutdown(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path), "RUN_ID": "r", "GRACE": "61.5", "PATH": os.environ["PATH"]}
     script = tmp_path / "job.sh"
     script.write_text("exit 0\n")
-    cfg = run.load_config(["--", str(script)], env, tmp_dir=tmp_path, here=ROOT / "scripts" / "remote")
-    with run.Events() as events:
-        runner = run.AttemptRunner(cfg, run.Supervisor(events, cfg.limits.grace_s))
+    cfg = _supervisor_config.load_config(
+        ["--", str(script)], env, tmp_dir=tmp_path, here=ROOT / "scripts" / "remote"
+    )
+    with _proctree.Events() as events:
+        runner = run.AttemptRunner(cfg, _proctree.Supervisor(events, cfg.limits.grace_s))
         assert runner._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "62"
         mine = replace(cfg, env={**cfg.env, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"})
         assert run.AttemptRunner(mine, runner.sup)._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "5"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import io
-import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any, NoReturn
 _REMOTE = str(Path(__file__).resolve().parents[1] / "remote")
 if _REMOTE not in sys.path:
     sys.path.append(_REMOTE)
+import _contract  # noqa: E402
 
 #: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the one place they live.
 EXIT_OK = 0
@@ -43,7 +43,6 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SKY_ERROR = 3
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 #: SkyPilot's env-key rule (sky/utils/schemas.py): also what a POSIX shell accepts.
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -61,8 +60,7 @@ MAX_RUN_NAME = 63
 #: Longest `KEY=value` the kernel passes to a process (MAX_ARG_STRLEN, 32 pages of 4 KiB).
 MAX_ENV_ENTRY = 131072
 
-TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
-FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+TRUE_WORDS, FALSE_WORDS = _contract.TRUE_WORDS, _contract.FALSE_WORDS
 
 #: Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14.1).
 TASK_KEYS = frozenset(
@@ -183,73 +181,11 @@ def default_run_name(job: str, stamp: str) -> str:
 # --------------------------------------------------------------------------------------- typed envs
 
 
-def _number(text: str, minimum: float, strict: bool = False) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise ValueError
-    return value
+#: Task envs the node side parses as numbers, flags, sizes or tables: checked here with the node side's
+#: own parser (_contract.parse) before anything is launched, so a typo costs exit 2, not a failed
+#: attempt on paid nodes.
+TYPED_KEYS = tuple(k.name for k in _contract.KEYS if k.kind not in ("str", "name"))
 
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
-_FLOOR_RE = re.compile(r"^[A-Za-z0-9_.-]+@[1-9][0-9]*\+?=[0-9]+(\.[0-9]*)?(:[0-9]+(\.[0-9]*)?)?$")
-
-
-def _size(text: str) -> bool:
-    """A byte count with an optional binary suffix (K = 1024), at least one float32 (4 bytes)."""
-    match = _SIZE_RE.match(text)
-    if not match or int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ") < 4:
-        raise ValueError
-    return True
-
-
-def _floors(text: str) -> bool:
-    """The preflight's floor table (`ACCEL@NODES[+]=FLOOR[:WARN],...`, or `none`), as nccl_test.py
-    parses it; WARN must be >= FLOOR."""
-    if text.lower() == "none":
-        return True
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        if not _FLOOR_RE.match(entry):
-            raise ValueError
-        floor, _, warn = entry.split("=", 1)[1].partition(":")
-        if warn and float(warn) < float(floor):
-            raise ValueError
-    return True
-
-
-#: Task envs that the node side parses as numbers or flags (docs/contract.md), checked here before
-#: anything is launched, so a typo costs exit 2 instead of a failed attempt on paid nodes.
-#: key -> (what it must be, check, empty allowed). tests/test_repo.py keeps this in step with
-#: the node-side parsers of scripts/remote/run.py and nccl_test.py.
-TYPED_ENVS: dict[str, tuple[str, Any, bool]] = {
-    "MASTER_PORT": ("a port 1..65535", lambda t: 1 <= int(t) <= 65535 or _fail(), False),
-    "HEARTBEAT_TIMEOUT": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
-    "STARTUP_GRACE": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
-    "GRACE": ("a number of seconds >= 0", lambda t: _number(t, 0), False),
-    "MAX_RUNTIME_HOURS": ("a number of hours >= 0", lambda t: _number(t, 0), False),
-    "CRASH_LOOP_ATTEMPTS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), False),
-    "CRASH_LOOP_WINDOW_MINUTES": ("a number of minutes >= 0", lambda t: _number(t, 0), False),
-    "CRASH_LOOP_MIN_MINUTES": ("a number of minutes >= 0", lambda t: _number(t, 0), False),
-    "MAX_RECOVER_RESTARTS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), False),
-    "NCCL_PREFLIGHT": ("one of 1/0, true/false, yes/no, on/off", lambda t: parse_bool(t, ""), False),
-    "NCCL_PREFLIGHT_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
-    "NCCL_PREFLIGHT_INIT_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
-    "NCCL_PREFLIGHT_STAGE_TIMEOUT": ("a number of seconds > 0", lambda t: _number(t, 0, strict=True), True),
-    "NCCL_PREFLIGHT_MIN_SHM_GIB": ("a number of GiB >= 0", lambda t: _number(t, 0), True),
-    "NCCL_PREFLIGHT_ITERS": ("an integer >= 1", lambda t: int(t) >= 1 or _fail(), True),
-    "NCCL_PREFLIGHT_WARMUP": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
-    "NCCL_PREFLIGHT_SLOW_FRACTION": (
-        "a number in (0, 1]",
-        lambda t: _number(t, 0, strict=True) <= 1 or _fail(),
-        True,
-    ),
-    "NCCL_PREFLIGHT_PAIR_PARTNERS": ("an integer >= 0", lambda t: int(t) >= 0 or _fail(), True),
-    "NCCL_PREFLIGHT_SIZE": (
-        "a byte count >= 4 like 32M, 1G or 4096",
-        _size,
-        True,
-    ),
-    "NCCL_PREFLIGHT_FLOORS": ("ACCEL@NODES[+]=FLOOR[:WARN],... (GB/s, WARN >= FLOOR) or none", _floors, True),
-}
 
 #: Set on the node by SkyPilot, configure_environment.py or run.py: a task env of that name would be
 #: silently replaced there, so the launcher refuses it.
@@ -281,25 +217,18 @@ NODE_OWNED_ENVS = frozenset(
 MAX_ENV_TOTAL = 1 << 20
 
 
-def _fail() -> bool:
-    raise ValueError
-
-
 def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> None:
-    """Raise ConfigError naming the key and where its value came from when a TYPED_ENVS value would
-    be rejected on the node (CASES.md E9: strings that mean numbers and booleans)."""
-    for key, (expected, check, empty_ok) in TYPED_ENVS.items():
-        if key not in values:
-            continue
-        text = values[key].strip()
-        if not text and empty_ok:
-            continue
-        try:
-            check(text)
-        except (ValueError, ConfigError):
-            raise ConfigError(
-                f"{key} (from {sources.get(key, '?')}): expected {expected}, got {values[key]!r}"
-            ) from None
+    """Raise ConfigError naming the key and where its value came from when a typed env (TYPED_KEYS)
+    would be rejected on the node (CASES.md E9: strings that mean numbers and booleans)."""
+    for key in TYPED_KEYS:
+        if key in values:
+            try:
+                _contract.parse(key, values[key])
+            except _contract.BadValue:
+                raise ConfigError(
+                    f"{key} (from {sources.get(key, '?')}): expected {_contract.KEY[key].expected()},"
+                    f" got {values[key]!r}"
+                ) from None
 
 
 # --------------------------------------------------------------------------------------- .env

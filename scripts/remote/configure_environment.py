@@ -2,6 +2,8 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = []
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Derive torch.distributed settings from SkyPilot's node contract; write a bash-sourceable env file.
 
@@ -21,102 +23,26 @@ Exit codes: 0 written; 2 bad input (one line naming the flag, nothing written).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import re
 import shlex
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
+from _contract import EXIT_BAD_INPUT, EXIT_OK
+from _distributed import Distributed, InputError, derive, parse_node_ips
 
-#: Set only where the environment has no value (SkyPilot may set NCCL variables itself:
-#: ../shared/notes/skypilot.md). Async error handling turns a dead peer into an error, not a hang.
+__all__ = ["Distributed", "InputError", "derive", "environment", "main", "parse_node_ips", "render"]
+
+#: Set only where the environment has no value (SkyPilot sets NCCL variables itself on some network
+#: setups, e.g. NCCL_SOCKET_IFNAME: never override them). Async error handling turns a dead peer into
+#: an error, not a hang.
 NCCL_DEFAULTS: dict[str, str] = {
     "NCCL_DEBUG": "WARN",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
 }
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
-)
-
-
-class InputError(Exception):
-    """Bad input: the message names the flag."""
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """torch.distributed settings of one node."""
-
-    master_addr: str
-    master_port: int
-    nnodes: int
-    node_rank: int
-    nproc_per_node: int
-
-    @property
-    def world_size(self) -> int:
-        return self.nnodes * self.nproc_per_node
-
-    def as_env(self) -> dict[str, str]:
-        return {
-            "MASTER_ADDR": self.master_addr,
-            "MASTER_PORT": str(self.master_port),
-            "NNODES": str(self.nnodes),
-            "NODE_RANK": str(self.node_rank),
-            "NPROC_PER_NODE": str(self.nproc_per_node),
-            "WORLD_SIZE": str(self.world_size),
-        }
-
-
-def _int(text: str, flag: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        raise InputError(f"{flag}: expected an integer, got {text!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise InputError(f"{flag}: must be {bound}, got {value}")
-    return value
-
-
-def parse_node_ips(text: str) -> list[str]:
-    """SKYPILOT_NODE_IPS (newline-separated, line 1 is the head node) to a list. CRLF, blank lines
-    and stray spaces are tolerated (CASES.md R1, E4). Raises InputError for anything not an IP address
-    or host name."""
-    ips = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
-    for ip in ips:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            if not _HOSTNAME_RE.match(ip):
-                raise InputError(f"--node-ips: {ip!r} is not an IP address or host name") from None
-    return ips
-
-
-def derive(
-    node_ips: str, node_rank: str, num_nodes: str, gpus_per_node: str, master_port: str
-) -> Distributed:
-    """Distributed settings from SkyPilot's values, given as the strings SkyPilot sets (empty when
-    unset). Raises InputError naming the flag when they disagree (CASES.md R1)."""
-    ips = parse_node_ips(node_ips)
-    nnodes = _int(num_nodes, "--num-nodes", 1) if num_nodes.strip() else max(len(ips), 1)
-    if ips and len(ips) != nnodes:
-        raise InputError(f"--node-ips: {nnodes} nodes (--num-nodes) but {len(ips)} IPs")
-    if not ips and nnodes > 1:
-        raise InputError(f"--node-ips: empty, but --num-nodes is {nnodes}")
-    rank = _int(node_rank, "--node-rank", 0) if node_rank.strip() else 0
-    if rank >= nnodes:
-        raise InputError(f"--node-rank: {rank} is out of range for {nnodes} node(s) (0..{nnodes - 1})")
-    gpus = _int(gpus_per_node, "--gpus-per-node", 0) if gpus_per_node.strip() else 0
-    port = _int(master_port, "--master-port", 1, 65535)
-    return Distributed(ips[0] if ips else "127.0.0.1", port, nnodes, rank, gpus or 1)
 
 
 def environment(dist: Distributed, existing: Mapping[str, str]) -> dict[str, str]:

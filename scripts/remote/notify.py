@@ -3,7 +3,7 @@
 # requires-python = ">=3.11"
 # dependencies = ["httpx==0.28.1", "stamina==26.1.0"]
 # [tool.uv]
-# exclude-newer = "2026-11-01T00:00:00Z"
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Tell people why a job ended: Discord, Slack, a GitHub commit status, a generic JSON webhook.
 
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import _contract
 import _notify_messages as msg
 import httpx
 import stamina
@@ -61,10 +62,6 @@ WEBHOOK_KEYS = {
     "webhook": "NOTIFY_WEBHOOK_URL",
 }
 BODIES = {"discord": msg.discord_body, "slack": msg.slack_body, "webhook": msg.webhook_body}
-DEFAULT_NOTIFY_ON = frozenset({"ended"})
-#: Seconds all channels together may take, the default and the most NOTIFY_TIMEOUT_S may ask for: a
-#: job's ending (and SkyPilot's recovery) waits on this script.
-TIMEOUT_MAX_S = 30.0
 #: Seconds one HTTP request may wait to connect, or for the next bytes of an answer (httpx timeouts).
 REQUEST_TIMEOUT_S = 10.0
 #: Requests per channel at most (1 + retries), for 5xx answers, rate limits, lost connections, timeouts.
@@ -76,7 +73,6 @@ RETRY_WAIT_MAX_S = 4.0
 RETRY_JITTER_S = 0.25
 #: Seconds to wait after a rate-limit answer that says nothing usable about when to retry.
 DEFAULT_RETRY_AFTER_S = 1.0
-GITHUB_API_URL = "https://api.github.com"
 #: GitHub REST API version header ("API versions" in GitHub's REST docs).
 GITHUB_API_VERSION = "2022-11-28"
 USER_AGENT = "skyops-notify"
@@ -142,21 +138,18 @@ def load_config(env: Mapping[str, str], cwd: Path) -> Config:
     Raises BadInput for a bad NOTIFY_ON or NOTIFY_TIMEOUT_S. A channel's own problems (a bad URL, no
     repository, no commit) are reported when sending, without stopping the other channels.
     """
-    names = {n.strip() for n in env.get("NOTIFY_ON", "").split(",")} - {""}
-    if unknown := sorted(names - set(msg.EVENTS)):
-        raise BadInput(f"NOTIFY_ON: unknown event {unknown[0]!r} (known: {', '.join(msg.EVENTS)})")
-    text = env.get("NOTIFY_TIMEOUT_S", "").strip()
     try:
-        timeout_s = float(text) if text else TIMEOUT_MAX_S
-    except ValueError:
-        timeout_s = math.nan
-    if not 0 < timeout_s <= TIMEOUT_MAX_S:
-        raise BadInput(f"NOTIFY_TIMEOUT_S: {text!r} is not a number of seconds above 0 and at most 30")
+        names = _contract.value(env, "NOTIFY_ON")
+        timeout_s = _contract.value(env, "NOTIFY_TIMEOUT_S")
+        api_url = _contract.value(env, "GITHUB_API_URL")
+    except _contract.BadValue as exc:
+        raise BadInput(str(exc)) from None
+    assert isinstance(names, tuple) and isinstance(timeout_s, float) and isinstance(api_url, str)
     github = None
     if token := env.get("GITHUB_TOKEN", "").strip():
         github = GitHub(
             token=token,
-            api_url=env.get("GITHUB_API_URL", "").strip() or GITHUB_API_URL,
+            api_url=api_url,
             repository=env.get("GITHUB_REPOSITORY", "").strip() or repository_from_git(cwd),
             commit=env.get("GIT_COMMIT", "").strip(),
             dirty=env.get("GIT_DIRTY", "").strip() == "1",
@@ -164,7 +157,7 @@ def load_config(env: Mapping[str, str], cwd: Path) -> Config:
     return Config(
         webhooks={ch: env[key].strip() for ch, key in WEBHOOK_KEYS.items() if env.get(key, "").strip()},
         github=github,
-        notify_on=frozenset(names) or DEFAULT_NOTIFY_ON,
+        notify_on=frozenset(names),
         timeout_s=timeout_s,
     )
 
