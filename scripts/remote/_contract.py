@@ -272,6 +272,8 @@ KEYS: tuple[Key, ...] = (
        choices=("started", "attempt_ended", "ended")),
     _k("NOTIFY_TIMEOUT_S", "float", "30", "seconds all notification channels together may take (at most 30)",
        "notify.py", unit=S, minimum=0, maximum=30, above=True, in_job_yaml=False),
+    _k("GITHUB_REPOSITORY", "str", "", "the `owner/name` of commit statuses (empty: from `git remote get-url origin`)",
+       "notify.py", empty="value", in_job_yaml=False),
     _k("GITHUB_API_URL", "str", "https://api.github.com",
        "GitHub's API base for commit statuses (GitHub Enterprise: https://HOST/api/v3)", "notify.py"),
 )  # fmt: skip
