@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: ../shared/cases/CASES.md N1 (and more of its kind): invalid run names and the reason each gets.
+#: docs/field-cases.md N1 (and more of its kind): invalid run names and the reason each gets.
 N1_INVALID_NAMES = [
     ("1run", "must start with a letter"),
     ("-run", "must start with a letter"),

@@ -1,4 +1,4 @@
-"""configure_environment.py: SkyPilot's node contract to torch.distributed settings (CASES.md R1)."""
+"""configure_environment.py: SkyPilot's node contract to torch.distributed settings (docs/field-cases.md R1)."""
 
 from __future__ import annotations
 

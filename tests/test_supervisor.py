@@ -1,4 +1,4 @@
-"""scripts/remote/run.py: the node-side supervisor (issue 3; CASES.md R1-R3).
+"""scripts/remote/run.py: the node-side supervisor (issue 3; docs/field-cases.md R1-R3).
 
 Fault tests run the real script as a process under a small harness that is a child subreaper: any
 process of the job's tree the supervisor leaves behind (alive or zombie) is adopted by the harness

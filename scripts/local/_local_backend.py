@@ -1,7 +1,7 @@
 """The local backend: job.yaml's `setup` and `run` on N emulated nodes on this machine.
 
 Each node is its own process tree (its own session), started with SkyPilot's environment contract
-(../shared/notes/skypilot.md): SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS (loopback, one per line),
+(docs/skypilot-facts.md): SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS (loopback, one per line),
 SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE, SKYPILOT_TASK_ID (managed-job format),
 SKYPILOT_MANAGED_JOB_ID, SKYPILOT_CLUSTER_INFO, SKYPILOT_USER and the setup-time variables, plus the
 task's envs and secrets. The job follows SkyPilot's managed-job rules:

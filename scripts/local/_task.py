@@ -2,7 +2,7 @@
 
 Pure functions on dicts: no SkyPilot import, no I/O. `patch_resources` applies the launch flags
 (--gpus, --cpus, --spot/--no-spot, --max-restarts) to the top level and to every `any_of` / `ordered`
-candidate of job.yaml's `resources`, keeping the shape (../shared/cases/CASES.md Y2); `dump_yaml`
+candidate of job.yaml's `resources`, keeping the shape (docs/field-cases.md Y2); `dump_yaml`
 renders a config the way SkyPilot's YAML reads.
 """
 
@@ -30,7 +30,7 @@ def _accelerator_items(value: Any, where: str) -> list[tuple[str, Any]]:
 
 
 def check_accelerators(value: Any, where: str) -> None:
-    """Raise ConfigError naming `where` if any candidate's count is not a number > 0 (CASES.md Y2)."""
+    """Raise ConfigError naming `where` if any candidate's count is not a number > 0 (docs/field-cases.md Y2)."""
     for name, count in _accelerator_items(value, where):
         try:
             number = float(count)

@@ -66,7 +66,7 @@ def _int(text: str, name: str, minimum: int, maximum: int | None = None) -> int:
 
 def parse_node_ips(text: str) -> list[str]:
     """SKYPILOT_NODE_IPS (newline-separated, line 1 is the head node) to a list. CRLF, blank lines and
-    stray spaces are tolerated (CASES.md R1, E4). Raises InputError for anything not an IP address or
+    stray spaces are tolerated (docs/field-cases.md R1, E4). Raises InputError for anything not an IP address or
     host name."""
     ips = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
     for ip in ips:
@@ -83,7 +83,7 @@ def derive(
 ) -> Distributed:
     """Distributed settings from SkyPilot's values, given as the strings SkyPilot sets (empty when
     unset: a laptop is one node, 127.0.0.1, rank 0; an empty port is the contract's default). Raises InputError naming the flag when they
-    disagree (CASES.md R1: 3 nodes but 2 IPs, rank 2 of 2)."""
+    disagree (docs/field-cases.md R1: 3 nodes but 2 IPs, rank 2 of 2)."""
     ips = parse_node_ips(node_ips)
     nnodes = _int(num_nodes, "--num-nodes", 1) if num_nodes.strip() else max(len(ips), 1)
     if ips and len(ips) != nnodes:

@@ -1,5 +1,5 @@
 """Heartbeat monitor: decides from monotonic time whether a job's heartbeat file is stale (pure: every
-time value comes in as an argument). CASES.md R3: a file from an earlier attempt, a wall clock that
+time value comes in as an argument). docs/field-cases.md R3: a file from an earlier attempt, a wall clock that
 jumps, and a job that never beats are all handled."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The supervisor is a child subreaper, so orphans of the job (torchrun workers whose launcher died) are
 re-parented to it and found; teardown gives every process of the tree SIGTERM once, the whole grace
-period, then SIGKILL, and reaps (CASES.md R2; docs/decisions/endings.md).
+period, then SIGKILL, and reaps (docs/field-cases.md R2; docs/decisions/endings.md).
 """
 
 from __future__ import annotations
