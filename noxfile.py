@@ -2,6 +2,7 @@
 
 nox -s tests            # pytest (what `make test` and CI run)
 nox -s lint             # ruff check + ruff format --check
+nox -s locks            # the committed script locks (<script>.py.lock) match their scripts
 nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
 """
 
@@ -15,11 +16,12 @@ import nox
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "locks", "tests"]
 
 ROOT = Path(__file__).parent
 SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.py") if not p.name.startswith("_"))
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 TEST_DEPS = ["pytest==9.2.0", "pytest-timeout==2.4.0"]
 RUFF = "ruff==0.17.6"
 
@@ -27,6 +29,12 @@ RUFF = "ruff==0.17.6"
 # so no session downloads a multi-GB CUDA build. See README, "Offline torch".
 if "UV_FIND_LINKS" not in os.environ and os.environ.get("PIP_FIND_LINKS"):
     os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+
+# Bytecode compiled when uv installs an environment (UV_COMPILE_BYTECODE): for the script environments
+# a session builds and then reuses from uv's cache (nccl). Not for the test session: nox rebuilds its
+# venv on every run (+35 s to compile), and the tests build throwaway torch environments (+24 s); the
+# environments the tests' jobs use are compiled by job.yaml's setup. docs/decisions/locked-environments.md
+COMPILE_BYTECODE = {"UV_COMPILE_BYTECODE": os.environ.get("UV_COMPILE_BYTECODE", "1")}
 
 
 def script_dependencies(paths: list[Path]) -> list[str]:
@@ -52,13 +60,32 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+@nox.session(venv_backend="none")
+def locks(session: nox.Session) -> None:
+    """Check that every committed script lock matches its script (uv lock --check); posargs go to uv."""
+    # job.yaml's setup and run use these locks `--locked`: a stale one would stop every node at setup.
+    # Re-lock after changing a script's dependencies: uv lock --script <script>; after moving its
+    # exclude-newer date: uv lock --upgrade --script <script> (uv keeps a lock whose date moved later).
+    locked = [p for p in SCRIPTS + EXAMPLES + BENCHMARKS if p.with_name(p.name + ".lock").is_file()]
+    for script in locked:
+        rel = str(script.relative_to(ROOT))
+        session.run("uv", "lock", "--check", "--script", rel, *session.posargs, external=True)
+
+
 @nox.session(default=False)
 def nccl(session: nox.Session) -> None:
     """Run the NCCL preflight (gloo on CPU) on this machine; posargs go to nccl_test.py."""
     # stderr=None: the script's log lines keep to stderr (nox merges them into stdout by default), so
     # `nox -s nccl -- --json` prints the report alone on stdout, ready for a pipe into jq.
     session.run(
-        "uv", "run", "--script", "scripts/remote/nccl_test.py", *session.posargs, external=True, stderr=None
+        "uv",
+        "run",
+        "--script",
+        "scripts/remote/nccl_test.py",
+        *session.posargs,
+        external=True,
+        stderr=None,
+        env=COMPILE_BYTECODE,
     )
 
 

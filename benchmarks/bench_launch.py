@@ -7,6 +7,8 @@
 #     "psutil==7.2.2",
 #     "skypilot==0.14.1",
 # ]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Launcher latency, side by side with its floor; prints numbers (recorded in docs/performance-launch.md).
 

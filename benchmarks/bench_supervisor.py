@@ -2,6 +2,8 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = ["psutil==7.2.2"]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Benchmark scripts/remote/run.py against a fixed-interval poll supervisor like the earlier design's.
 

@@ -2,6 +2,8 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = ["torch==2.13.0", "numpy==2.4.6"]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """examples/train.py that fails once: the restart path end to end, locally or on the cloud.
 

@@ -2,6 +2,8 @@
 # /// script
 # requires-python = ">=3.11"
 # dependencies = ["torch==2.13.0", "numpy==2.4.6"]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """A small, real PyTorch DDP training job: gloo on CPU, NCCL on GPU.
 

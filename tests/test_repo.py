@@ -127,12 +127,12 @@ def test_job_yaml_reads_like_the_contract() -> None:
 
 def test_job_yaml_uses_the_locks_and_compiles_bytecode() -> None:
     """setup builds the environment of every script a node runs and compiles their bytecode (run only
-    uses them), and setup and run use a script's lock wherever it has one (`--locked`)
-    (docs/decisions/locked-environments.md)."""
+    uses them, so it does not compile: uv would walk each environment again at every call), and setup
+    and run use a script's lock wherever it has one (`--locked`) (docs/decisions/locked-environments.md)."""
     config = yaml.safe_load(JOB_YAML.read_text())
     compile_bytecode = r'(?m)^\s*export .*\bUV_COMPILE_BYTECODE="\$\{UV_COMPILE_BYTECODE:-1\}"'
     assert re.search(compile_bytecode, config["setup"])
-    assert not re.search(r"(?m)^[^#]*UV_COMPILE_BYTECODE", config["run"])
+    assert re.search(r"(?m)^unset UV_COMPILE_BYTECODE$", config["run"].split("uv run", 1)[0])
     for phase in ("setup", "run"):
         text = config[phase]
         calls = re.findall(r"uv (?:run|sync) ((?:--?[a-z]+ )*)--script (scripts/\S+\.py)", text)
