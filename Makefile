@@ -24,12 +24,20 @@ export UV_FIND_LINKS := $(PIP_LINKS)
 endif
 endif
 
+# Backend sky: uv compiles the launcher's environment when it installs it, so `import sky` takes ~2 s
+# instead of ~5-7 s where Python writes no .pyc itself. Each call then re-checks every compiled file
+# (0.4-1.7 s here, and a "Bytecode compiled" line), so not for the local backend, which never imports
+# SkyPilot (job.yaml's setup compiles the nodes' environments). docs/decisions/locked-environments.md
+ifneq ($(filter sky,$(BACKEND) $(SKYOPS_BACKEND)),)
+launch dry-run status logs cancel: export UV_COMPILE_BYTECODE ?= 1
+endif
+
 LAUNCH_FLAGS = $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) $(if $(RUN),--run $(RUN)) $(if $(BACKEND),--backend $(BACKEND)) $(FLAGS)
 JOBS_FLAGS = $(if $(BACKEND),--backend $(BACKEND))
 # $(call require,VAR,example): stop with a clear message when a required variable is empty.
 require = $(if $($(1)),,$(error $(1) is required, e.g. $(2)))
 
-.PHONY: help uv launch dry-run test lint nccl status logs cancel
+.PHONY: help uv launch dry-run test lint nccl status logs cancel notify-test
 
 help: ## Show this menu
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,8 +54,8 @@ dry-run: uv ## Print the resolved task as SkyPilot YAML (secrets redacted); laun
 test: uv ## Run the test suite (what CI runs; ARGS go to pytest)
 	uvx --from $(NOX) nox -s tests -- $(ARGS)
 
-lint: uv ## ruff check and ruff format --check
-	uvx --from $(NOX) nox -s lint
+lint: uv ## ruff, the script locks are current, the contract's copies agree (nox -s lint locks contract)
+	uvx --from $(NOX) nox -s lint locks contract
 
 nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4"; stdout: data only)
 	@uvx --from $(NOX) nox -s nccl -- $(ARGS)
@@ -60,3 +68,6 @@ logs: uv ## Show a job's logs (ID required; FLAGS="--follow" to stream)
 
 cancel: uv ## Cancel a job (ID required; FLAGS="--force" skips the grace period)
 	@$(call require,ID,make cancel ID=3)uv run --script scripts/local/jobs.py $(JOBS_FLAGS) cancel $(FLAGS) $(ID)
+
+notify-test: uv ## Send a test message to every notification channel in .env or the environment (one line each)
+	@uv run --script scripts/local/jobs.py notify-test

@@ -3,6 +3,7 @@
 nox -s tests            # pytest (what `make test` and CI run)
 nox -s lint             # ruff check + ruff format --check
 nox -s locks            # the committed script locks (<script>.py.lock) match their scripts
+nox -s contract         # job.yaml, .env.example, docs/contract.md, README agree with scripts/remote/_contract.py
 nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
 """
 
@@ -16,7 +17,7 @@ import nox
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "locks", "tests"]
+nox.options.sessions = ["lint", "locks", "contract", "tests"]
 
 ROOT = Path(__file__).parent
 SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.py") if not p.name.startswith("_"))
@@ -70,6 +71,13 @@ def locks(session: nox.Session) -> None:
     for script in locked:
         rel = str(script.relative_to(ROOT))
         session.run("uv", "lock", "--check", "--script", rel, *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def contract(session: nox.Session) -> None:
+    """Check job.yaml's envs, .env.example, docs/contract.md and the README against the contract's table."""
+    session.run("uv", "run", "--locked", "--quiet", "--script", "scripts/local/check_contract.py", *session.posargs,
+                external=True)  # fmt: skip
 
 
 @nox.session(default=False)
