@@ -1,4 +1,4 @@
-"""scripts/local/jobs.py: status, logs and cancel. The local backend end to end (a real launcher,
+"""scripts/local/jobs.py: status, logs, cancel and watch. The local backend end to end (a real launcher,
 real nodes, a real SIGTERM); the sky backend against a fake at the SDK boundary (FakeSkyJobsSDK)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 import jobs
 import pytest
+from _fake_services import CANARY, CANARY_TOKEN, SHA, Channels
 from conftest import STATE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,3 +298,267 @@ def test_cancel_orphaned_without_node_pids(tmp_path: Path, capsys: pytest.Captur
     assert record["attempts"][-1]["ended_at"] == 160.0  # kept as recorded
     code, _, err = call(["--runs-dir", str(tmp_path), "logs", "a"], capsys)
     assert code == 1 and err.strip() == f"job 1 (run a) ended FAILED_CONTROLLER: {reason}"
+
+
+# ------------------------------------------------------------- watch: the endings no node sends
+
+
+@pytest.fixture
+def channels(monkeypatch: pytest.MonkeyPatch) -> Iterator[Channels]:
+    """All four notification channels on loopback servers, configured in the process environment (as
+    `jobs.py watch` reads it), no proxy; closed after the test."""
+    started = Channels.start()
+    for key in ("GIT_COMMIT", "GIT_DIRTY", "NOTIFY_ON", "NOTIFY_TIMEOUT_S"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in started.settings().items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def test_watch_local_sends_the_ending_of_a_job_whose_launcher_died(
+    running_local_job: tuple[str, Any], channels: Channels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A launcher killed with SIGKILL sends no ending: the watcher records it (settle) and sends it,
+    once; a second watcher finds it claimed in the run's notify/ folder and sends nothing."""
+    run, launcher = running_local_job
+    (job_json,) = (RUNS / run).glob("job-*/job.json")
+    record = json.loads(job_json.read_text())
+    launcher.kill()
+    launcher.wait(timeout=30)
+    argv = ["--runs-dir", str(RUNS), "--env-file", os.devnull, "watch", "--interval", "0.2", run]
+    result: dict[str, int] = {}
+    watcher = threading.Thread(target=lambda: result.setdefault("code", jobs.main(argv)))
+    watcher.start()
+    try:
+        time.sleep(1.0)  # the watcher sees the job running without its launcher
+        assert watcher.is_alive()
+        for pid in record["node_pids"]:
+            os.killpg(pid, signal.SIGKILL)
+        watcher.join(timeout=90)
+        assert not watcher.is_alive()
+    finally:
+        for pid in record["node_pids"]:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    _, err = capsys.readouterr()
+    job_id = record["job_id"]
+    assert result["code"] == 1, err
+    assert f"job {job_id} (run {run}): RUNNING (launcher gone)" in err
+    assert f"job {job_id} (run {run}) ended FAILED_CONTROLLER: {jobs.LAUNCHER_GONE_REASON}" in err
+    assert channels.counts() == {"discord": 1, "slack": 1, "github": 0, "webhook": 1}
+    doc = channels.webhook.seen[0].body
+    assert (doc["event"], doc["state"], doc["reason"], doc["job_id"], doc["run_id"], doc["backend"]) == (
+        "ended", "FAILED_CONTROLLER", "launcher_gone", str(job_id), run, "local"
+    )  # fmt: skip
+    assert doc["cause"].startswith(jobs.LAUNCHER_GONE_REASON) and doc["logs_hint"] == f"make logs ID={job_id}"
+    assert (
+        channels.slack.seen[0].body["text"].splitlines()[0]
+        == f"❌ *FAILED_CONTROLLER* · `{run}` · job {job_id}"
+    )
+    # no commit on the local backend: GitHub is skipped, said once
+    assert err.count("github: skipped: GIT_COMMIT is not a 40-character commit id") == 1
+    assert (Path(record["run_data"]) / "notify" / f"{job_id}-ended.sent").is_file()
+
+    code, _, err = call(argv, capsys)  # watched again: claimed, nothing sent twice
+    assert code == 1 and channels.counts() == {"discord": 1, "slack": 1, "github": 0, "webhook": 1}
+    assert f"{job_id}-ended: already sent" in err
+    assert CANARY not in err and CANARY_TOKEN not in err
+
+
+class ScriptedSkyJobsSDK(FakeSkyJobsSDK):
+    """A fake of _sky_backend.SkyJobsSDK (the API server boundary; no server or cloud here) whose jobs
+    go through scripted states: `script[job_id]` is its queue_v2 record at each poll (the last one
+    stays); `logs[job_id]` the end of its logs, `envs[job_id]` its task's envs (task_envs)."""
+
+    def __init__(self, script: dict[int, list[dict[str, Any]]], logs: dict[int, str], envs: dict[int, dict]):
+        super().__init__()
+        self.script, self.logs, self.envs = script, logs, envs
+        self.polls = 0
+        self.log_tails: list[int] = []
+
+    def queue(self, job_ids: Any, skip_finished: bool, all_users: bool) -> list[dict[str, Any]]:
+        self.queries.append((job_ids, skip_finished))
+        step, self.polls = self.polls, self.polls + 1
+        return [
+            {"job_id": i, "job_name": f"run-{i}", "recovery_count": 0, "failure_reason": None, "submitted_at": 1000.0 + i,
+             "job_duration": 0.0, **steps[min(step, len(steps) - 1)]}
+            for i, steps in self.script.items() if not job_ids or i in job_ids
+        ]  # fmt: skip
+
+    def log_tail(self, job_id: int, lines: int) -> str:
+        self.log_tails.append(job_id)
+        return self.logs.get(job_id, "")
+
+    def task_envs(self, job_id: int) -> dict[str, str]:
+        return self.envs.get(job_id, {})
+
+
+def summary_line(attempt: int, reason: str, code: int, cause: str = "") -> str:
+    """The supervisor's summary line (scripts/remote/run.py), behind SkyPilot's node prefix."""
+    return (
+        f"(head, rank=0, pid=2001, ip=10.0.0.1) run.py: INFO: summary: node=0 attempt={attempt} reason={reason}"
+        f" exit_code={code} runtime_s=12.5{f' cause: {cause}' if cause else ''}\n"
+    )
+
+
+def test_watch_sky_sends_each_ending_once_and_none_a_node_sent(
+    monkeypatch: pytest.MonkeyPatch, channels: Channels, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import _sky_backend
+
+    run = {"status": "RUNNING", "job_duration": 30.0}
+    script = {
+        # no resources: no node ever ran, so nobody else can tell
+        7: [{"status": "PENDING"}, {"status": "FAILED_NO_RESOURCE", "failure_reason": "No launchable resource found"}],
+        # a hang recovered onto fresh nodes, then a success its node told (the watcher must not)
+        8: [run, {"status": "RECOVERING"}, {"status": "RECOVERING"}, {**run, "recovery_count": 1},
+            {"status": "SUCCEEDED", "recovery_count": 1, "job_duration": 80.0}],
+        # the job's own failure: the node never sends that one
+        9: [run, run, {"status": "FAILED", "job_duration": 42.0, "failure_reason": "max_restarts_on_errors spent"}],
+        # cancelled before it started
+        10: [{"status": "PENDING"}, {"status": "CANCELLED"}],
+    }  # fmt: skip
+    logs = {
+        8: summary_line(1, "heartbeat_timeout", 86, "no heartbeat for 600 s")
+        + summary_line(2, "completed", 0)
+        + "(head, rank=0, pid=2001, ip=10.0.0.1) run.py: INFO: notify: ended sent for job 8\n",
+        9: summary_line(1, "job_failed", 3, "worker rank 1 (local rank 0) exited 3"),
+    }
+    envs = {8: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"}, 9: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"},
+            7: {"GIT_COMMIT": SHA + "-dirty", "GIT_DIRTY": "1"}}  # fmt: skip
+    fake = ScriptedSkyJobsSDK(script, logs, envs)
+    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setenv("NOTIFY_ON", "ended,attempt_ended")
+    runs = tmp_path / "state" / "runs"
+    argv = ["--backend", "sky", "--env-file", os.devnull, "--runs-dir", str(runs), "watch", "--interval", "0"]
+    code, out, err = call([*argv, "7", "8", "9", "10"], capsys)
+    assert code == 1 and out == "", err
+    for line in ("job 8 (run run-8): RECOVERING", "job 8 (run run-8) ended SUCCEEDED",
+                 "job 7 (run run-7) ended FAILED_NO_RESOURCE: No launchable resource found",
+                 "job 9 (run run-9) ended FAILED: max_restarts_on_errors spent", "job 10 (run run-10) ended CANCELLED",
+                 "job 8 (run run-8): its node sent the ending"):  # fmt: skip
+        assert line in err
+    sent = [(s.body["job_id"], s.body["event"], s.body["reason"]) for s in channels.webhook.seen]
+    assert sorted(sent) == [
+        ("10", "ended", "cancelled"), ("7", "ended", "no_resource"), ("8", "attempt_ended", "heartbeat_timeout"),
+        ("9", "ended", "job_failed"),
+    ]  # fmt: skip
+    assert channels.counts()["discord"] == channels.counts()["slack"] == 4
+    docs = {(s.body["job_id"], s.body["event"]): s.body for s in channels.webhook.seen}
+    assert {k: docs[("7", "ended")][k] for k in ("state", "attempts", "recoveries", "commit", "backend", "logs_hint")} == {
+        "state": "FAILED_NO_RESOURCE", "attempts": 0, "recoveries": 0, "commit": "", "backend": "sky",
+        "logs_hint": "make logs ID=7 BACKEND=sky",
+    }  # fmt: skip
+    assert docs[("7", "ended")]["cause"] == "No launchable resource found"
+    failed = docs[("9", "ended")]
+    assert (failed["state"], failed["cause"], failed["attempts"], failed["runtime_s"], failed["commit"]) == (
+        "FAILED", "worker rank 1 (local rank 0) exited 3", 1, 42.0, SHA
+    )  # fmt: skip
+    recovered = docs[("8", "attempt_ended")]
+    assert (recovered["state"], recovered["attempts"], recovered["recoveries"]) == ("RECOVERING", 1, 1)
+    # GitHub: the final state of the failed job on its commit; no status per attempt, none on a dirty tree
+    assert [(s.path, s.body["state"]) for s in channels.github.seen] == [
+        (f"/repos/owner/name/statuses/{SHA}", "failure")
+    ]
+    assert "GIT_DIRTY=1: the job runs an uploaded working tree" in err
+    assert 7 not in fake.log_tails  # no node ran: nothing to read
+    assert CANARY not in err and CANARY_TOKEN not in err
+
+    # a watcher started again sends nothing it sent before (claims in the state folder)
+    before = channels.counts()
+    fake.polls = 0
+    code, _, err = call([*argv, "7", "8", "9", "10"], capsys)
+    assert code == 1 and channels.counts() == before
+    assert sorted(p.name for p in (tmp_path / "state" / "sky-notify").iterdir()) == [
+        "10-1010",
+        "7-1007",
+        "8-1008",
+        "9-1009",
+    ]
+
+
+def test_watch_sky_exit_code_and_unknown_id(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every job succeeded: 0 (a budget that ran out before the job started is no success); an id the
+    API server does not know: 2. With no channel configured, watch only follows."""
+    import _sky_backend
+
+    for key in jobs.NOTIFY_SECRETS:
+        monkeypatch.delenv(key, raising=False)
+    script = {1: [{"status": "RUNNING"}, {"status": "SUCCEEDED"}], 2: [{"status": "SUCCEEDED"}]}
+    fake = ScriptedSkyJobsSDK(
+        script, {1: summary_line(1, "completed", 0), 2: summary_line(1, "max_runtime", 0)}, {}
+    )
+    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    argv = [
+        "--backend",
+        "sky",
+        "--env-file",
+        os.devnull,
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "watch",
+        "--interval",
+        "0",
+    ]
+    code, _, err = call([*argv, "1", "2"], capsys)
+    assert code == 0, err
+    assert (
+        "no notification channel configured" in err
+        and "job 2 (run run-2) ended SUCCEEDED: max_runtime" in err
+    )
+    fake.logs[2] = summary_line(1, "max_runtime_before_job", 0)
+    fake.polls = 0
+    code, _, err = call([*argv, "2"], capsys)
+    assert code == 1
+    code, _, err = call([*argv, "5"], capsys)
+    assert code == 2 and "ID 5: no such managed job" in err
+
+
+@pytest.mark.parametrize(
+    ("status", "summary", "reason"),
+    [
+        ("FAILED_NO_RESOURCE", None, "no_resource"),
+        ("FAILED_PRECHECKS", None, "failed_prechecks"),
+        ("FAILED_CONTROLLER", {"reason": "sigterm"}, "controller_failed"),
+        ("FAILED_SETUP", None, "setup_failed"),
+        ("CANCELLED", {"reason": "sigterm"}, "cancelled"),
+        ("CANCELLED", {"reason": "crash_loop"}, "crash_loop"),
+        ("FAILED", {"reason": "job_failed"}, "job_failed"),
+        ("FAILED", None, "failed"),
+        ("SUCCEEDED", {"reason": "max_runtime"}, "max_runtime"),
+        ("SUCCEEDED", None, "completed"),
+    ],
+)
+def test_sky_ending_reasons(status: str, summary: dict | None, reason: str) -> None:
+    import _sky_backend
+
+    assert _sky_backend.ending_reason(status, summary) == reason
+
+
+def test_watch_reads_channels_as_the_launcher_does(tmp_path: Path) -> None:
+    """environment > .env > job.yaml; the job's own commit never comes from the watcher's environment."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "SLACK_WEBHOOK_URL=http://127.0.0.1:9/from-file\nNOTIFY_ON=ended,attempt_ended\nDISCORD_WEBHOOK_URL=\n"
+    )
+    environ = {
+        "PATH": "/bin",
+        "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/from-env",
+        "GIT_COMMIT": SHA,
+        "GIT_DIRTY": "0",
+    }
+    env = jobs.notify_env(environ, env_file, REPO)
+    assert env["SLACK_WEBHOOK_URL"].endswith("from-env") and env["NOTIFY_ON"] == "ended,attempt_ended"
+    assert env["GITHUB_API_URL"] == "https://api.github.com"  # job.yaml
+    assert "DISCORD_WEBHOOK_URL" not in env and "GIT_COMMIT" not in env and "GIT_DIRTY" not in env
+    assert jobs.channels(env) == ["SLACK_WEBHOOK_URL"]
+    env_file.write_text("NOTIFY_ON=${LATER}\nLATER=x\n")
+    with pytest.raises(jobs.ConfigError, match=r"\.env:1: NOTIFY_ON uses \$\{LATER\}"):
+        jobs.notify_env({}, env_file, REPO)

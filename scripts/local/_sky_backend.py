@@ -3,14 +3,15 @@
 What `launch(cfg)` does, in order (nothing costs money before step 5):
 
 1. names: `--run`, or `<run>-1 .. <run>-N` with `--copies N`, each valid as a SkyPilot task and
-   cluster name (../shared/cases/CASES.md N1);
+   cluster name (docs/field-cases.md N1);
 2. the git gate (`_git.gate`): the nodes clone the job's code from the git remote at one commit
    (SkyPilot's git `workdir: {url, ref}`); the job sees it as `GIT_COMMIT`, and `GIT_DIRTY=0`.
-   With --skip-git-check the working tree is uploaded instead: `GIT_COMMIT` is HEAD when the tree
+   SkyPilot's own `Task.update_envs_and_secrets_from_workdir` then checks that the remote can be
+   read and sets its clone settings, as its CLI does (`set_git_workdir`). With --skip-git-check the working tree is uploaded instead: `GIT_COMMIT` is HEAD when the tree
    is exactly HEAD (`GIT_DIRTY=0`), else `<HEAD>-dirty` with `GIT_DIRTY=1` (absent without a
    repository), so the job is never told a commit its code does not match;
 3. the task: `sky.Task.from_yaml_config(job.yaml, env_overrides=..., secrets_overrides=...)` with the
-   resolved envs (the text the user wrote, CASES.md Y1) and secrets (passed only as SkyPilot
+   resolved envs (the text the user wrote, docs/field-cases.md Y1) and secrets (passed only as SkyPilot
    secrets, Y3), and the resource patches of `patch_resources` applied to every candidate (Y2);
 4. `--dry-run` / `--dump-config {yaml,json}`: print the final task, secrets `<redacted>`, and stop
    before any server call (a git gate refusal, or a remote URL the nodes cannot clone, is only a
@@ -25,16 +26,21 @@ supervisor's reason from its summary line (`parse_summary`); `supervisor_reasons
 from the end of each finished job's logs (`tail=N`) once, and caches it (finished jobs never change).
 
 Every SkyPilot failure (no API server, no cloud enabled, catalog unreachable, any exception) ends
-in one actionable line and exit 3 (`SkyError`); the traceback only with --verbose. Copies that did
-launch before a failure are named. The SkyPilot SDK is reached only through `SkyJobsSDK`, the one
-boundary tests replace with a fake.
+in one actionable line and exit 3 (`SkyError`, `describe_sky_error`: SkyPilot's errors are told
+apart by their `sky.exceptions` class); the traceback only with --verbose. Copies that did launch
+before a failure are named. The SkyPilot SDK is reached only through `SkyJobsSDK`, the one boundary
+tests replace with a fake.
+
+The launcher never starts SkyPilot's local API server (docs/decisions/local-api-server.md): one it
+started would run from the launcher's own environment, whose SkyPilot has no cloud extras, and could
+reach no cloud. `SkyJobsSDK` turns SkyPilot's auto-start off (`never_start_local_api_server`), so a
+local endpoint with no server running ends in one line: start it from your own SkyPilot install,
+`sky api start`.
 
 stdout carries data only. SkyPilot prints to stdout itself (its logger holds the original
-`sys.stdout`; when no API server is reachable the client starts a local one and announces it there),
-so `import sky` and every SDK call run inside `stdout_to_stderr()`, which points file descriptor 1
-at stderr for the duration; data is written outside those blocks (or, for streamed logs, to the
-real stdout that block hands out). A local API server SkyPilot started keeps running after the
-command (SkyPilot's behaviour; `sky api stop` stops it).
+`sys.stdout`), so `import sky` and every SDK call run inside `stdout_to_stderr()`, which points file
+descriptor 1 at stderr for the duration; data is written outside those blocks (or, for streamed
+logs, to the real stdout that block hands out).
 """
 
 from __future__ import annotations
@@ -81,9 +87,9 @@ REASONS_CACHE = REPO / ".skyops" / "sky-reasons.json"
 SUMMARY_TAIL_LINES = 200
 #: Uncached finished jobs whose logs one `jobs.py status` fetches at most (newest first).
 MAX_REASON_FETCHES = 20
-#: Envs the launcher sets: GIT_COMMIT and GIT_DIRTY for the job; GIT_URL and GIT_COMMIT_HASH for
-#: SkyPilot's own clone of a git workdir on the nodes (sky/utils/git_clone.sh reads them).
-LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_DIRTY", "GIT_URL", "GIT_COMMIT_HASH")
+#: Envs the launcher sets for the job: GIT_COMMIT and GIT_DIRTY. SkyPilot sets its own for its clone
+#: of a git workdir (GIT_URL, GIT_COMMIT_HASH, ...: `skypilot_git_envs`).
+LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_DIRTY")
 #: GIT_COMMIT's suffix when the uploaded code matches no commit (as `git describe --dirty` writes it).
 DIRTY_SUFFIX = "-dirty"
 DUMP_FORMATS = ("yaml", "json")
@@ -126,22 +132,36 @@ class Plan:
         return f"Plan(name={self.name!r}, secrets={sorted(self.secrets)})"
 
 
+def skypilot_git_envs() -> tuple[str, ...]:
+    """The envs SkyPilot sets for its own clone of a git workdir (sky/utils/git.py, set by
+    sky/task.py update_envs_and_secrets_from_workdir): GIT_URL, and by the ref's kind GIT_COMMIT_HASH,
+    GIT_BRANCH or GIT_TAG. Imports SkyPilot."""
+    with stdout_to_stderr():
+        from sky.utils import git as sky_git
+
+    return (sky_git.GIT_URL_ENV_VAR, sky_git.GIT_COMMIT_HASH_ENV_VAR, sky_git.GIT_BRANCH_ENV_VAR,
+            sky_git.GIT_TAG_ENV_VAR)  # fmt: skip
+
+
 def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None, dirty: bool = False) -> Plan:
     """The Plan of one copy of `cfg` (a launch.LaunchConfig): job.yaml with name, num_nodes, workdir
-    and resource patches; envs = resolved envs + RUN_ID + GIT_COMMIT + GIT_DIRTY (+ GIT_URL and
-    GIT_COMMIT_HASH with a pin). `dirty`: the uploaded code is not exactly `commit`; then GIT_DIRTY
-    is "1" and GIT_COMMIT is `<commit>-dirty` (never a bare commit the code does not match).
+    (`{url, ref}` with a pin, else the working tree) and resource patches; envs = resolved envs +
+    RUN_ID + GIT_COMMIT + GIT_DIRTY. `dirty`: the uploaded code is not exactly `commit`; then GIT_DIRTY
+    is "1" and GIT_COMMIT is `<commit>-dirty` (never a bare commit the code does not match). SkyPilot's
+    own git settings are set when the task is built (`build_task`, `set_git_workdir`). Secrets: the
+    declared names (values only in `Plan.secrets`) and job.yaml's managed references as written.
 
-    Raises ConfigError when the user set an env the launcher owns (LAUNCHER_ENVS) by flag or .env.
+    Raises ConfigError when the user set, by flag or .env, an env the launcher (LAUNCHER_ENVS) or
+    SkyPilot (`skypilot_git_envs`) sets.
     """
     assert cfg.task is not None
-    owned = [k for k in LAUNCHER_ENVS if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
-    if owned:
-        source = cfg.sources[owned[0]]
-        raise ConfigError(
-            f"{f'--set {owned[0]}' if source == 'flag' else source}: {owned[0]} is set by the launcher"
-            " from the git state (--git-ref, --skip-git-check); remove it"
-        )
+    for keys, who in ((LAUNCHER_ENVS, "the launcher from the git state (--git-ref, --skip-git-check)"),
+                      (skypilot_git_envs(), "SkyPilot for its clone of the git workdir (--git-ref)")):  # fmt: skip
+        owned = [k for k in keys if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
+        if owned:
+            source = cfg.sources[owned[0]]
+            where = f"--set {owned[0]}" if source == "flag" else source
+            raise ConfigError(f"{where}: {owned[0]} is set by {who}; remove it")
     assert not (pin is not None and dirty), "a pinned commit is never dirty"
     config = copy.deepcopy(cfg.task.config)
     config["name"] = name
@@ -161,28 +181,31 @@ def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None, 
     envs["GIT_DIRTY"] = "1" if dirty or not commit else "0"
     if pin is not None:
         config["workdir"] = {"url": pin.url, "ref": pin.commit}
-        envs["GIT_URL"] = pin.url
-        envs["GIT_COMMIT_HASH"] = pin.commit
     else:
         config["workdir"] = str(cfg.repo)
-    # job.yaml's envs as written (text, CASES.md Y1); the resolved values arrive as env_overrides.
+    # job.yaml's envs as written (text, docs/field-cases.md Y1); the resolved values arrive as env_overrides.
     config["envs"] = {k: v for k, v in cfg.task.envs.items() if k not in LAUNCHER_ENVS}
     declared = list(dict.fromkeys([*cfg.task.secrets, *cfg.secrets, *cfg.missing_secrets]))
-    config["secrets"] = {k: None for k in declared}
+    # Managed references (`secrets:NAME`, resolved by the API server) in the mapping form, null, as
+    # SkyPilot itself merges the list form with values given at launch (sky/task.py from_yaml_config).
+    config["secrets"] = {k: None for k in [*declared, *cfg.task.secret_refs]}
     return Plan(name=name, config=config, envs=envs, secrets=dict(cfg.secrets))
 
 
-def build_task(plan: Plan) -> Any:
-    """A real `sky.Task` from the plan, through SkyPilot's SDK (local; no server call).
+def build_task(plan: Plan, *, dry: bool = False) -> Any:
+    """A real `sky.Task` from the plan, through SkyPilot's SDK (no API server call), with SkyPilot's
+    own settings for a git workdir (`set_git_workdir`, which reads the git remote). `dry` (--dry-run,
+    --dump-config): a remote SkyPilot cannot read is only a warning, and the task lacks those settings.
 
     Raises ConfigError when SkyPilot rejects the task (a job.yaml or flag problem), SkyError when it
-    cannot build it for another reason (e.g. the accelerator catalog cannot be fetched).
+    cannot build it for another reason (e.g. the accelerator catalog cannot be fetched) or cannot
+    read the git remote.
     """
     try:
         with stdout_to_stderr():
             import sky
 
-            return sky.Task.from_yaml_config(
+            task = sky.Task.from_yaml_config(
                 copy.deepcopy(plan.config),
                 env_overrides=list(plan.envs.items()),
                 secrets_overrides=list(plan.secrets.items()),
@@ -190,7 +213,70 @@ def build_task(plan: Plan) -> Any:
     except ValueError as exc:  # includes sky.exceptions.InvalidSkyPilotConfigError
         raise ConfigError(f"job.yaml (as patched by the flags): {_first_line(exc)}") from exc
     except Exception as exc:
-        raise SkyError(describe_sky_error(exc)) from exc
+        raise SkyError(describe_sky_error(exc, building=True)) from exc
+    auth = {k: v for k in GIT_AUTH_KEYS if (v := plan.secrets.get(k, plan.envs.get(k))) is not None}
+    try:
+        set_git_workdir(task, auth)
+    except SkyError as exc:
+        if not dry:
+            raise
+        log.warning("%s (a launch would refuse)", exc)
+    return task
+
+
+#: What SkyPilot's git check reads from the process environment besides the workdir (sky/task.py
+#: update_envs_and_secrets_from_workdir; sky/utils/git.py GIT_TOKEN_ENV_VAR, GIT_SSH_KEY_PATH_ENV_VAR).
+GIT_AUTH_KEYS = ("GIT_TOKEN", "GIT_SSH_KEY_PATH")
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set while the block runs; restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def set_git_workdir(task: Any, auth: Mapping[str, str]) -> None:
+    """SkyPilot's own settings for its clone of a git workdir (`{url, ref}`), set the way its CLI sets
+    them: `task.update_envs_and_secrets_from_workdir()` right after the task is built
+    (sky/client/cli/command.py `_make_task_or_dag_from_entrypoint_with_overrides`). SkyPilot reads
+    the remote (a public /info/refs probe, then `git ls-remote` with GIT_TOKEN or an SSH key), sets
+    GIT_URL and GIT_COMMIT_HASH in the task's envs, and puts GIT_TOKEN, or the content of the key at
+    GIT_SSH_KEY_PATH as GIT_SSH_KEY, into its secrets (never its envs). No-op for a working-tree
+    workdir.
+
+    `auth`: the launch's resolved GIT_TOKEN and GIT_SSH_KEY_PATH (flags > environment > .env >
+    job.yaml), which SkyPilot reads from the process environment: set there for the call only, with
+    GIT_TERMINAL_PROMPT=0 unless set (a launch never waits on a hidden password prompt).
+
+    Raises SkyError (one line, never the token) when SkyPilot cannot read the remote at the ref.
+    """
+    workdir = task.workdir
+    if not isinstance(workdir, dict):
+        return
+    env = {"GIT_TERMINAL_PROMPT": os.environ.get("GIT_TERMINAL_PROMPT", "0"), **auth}
+    try:
+        with stdout_to_stderr(), _environ(env):
+            task.update_envs_and_secrets_from_workdir()
+    except Exception as exc:  # sky/task.py raises the GitError of sky/utils/git.py as a ValueError
+        message = _first_line(exc)
+        for value in auth.values():
+            if value:
+                message = message.replace(value, REDACTED)
+        # `from None`: the original message may hold the token, and --verbose prints the chain.
+        raise SkyError(
+            f"SkyPilot cannot read the git remote {workdir.get('url')} at {str(workdir.get('ref'))[:12]}:"
+            f" {message} (a private repository: declare GIT_TOKEN under secrets: and set it, or set"
+            " GIT_SSH_KEY_PATH to your SSH key)"
+        ) from None
 
 
 def render(plan: Plan, task: Any, fmt: str = "yaml") -> str:
@@ -205,8 +291,11 @@ def render(plan: Plan, task: Any, fmt: str = "yaml") -> str:
     ordered["name"] = task.name
     ordered["num_nodes"] = task.num_nodes
     ordered["envs"] = {k: str(v) for k, v in task.envs.items()}
-    set_secrets = set(task.secrets)
-    ordered["secrets"] = {k: (REDACTED if k in set_secrets else None) for k in plan.config.get("secrets", {})}
+    # The declared names (null: no value, or a managed reference), then those SkyPilot added (GIT_TOKEN,
+    # GIT_SSH_KEY: set_git_workdir); every value <redacted>.
+    declared = list(plan.config.get("secrets", {}))
+    names = [*declared, *(k for k in task.secrets if k not in declared)]
+    ordered["secrets"] = {k: (REDACTED if k in task.secrets else None) for k in names}
     ordered.update(config)
     if fmt == "json":
         return json.dumps(ordered, indent=2) + "\n"
@@ -294,10 +383,29 @@ def stdout_to_stderr() -> Iterator[IO[str]]:
             os.close(saved)
 
 
+#: SkyPilot's switch that turns its silent start of a local API server into an error
+#: (sky/utils/env_options.py Options.DISABLE_LOCAL_API_SERVER, read at each call).
+NO_LOCAL_API_SERVER_ENV = "SKYPILOT_DISABLE_LOCAL_API_SERVER"
+
+
+def never_start_local_api_server() -> None:
+    """Turn off SkyPilot's auto-start of a local API server for this process
+    (docs/decisions/local-api-server.md). With no server reachable at the default local endpoint, a
+    SkyPilot 0.14.1 client call starts one itself (sky/server/common.py
+    check_server_healthy_or_start_fn -> _start_api_server), as `sys.executable -m sky.server.server`:
+    from the launcher's own environment, whose SkyPilot has no cloud extras. With this set, it raises
+    instead (check_local_api_server_enabled_or_raise), and `describe_sky_error` says what to run."""
+    os.environ[NO_LOCAL_API_SERVER_ENV] = "1"
+
+
 class SkyJobsSDK:
     """The boundary to SkyPilot's managed-jobs client SDK (every call goes to the API server).
-    Every call, `import sky` included, runs inside `stdout_to_stderr()`.
+    Every call, `import sky` included, runs inside `stdout_to_stderr()`. Never starts a local API
+    server (`never_start_local_api_server`, from the constructor on).
     Tests replace it with a fake of the same shape (FakeSkyJobsSDK)."""
+
+    def __init__(self) -> None:
+        never_start_local_api_server()
 
     def launch(self, task: Any, name: str) -> Any:
         """Submit one managed job; returns job ids as the server gives them (list or int)."""
@@ -352,6 +460,27 @@ class SkyJobsSDK:
             sky.jobs.tail_logs(job_id=job_id, follow=False, tail=lines, output_stream=buffer)
         return buffer.getvalue()
 
+    def task_envs(self, job_id: int) -> dict[str, str]:
+        """The envs of a managed job's task as it was submitted (GIT_COMMIT, GIT_DIRTY, NOTIFY_ON, ...):
+        queue_v2's `user_yaml` field, the task YAML the API server keeps with secret values redacted
+        (SkyPilot 0.14.1 sky/jobs/utils.py, sky/task.py redact_task_yaml_dict); {} when it has none."""
+        with stdout_to_stderr():
+            import sky
+
+            records, *_ = sky.get(
+                sky.jobs.queue_v2(
+                    refresh=False,
+                    skip_finished=False,
+                    all_users=False,
+                    job_ids=[job_id],
+                    fields=["job_id", "user_yaml"],
+                )
+            )
+        texts = [
+            getattr(r, "user_yaml", None) if not isinstance(r, dict) else r.get("user_yaml") for r in records
+        ]
+        return envs_of_task_yaml("\n---\n".join(t for t in texts if isinstance(t, str)))
+
     def cancel(self, job_ids: Sequence[int]) -> None:
         with stdout_to_stderr():
             import sky
@@ -374,29 +503,67 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
-def describe_sky_error(exc: BaseException) -> str:
-    """One actionable line for a SkyPilot failure (no API server, no cloud, catalog, anything else)."""
-    name = type(exc).__name__
-    text = _strip_ansi(str(exc))
-    low = text.lower()
-    if name == "ApiServerConnectionError" or (
-        "api server" in low and ("connect" in low or "disabled" in low or "not running" in low)
-    ):
-        return f"no SkyPilot API server reachable ({_first_line(exc)}): start one with `sky api start`, or use yours with `sky api login -e <url>`"
-    if name == "ApiServerAuthenticationError":
-        return f"the SkyPilot API server needs a login: `sky api login -e <url>` ({_first_line(exc)})"
-    if (
-        name == "NoCloudAccessError"
-        or "no cloud" in low
-        or "cloud access is not set up" in low
-        or "enabled clouds" in low
-    ):
-        return f"no cloud enabled for SkyPilot: run `sky check` and set up credentials for one ({_first_line(exc)})"
-    if "catalog" in low or "ConnectionError" in name or "Timeout" in name:
-        return f"cannot reach the network for SkyPilot's catalog ({_first_line(exc)}): check the connection or proxy, then retry"
-    if name == "ResourcesUnavailableError":
-        return f"no resources match the task: {_first_line(exc)} (try other --gpus, --no-spot, or `sky show-gpus`)"
-    return f"SkyPilot error ({name}): {_first_line(exc)}"
+def sky_exceptions() -> Any:
+    """SkyPilot's `sky.exceptions` module when SkyPilot is already imported, else None (an error that
+    came from SkyPilot implies it is; this never imports SkyPilot)."""
+    return sys.modules.get("sky.exceptions")
+
+
+def _raised_in(exc: BaseException, function: Any) -> bool:
+    """True when `function`'s own code is a frame of `exc`'s traceback (it raised `exc`, or a call
+    below it did)."""
+    code = getattr(function, "__code__", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if code is not None and tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def local_api_server_refused(exc: BaseException) -> bool:
+    """True for SkyPilot's refusal to start a local API server (with NO_LOCAL_API_SERVER_ENV set, the
+    endpoint local and no server healthy there): a plain RuntimeError, recognised by where it was
+    raised, sky/server/common.py check_local_api_server_enabled_or_raise, not by its text."""
+    common = sys.modules.get("sky.server.common")
+    check = getattr(common, "check_local_api_server_enabled_or_raise", None)
+    return isinstance(exc, RuntimeError) and check is not None and _raised_in(exc, check)
+
+
+def describe_sky_error(exc: BaseException, *, building: bool = False) -> str:
+    """One actionable line for a SkyPilot failure, told apart by its `sky.exceptions` class (a
+    server-side error reaches the client as the same class: sky/exceptions.py deserialize_exception):
+    no local API server running (`local_api_server_refused`), none reachable, a login needed, a
+    version mismatch, no cloud enabled, no resources, the network (`building`: while building the
+    task, i.e. SkyPilot's catalog; else the API server), anything else."""
+    first = _first_line(exc)
+    if isinstance(exc, SkyError):
+        return first
+    if local_api_server_refused(exc):
+        common = sys.modules["sky.server.common"]
+        return (
+            f"no SkyPilot API server running at {common.get_server_url()}: start it from your own SkyPilot"
+            " install, the one with your clouds' extras: `sky api start` (or use a remote one:"
+            " `sky api login -e <url>`); launch.py never starts one (docs/decisions/local-api-server.md)"
+        )
+    ex = sky_exceptions()
+    if ex is not None:
+        if isinstance(exc, ex.ApiServerConnectionError):
+            return f"no SkyPilot API server reachable ({first}): check `sky api info`, or log in to yours: `sky api login -e <url>`"
+        if isinstance(exc, ex.ApiServerAuthenticationError):
+            return f"the SkyPilot API server needs a login: `sky api login -e <url>` ({first})"
+        if isinstance(exc, ex.APIVersionMismatchError):
+            return f"this SkyPilot client and the API server do not match ({first}): restart or upgrade the server"
+        if isinstance(exc, ex.NoCloudAccessError):
+            return f"no cloud enabled for SkyPilot: run `sky check` and set up credentials for one ({first})"
+        if isinstance(exc, ex.ResourcesUnavailableError):
+            return f"no resources match the task: {first} (try other --gpus, --no-spot, or `sky show-gpus`)"
+    requests_exceptions = sys.modules.get("requests.exceptions")
+    if requests_exceptions is not None and isinstance(exc, requests_exceptions.RequestException):
+        if building:  # sky/catalog/common.py re-raises the RequestException of a failed catalog fetch
+            return f"cannot reach the network for SkyPilot's catalog ({first}): check the connection or proxy, then retry"
+        return f"lost the connection to the SkyPilot API server ({first}): check it with `sky api info`, then retry"
+    return f"SkyPilot error ({type(exc).__name__}): {first}"
 
 
 # --------------------------------------------------------------------------------------- progress
@@ -768,6 +935,18 @@ def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None, bool]:
     return pin, pin.commit, False
 
 
+def check_task_keys(task: _config.TaskFile) -> None:
+    """Refuse job.yaml's top-level keys that SkyPilot's own task schema does not know (sky/utils/schemas.py
+    get_task_schema; `_config.TASK_KEYS` is the copy for the paths that never import SkyPilot).
+    Imports SkyPilot. Raises ConfigError (one line, as `_config.load_task_file` words it)."""
+    with stdout_to_stderr():
+        from sky.utils import schemas
+
+    problems = _config.unknown_task_keys(task.config, schemas.get_task_schema()["properties"])
+    if problems:
+        raise ConfigError(f"{task.path}: {'; '.join(problems)}")
+
+
 def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
     """What will be launched, for people (stderr): names, nodes, resources, code, secrets by name."""
     first = plans[0].config
@@ -779,7 +958,8 @@ def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
         else f"  code: working tree of {cfg.repo} (uploaded; GIT_COMMIT={plans[0].envs.get('GIT_COMMIT', '-')},"
         f" GIT_DIRTY={plans[0].envs.get('GIT_DIRTY')})",
         f"  job: {plans[0].envs.get('JOB', '')} {plans[0].envs.get('JOB_ARGS', '')}".rstrip(),
-        f"  secrets: {', '.join(sorted(plans[0].secrets)) or 'none'}",
+        f"  secrets: {', '.join(sorted(plans[0].secrets)) or 'none'}"
+        + (f" (managed: {', '.join(cfg.task.secret_refs)})" if cfg.task.secret_refs else ""),
     ]
     return "\n".join(lines)
 
@@ -840,9 +1020,10 @@ def launch(
             " (an empty value is allowed)"
         )
     pin, commit, dirty = resolve_git(cfg)
+    check_task_keys(cfg.task)
     plans = [plan_copy(cfg, name, pin, commit, dirty) for name in names]
     try:
-        tasks = [build_task(plan) for plan in plans]
+        tasks = [build_task(plan, dry=bool(dump)) for plan in plans]
     except SkyError as exc:
         return _fail(exc, cfg.verbose, err)
 
@@ -917,3 +1098,101 @@ def _fail(exc: BaseException, verbose: bool, err: IO[str], prefix: str = "") -> 
     message = str(exc) if isinstance(exc, SkyError) else describe_sky_error(exc)
     print(f"launch.py: error: {prefix}{message}", file=err, flush=True)
     return EXIT_SKY_ERROR
+
+
+# --------------------------------------------------------------------------------------- watch
+
+#: Node rank 0's log line once it has run notify.py for an ending (scripts/remote/run.py `_notify`):
+#: `run.py: INFO: notify: ended sent for job 3`. `jobs.py watch` sends no ending a node has sent.
+NODE_ENDING_SENT_RE = re.compile(r"notify: ended sent for job (?P<job_id>\d+)\b")
+#: The notification `reason` of an ending SkyPilot decides, not a node's supervisor
+#: (docs/notifications.md); CANCELLED keeps a node's `crash_loop` (the node cancelled its own job).
+STATUS_REASONS = {
+    "FAILED_NO_RESOURCE": "no_resource",
+    "FAILED_PRECHECKS": "failed_prechecks",
+    "FAILED_CONTROLLER": "controller_failed",
+    "FAILED_SETUP": "setup_failed",
+    "CANCELLED": "cancelled",
+}
+#: Endings before any node ran the job's setup or run: no node can have sent them, no log holds a line.
+NO_NODE_ENDINGS = frozenset({"FAILED_NO_RESOURCE", "FAILED_PRECHECKS"})
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+
+def envs_of_task_yaml(text: str) -> dict[str, str]:
+    """The `envs` of the task document(s) in a task YAML text (later documents win), as strings;
+    {} for text that is not YAML."""
+    import yaml
+
+    envs: dict[str, str] = {}
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return {}
+    for doc in docs:
+        if isinstance(doc, dict) and isinstance(doc.get("envs"), dict):
+            envs.update({str(k): "" if v is None else str(v) for k, v in doc["envs"].items()})
+    return envs
+
+
+def node_sent_ending(log_text: str, job_id: int) -> bool:
+    """True when the job's logs show that its node rank 0 sent the ending (NODE_ENDING_SENT_RE)."""
+    return any(int(m["job_id"]) == job_id for m in NODE_ENDING_SENT_RE.finditer(_ANSI.sub("", log_text)))
+
+
+def ending_reason(status: str, summary: Mapping[str, Any] | None) -> str:
+    """The short `reason` of a notification about a job in `status` (docs/notifications.md): the
+    supervisor's (from its summary line, `parse_summary`) where a node's outcome decided the state, else
+    SkyPilot's state as a code (STATUS_REASONS): `no_resource`, `failed_prechecks`, `controller_failed`,
+    `setup_failed`, `cancelled` (a crash loop stays `crash_loop`). Without a summary: `completed` for
+    SUCCEEDED, `recovering` for an attempt that ended, `failed` otherwise."""
+    told = summary.get("reason") if summary else None
+    if status == "CANCELLED" and told == "crash_loop":
+        return "crash_loop"
+    if status in STATUS_REASONS:
+        return STATUS_REASONS[status]
+    if told:
+        return str(told)
+    return {"SUCCEEDED": "completed", "RECOVERING": "recovering"}.get(status, "failed")
+
+
+def job_commit(envs: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The job's own GIT_COMMIT and GIT_DIRTY (set by launch.py), for notify.py's environment, and the
+    commit an event may name: the 40-hex GIT_COMMIT when GIT_DIRTY is 0, else ""."""
+    keys = {k: envs[k] for k in ("GIT_COMMIT", "GIT_DIRTY") if envs.get(k)}
+    commit = keys.get("GIT_COMMIT", "")
+    return keys, commit if _COMMIT_RE.fullmatch(commit) and keys.get("GIT_DIRTY") == "0" else ""
+
+
+def watch_event(
+    record: Mapping[str, Any],
+    event: str,
+    summary: Mapping[str, Any] | None,
+    commit: str,
+    now: float,
+    attempt: int | None = None,
+) -> dict[str, Any]:
+    """The event document (docs/notifications.md) of `event` (`ended`, or `attempt_ended` for
+    `attempt`) for a queue_v2 record: state and failure_reason from SkyPilot, the supervisor's reason
+    and cause from its summary line where a node decided (see `ending_reason`). Attempts: those that ran
+    (0 when the job ended before any did), at least the summary's."""
+    status = status_of(record) or "UNKNOWN"
+    job_id = int(record["job_id"])
+    count = int(record.get("recovery_count") or 0)
+    ran = summary is not None or status == "FAILED_SETUP" or float(record.get("job_duration") or 0) > 0
+    attempts = max(count + 1 if ran else count, int(summary["attempt"]) if summary else 0)
+    recoveries = count
+    if event == "attempt_ended":
+        attempts = recoveries = attempt if attempt is not None else count + 1
+    failure = record.get("failure_reason") or None
+    told = summary.get("cause") if summary else None
+    node_decided = status in ("FAILED", "RECOVERING", "SUCCEEDED") or event == "attempt_ended"
+    cause = (told or failure) if node_decided else (failure or told)
+    return {
+        "event": event, "run_id": str(record.get("job_name") or record.get("task_name") or f"job-{job_id}"),
+        "job_id": str(job_id), "backend": "sky", "state": "RECOVERING" if event == "attempt_ended" else status,
+        "reason": ending_reason("RECOVERING" if event == "attempt_ended" else status, summary),
+        "cause": " ".join(str(cause).split()) if cause else None, "attempts": attempts, "recoveries": recoveries,
+        "runtime_s": round(max(0.0, float(record.get("job_duration") or 0)), 3), "commit": commit,
+        "logs_hint": f"make logs ID={job_id} BACKEND=sky", "time": now,
+    }  # fmt: skip

@@ -15,6 +15,8 @@
 usage: jobs.py [--backend {local,sky}] [--env-file PATH] [-v] status [--active] [--json] [ID ...]
        jobs.py [--backend {local,sky}] logs [--follow] ID
        jobs.py [--backend {local,sky}] cancel [--force] [--wait S] ID [ID ...]
+       jobs.py [--backend {local,sky}] watch [--interval S] ID [ID ...]
+       jobs.py notify-test
 
     ./scripts/local/jobs.py --backend sky status          # managed jobs, finished ones with why
     ./scripts/local/jobs.py --backend sky logs --follow 42
@@ -34,12 +36,24 @@ SKYOPS_BACKEND in the environment > .env > local, as for launch.py.
   lives (found by its SKYOPS_LOCAL_JOB marker, in any session); cancel then stops them itself with the
   job's GRACE and records FAILED_CONTROLLER. Once none lives, any look at the job records its end.
 
+watch follows jobs until every one has ended and sends the endings no node sends (docs/notifications.md):
+through scripts/remote/notify.py, run as a uv script, with the channel secrets and settings of the
+environment > .env > job.yaml. local: `ended` for every final state, claimed in the run's
+`$DATA_DIR/$RUN_ID/notify/` as the nodes and the launcher claim theirs, so each is sent once (the
+launcher sends every ending it sees; the watcher's own is an ending recorded after a launcher died).
+sky: `attempt_ended` per recovery it sees (RECOVERING), and `ended` for every final state
+(FAILED_NO_RESOURCE, FAILED_PRECHECKS, FAILED_CONTROLLER, FAILED_SETUP, CANCELLED, FAILED, SUCCEEDED)
+unless the job's logs show that its node sent it; claimed under `$SKYOPS_STATE_DIR/sky-notify/` (else
+`<repo>/.skyops/`), so a watcher started again sends nothing twice. notify-test sends one test message
+to every configured channel (one line each, secrets redacted).
+
 stdout carries data (the status table or JSON, log lines); messages go to stderr. SkyPilot's own
 output during its calls (e.g. when it starts a local API server, which then keeps running; `sky api
 stop` stops it) is sent to stderr.
-Exit codes: 0 ok (logs: the job succeeded, or has not finished yet); 1 the job failed or was
-cancelled (logs ends with one line on stderr saying how it ended), or a cancel did not finish;
-2 bad input or unknown ID; 3 SkyPilot error.
+Exit codes: 0 ok (logs: the job succeeded, or has not finished yet; watch: every job succeeded;
+notify-test: every channel answered); 1 the job failed or was cancelled (logs and watch end with one
+line on stderr saying how it ended), a cancel did not finish, or a notify-test channel failed (or none
+is configured); 2 bad input or unknown ID; 3 SkyPilot error.
 """
 
 from __future__ import annotations
@@ -50,11 +64,15 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,6 +117,10 @@ class JobsConfig:
     force: bool = False
     verbose: bool = False
     runs_dir: Path = REPO / ".skyops" / "runs"
+    #: watch: seconds between polls (None: WATCH_INTERVAL_S of the backend).
+    interval: float | None = None
+    #: watch, notify-test: the environment notify.py runs with (see notify_env); holds secrets.
+    notify_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
         " handlers get no time to save anything)",
     )
     ca.add_argument("ids", metavar="ID", nargs="+", help="job ids or run names")
+    wa = sub.add_parser(
+        "watch",
+        help="follow jobs until every one has ended; send the endings no node sends (exit 0: all succeeded)",
+        allow_abbrev=False,
+    )
+    wa.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between polls [default: 15 on sky (the API server), 1 locally]",
+    )
+    wa.add_argument("ids", metavar="ID", nargs="+", help="job ids or run names")
+    sub.add_parser(
+        "notify-test",
+        help="send a test message to every configured notification channel (.env or environment)",
+        allow_abbrev=False,
+    )
     return p
 
 
@@ -158,6 +197,112 @@ def resolve_backend(flag: str | None, environ: Mapping[str, str], env_file: Path
     if value not in BACKENDS:
         raise ConfigError(f"{where}: expected one of {', '.join(BACKENDS)}, got {value!r}")
     return value
+
+
+# --------------------------------------------------------------------------------------- notifications
+
+#: The channel secrets notify.py reads (job.yaml `secrets:`), and its settings (docs/notifications.md).
+NOTIFY_SECRETS = ("DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_URL", "GITHUB_TOKEN")
+NOTIFY_SETTINGS = ("NOTIFY_ON", "NOTIFY_TIMEOUT_S", "GITHUB_API_URL", "GITHUB_REPOSITORY")
+#: Keys notify.py reads that belong to one job (set by launch.py), never taken from the watcher's own.
+JOB_COMMIT_KEYS = ("GIT_COMMIT", "GIT_DIRTY")
+NOTIFY_SCRIPT = REPO / "scripts" / "remote" / "notify.py"
+#: Seconds one notify.py run may take: it caps all its channels at 30 s; the rest is uv's start.
+NOTIFY_CAP_S = 45.0
+#: Seconds between the polls of `watch`, per backend: sky asks the API server (whose controller looks
+#: at its jobs about as often); local reads job.json.
+WATCH_INTERVAL_S = {"local": 1.0, "sky": 15.0}
+#: Seconds `watch` leaves a local launcher that is still alive after recording its job's end to send
+#: its own notification (the local backend's NOTIFY_CAP_S of 35 s, plus slack) before sending.
+LAUNCHER_NOTIFY_WAIT_S = 45.0
+NO_CHANNEL_LINE = f"watch: no notification channel configured ({', '.join(NOTIFY_SECRETS)}): following only"
+
+
+def notify_env(environ: Mapping[str, str], env_file: Path | None, repo: Path) -> dict[str, str]:
+    """The environment notify.py runs with: `environ` (PATH, HOME, uv's settings) without the keys
+    notify.py reads, plus the channel secrets and settings (NOTIFY_SECRETS, NOTIFY_SETTINGS) resolved
+    as launch.py resolves them: process environment > .env (`env_file`, default <repo>/.env) >
+    `<repo>/job.yaml`. GIT_COMMIT and GIT_DIRTY are left out: each job has its own. Raises ConfigError
+    (a bad .env or job.yaml, naming `file:line`)."""
+    path = env_file if env_file is not None else (repo / ".env" if (repo / ".env").is_file() else None)
+    entries = _config.read_env_file(path) if path else []
+    defaults: dict[str, str | None] = {}
+    if (repo / "job.yaml").is_file():
+        task = _config.load_task_file(repo / "job.yaml")
+        defaults = {**task.envs, **task.secrets}
+    resolved = _config.resolve_values(
+        defaults=defaults, file_entries=entries, environ=environ, flags={}, file_label=str(path or ".env")
+    )
+    keys = (*NOTIFY_SECRETS, *NOTIFY_SETTINGS)
+    env = {k: v for k, v in environ.items() if k not in keys and k not in JOB_COMMIT_KEYS}
+    for key in keys:
+        value = resolved.values.get(key, environ.get(key, ""))
+        if value.strip():
+            env[key] = value
+    return env
+
+
+def channels(env: Mapping[str, str]) -> list[str]:
+    """The notification channels `env` configures, by key (NOTIFY_SECRETS with a value)."""
+    return [k for k in NOTIFY_SECRETS if env.get(k, "").strip()]
+
+
+def run_notify(args: Sequence[str], env: Mapping[str, str], stdin: str | None = None) -> int | None:
+    """Run scripts/remote/notify.py with `args` as a uv script (scripts/local/ never imports
+    scripts/remote/ beyond _contract), in `env`, with `stdin` as its input. Its lines, which notify.py
+    redacts, are copied to stderr. Returns its exit code, or None (one warning) when uv is missing or
+    it ran past NOTIFY_CAP_S (then its process group is killed)."""
+    uv = shutil.which("uv", path=env.get("PATH"))
+    if uv is None:
+        log.warning("notify.py not run: uv is not on PATH")
+        return None
+    argv = [uv, "run", "--quiet", "--script", str(NOTIFY_SCRIPT), *args]
+    log.debug("running: %s", shlex.join(argv))
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=dict(env), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    code: int | None
+    try:
+        output, _ = proc.communicate(stdin, timeout=NOTIFY_CAP_S)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        code = None
+        log.warning("notify.py stopped after %.0f s", NOTIFY_CAP_S)
+    sys.stderr.write(output)
+    sys.stderr.flush()
+    return code
+
+
+def send_event(doc: Mapping[str, Any], env: Mapping[str, str], claim_dir: Path | None) -> None:
+    """Send one event document (docs/notifications.md) with `notify.py send`; with `claim_dir`, only if
+    nobody claimed that event there before (the node, the launcher, an earlier watcher). Nothing runs
+    when `env` configures no channel. A failure is a warning: watching goes on."""
+    if not channels(env):
+        return
+    args = ["send", "--event-file", "-", *(["--claim-dir", str(claim_dir)] if claim_dir else [])]
+    code = run_notify(args, env, json.dumps(doc))
+    if code not in (EXIT_OK, None):
+        log.warning(
+            "notification %s of job %s not sent: notify.py exited %d", doc["event"], doc["job_id"], code
+        )
+
+
+def notify_test(env: Mapping[str, str], environ: Mapping[str, str], repo: Path) -> int:
+    """`notify.py test`: one test message to every channel `env` configures, one line per channel on
+    stderr (secrets redacted by notify.py). The GitHub status goes on GIT_COMMIT from the environment,
+    else on HEAD of `repo`. 0 when every channel answered, 1 otherwise (none configured included)."""
+    import _git
+
+    env = dict(env)
+    commit = environ.get("GIT_COMMIT") or _git.head_commit(repo)
+    if commit:
+        env["GIT_COMMIT"] = commit
+    code = run_notify(["test"], env)
+    return EXIT_OK if code == EXIT_OK else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------------------- table
@@ -476,6 +621,90 @@ def _read_record(path: Path, default: dict[str, Any]) -> dict[str, Any]:
     return record if isinstance(record, dict) else dict(default)
 
 
+_NODE_REASON_RE = re.compile(r"node\d+: (?P<reason>[a-z_]+) \(exit (?P<code>-?\d+|None)\)")
+
+
+def local_reason(record: Mapping[str, Any]) -> str:
+    """The short `reason` of a local job's ending (docs/notifications.md), from its job.json: the code
+    that starts its reason text (`cancelled: ...`, `crash_loop: ...`, `max_runtime: ...`),
+    `launcher_gone` for a job whose launcher died, the first failed node's reason (`job_failed`,
+    `heartbeat_timeout`, ...), else `completed` for a success and `failed` for anything else."""
+    text = str(record.get("reason") or record.get("failure_reason") or "")
+    if text.startswith(LAUNCHER_GONE_REASON):
+        return "launcher_gone"
+    if re.fullmatch(r"[a-z][a-z0-9_]*", head := text.split(":", 1)[0].strip()):
+        return head
+    attempts = record.get("attempts") or [{}]
+    for why in (attempts[-1].get("node_reasons") or []) if isinstance(attempts[-1], dict) else []:
+        found = _NODE_REASON_RE.match(str(why))
+        if found and found["code"] not in ("0", "130", "143", "None"):
+            return found["reason"]
+    return "completed" if record.get("state") == "SUCCEEDED" else "failed"
+
+
+def local_event(job: LocalJob, now: float) -> dict[str, Any]:
+    """The `ended` event document (docs/notifications.md) of a finished local job, from its job.json.
+    Local jobs carry no commit (the local backend sets no GIT_COMMIT)."""
+    r = job.record
+    attempts = [a for a in r.get("attempts") or [] if isinstance(a, dict)]
+    start = float((attempts[0].get("started_at") if attempts else None) or r.get("submitted_at") or now)
+    end = float((attempts[-1].get("ended_at") if attempts else None) or now)
+    cause = r.get("reason") or r.get("failure_reason")
+    return {
+        "event": "ended", "run_id": job.run, "job_id": str(job.job_id), "backend": "local",
+        "state": job.state, "reason": local_reason(r), "cause": " ".join(str(cause).split()) if cause else None,
+        "attempts": len(attempts), "recoveries": int(r.get("recovery_count") or 0),
+        "runtime_s": round(max(0.0, end - start), 3), "commit": "", "logs_hint": f"make logs ID={job.job_id}",
+        "time": now,
+    }  # fmt: skip
+
+
+def ended_text(what: str, state: str, reason: Any) -> str:
+    """`job 3 (run r) ended FAILED: <reason>`: the last line `watch` prints for each job."""
+    return f"{what} ended {state}{f': {reason}' if reason else ''}"
+
+
+def local_watch(cfg: JobsConfig, runs_dir: Path) -> int:
+    """Follow local jobs (job.json, settled: a job whose launcher died gets its end recorded) until
+    each has ended; print each change of state and, per job, how it ended (stderr). On a final state,
+    send `ended` through notify.py, claimed in the run's `$DATA_DIR/$RUN_ID/notify/` as the nodes and
+    the launcher claim theirs: whatever they sent is not sent again. A launcher still alive gets up to
+    LAUNCHER_NOTIFY_WAIT_S to send its own first. 0 when every job succeeded (local_outcome), else 1."""
+    jobs = local_jobs(runs_dir)
+    targets = list({j.job_id: j for j in (find_local(jobs, i) for i in cfg.ids)}.values())
+    interval = cfg.interval if cfg.interval is not None else WATCH_INTERVAL_S["local"]
+    if not channels(cfg.notify_env):
+        print(NO_CHANNEL_LINE, file=sys.stderr, flush=True)
+    codes: dict[int, int] = {}
+    shown: dict[int, str] = {}
+    final_since: dict[int, float] = {}
+    while True:
+        for job in targets:
+            if job.job_id in codes:
+                continue
+            what = f"job {job.job_id} (run {job.run})"
+            record = _read_record(job.dir / "job.json", job.record)
+            current, left = settle(LocalJob(job.job_id, job.run, job.dir, record))
+            status = f"{current.state} (launcher gone)" if left else current.state
+            if current.state not in TERMINAL:
+                if shown.get(job.job_id) != status:
+                    print(f"{what}: {status}", file=sys.stderr, flush=True)
+                    shown[job.job_id] = status
+                continue
+            first = final_since.setdefault(job.job_id, time.monotonic())
+            if launcher_alive(current.record) and time.monotonic() - first < LAUNCHER_NOTIFY_WAIT_S:
+                continue  # it records the end, then sends its notification, then exits
+            run_data = current.record.get("run_data")
+            claims = Path(run_data) / "notify" if run_data else None
+            send_event(local_event(current, time.time()), cfg.notify_env, claims)
+            codes[job.job_id] = local_outcome(current)[0]
+            reason = current.record.get("reason") or current.record.get("failure_reason")
+            print(ended_text(what, current.state, reason), file=sys.stderr, flush=True)
+        if len(codes) == len(targets):
+            return EXIT_OK if all(c == EXIT_OK for c in codes.values()) else EXIT_FAILED
+        time.sleep(interval)
+
+
 def run_local(cfg: JobsConfig, out: IO[str]) -> int:
     jobs = local_jobs(cfg.runs_dir)
     if cfg.command == "status":
@@ -487,6 +716,8 @@ def run_local(cfg: JobsConfig, out: IO[str]) -> int:
         return EXIT_OK
     if cfg.command == "logs":
         return local_logs(find_local(jobs, cfg.ids[0]), cfg.runs_dir, out, cfg.follow)
+    if cfg.command == "watch":
+        return local_watch(cfg, cfg.runs_dir)
     targets = [find_local(jobs, i) for i in cfg.ids]
     return max(local_cancel(j, cfg.runs_dir, cfg.wait, cfg.force) for j in targets)
 
@@ -542,6 +773,144 @@ def sky_job_ids(sdk: Any, idents: Sequence[str]) -> list[int]:
     return ids
 
 
+#: Polls `watch` waits for a finished sky job's logs to show its ending (empty or unreadable logs may
+#: not be synced yet) before it decides without them.
+LOG_TRIES = 4
+#: Failed API server polls in a row after which `watch` gives up (exit 3); the first poll must work.
+WATCH_MAX_ERRORS = 20
+
+
+@dataclass
+class _Watched:
+    """What `sky_watch` knows of one managed job between polls."""
+
+    job_id: int
+    shown: str | None = None
+    recoveries: int | None = None  # recovery_count when first seen, then as last seen
+    commit: tuple[dict[str, str], str] | None = None  # _sky_backend.job_commit of its task, once read
+    announced: int = 0  # the last attempt whose attempt_ended this watcher sent (or found claimed)
+    log_tries: int = 0
+    code: int | None = None  # the exit code once it ended
+
+
+def _sky_commit(sdk: Any, w: _Watched) -> tuple[dict[str, str], str]:
+    """The job's GIT_COMMIT and GIT_DIRTY (its task's envs, read once), see _sky_backend.job_commit."""
+    import _sky_backend
+
+    if w.commit is None:
+        try:
+            w.commit = _sky_backend.job_commit(sdk.task_envs(w.job_id))
+        except Exception as exc:  # a notification without a commit beats none
+            log.warning("job %d: its task's GIT_COMMIT cannot be read (%s): no GitHub status", w.job_id, exc)
+            w.commit = ({}, "")
+    return w.commit
+
+
+def _sky_log(sdk: Any, job_id: int) -> str | None:
+    """The end of a managed job's logs (_sky_backend.SUMMARY_TAIL_LINES lines), None if unreadable."""
+    import _sky_backend
+
+    try:
+        return str(sdk.log_tail(job_id, _sky_backend.SUMMARY_TAIL_LINES))
+    except Exception as exc:
+        log.debug("job %d: cannot read the end of its logs: %s", job_id, exc)
+        return None
+
+
+def sky_watch_step(
+    sdk: Any, w: _Watched, record: Mapping[str, Any], env: Mapping[str, str], claims: Path
+) -> None:
+    """One look at managed job `w` (its queue_v2 `record`): print a change of state; send
+    `attempt_ended` when it recovers (RECOVERING, or a recovery_count that grew between two polls:
+    attempt recovery_count + 1 ended while it is RECOVERING); on a final state send `ended` unless its
+    logs show that its node sent it, and set `w.code`. Every send is claimed in `claims`."""
+    import _sky_backend as sb
+
+    status = sb.status_of(record) or "UNKNOWN"
+    name = record.get("job_name") or record.get("task_name")
+    what = f"job {w.job_id}{f' (run {name})' if name else ''}"
+    count = int(record.get("recovery_count") or 0)
+    if status not in sb.FINISHED:
+        if w.shown != status:
+            print(f"{what}: {status}", file=sys.stderr, flush=True)
+            w.shown = status
+        ended = 0  # the attempt that ended since the last poll, if one did
+        if status == "RECOVERING":
+            ended = count + 1
+        elif w.recoveries is not None and count > w.recoveries:
+            ended = count
+        if ended > w.announced and channels(env):
+            w.announced = ended
+            text = _sky_log(sdk, w.job_id) or ""
+            found = [x for x in map(sb.summary_of_line, text.splitlines()) if x is not None]
+            # the summary of the attempt that ended; recovery_count skips SkyPilot's own restarts, so
+            # without one, the latest attempt's
+            summary = sb.pick_summary([x for x in found if x["attempt"] == ended]) or sb.pick_summary(found)
+            keys, commit = _sky_commit(sdk, w)
+            doc = sb.watch_event(record, "attempt_ended", summary, commit, time.time(), attempt=ended)
+            send_event(doc, {**env, **keys}, claims)
+        w.recoveries = count
+        return
+    text = None if status in sb.NO_NODE_ENDINGS else _sky_log(sdk, w.job_id)
+    ran = float(record.get("job_duration") or 0) > 0
+    if ran and not (text or "").strip() and w.log_tries < LOG_TRIES:
+        w.log_tries += 1  # logs not synced yet, or the server is busy: look again at the next poll
+        return
+    summary = sb.parse_summary(text) if text else None
+    if text is not None and sb.node_sent_ending(text, w.job_id):
+        print(f"{what}: its node sent the ending", file=sys.stderr, flush=True)
+    elif text is None and status == "SUCCEEDED":
+        log.warning(
+            "%s: its logs cannot be read; a node sends every success it sees, so the watcher does not", what
+        )
+    elif channels(env):
+        keys, commit = _sky_commit(sdk, w)
+        send_event(sb.watch_event(record, "ended", summary, commit, time.time()), {**env, **keys}, claims)
+    ok = status == "SUCCEEDED" and (summary or {}).get("reason") != "max_runtime_before_job"
+    w.code = EXIT_OK if ok else EXIT_FAILED
+    reason = record.get("failure_reason") or (summary or {}).get("reason")
+    print(ended_text(what, status, reason if reason != "completed" else None), file=sys.stderr, flush=True)
+
+
+def sky_watch(cfg: JobsConfig, sdk: Any, state_dir: Path) -> int:
+    """Follow managed jobs (`sdk.queue` every `cfg.interval` s, default 15) until each has ended:
+    sky_watch_step per job and poll. Sends are claimed under `state_dir/sky-notify/<id>-<submitted>/`,
+    so a watcher started again sends nothing it sent before. 0 when every job succeeded, else 1.
+    Raises what the SDK raises on the first poll, or after WATCH_MAX_ERRORS failed polls in a row;
+    ConfigError for an unknown ID."""
+    import _sky_backend as sb
+
+    watched = {i: _Watched(i) for i in sky_job_ids(sdk, cfg.ids)}
+    interval = cfg.interval if cfg.interval is not None else WATCH_INTERVAL_S["sky"]
+    if not channels(cfg.notify_env):
+        print(NO_CHANNEL_LINE, file=sys.stderr, flush=True)
+    errors, polled = 0, False
+    while True:
+        todo = [i for i, w in watched.items() if w.code is None]
+        try:
+            records = {
+                int(r["job_id"]): r for r in sdk.queue(todo, False, False) if r.get("job_id") is not None
+            }
+            errors = 0
+        except Exception as exc:
+            errors += 1
+            if not polled or errors >= WATCH_MAX_ERRORS:
+                raise
+            log.warning("watch: %s; polling again in %g s", sb.describe_sky_error(exc), interval)
+            time.sleep(interval)
+            continue
+        for job_id in todo:
+            record = records.get(job_id)
+            if record is None:
+                raise ConfigError(f"ID {job_id}: no such managed job (see jobs.py --backend sky status)")
+            claims = state_dir / "sky-notify" / f"{job_id}-{int(float(record.get('submitted_at') or 0))}"
+            sky_watch_step(sdk, watched[job_id], record, cfg.notify_env, claims)
+        polled = True
+        if all(w.code is not None for w in watched.values()):
+            return EXIT_OK if all(w.code == EXIT_OK for w in watched.values()) else EXIT_FAILED
+        time.sleep(interval)
+
+
 def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path | None = None) -> int:
     """The sky backend's commands. status: queue_v2 records, with the supervisor's reason of each
     finished job (from the end of its logs, cached in `reasons_cache`, default `sky-reasons.json`
@@ -570,6 +939,8 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
                 out.flush()
                 print(line, file=sys.stderr, flush=True)
             return code
+        if cfg.command == "watch":
+            return sky_watch(cfg, sdk, cfg.runs_dir.parent)
         ids = sky_job_ids(sdk, cfg.ids)
         sdk.cancel(ids)
         print(f"cancel requested: managed job(s) {', '.join(map(str, ids))}", file=sys.stderr)
@@ -577,7 +948,9 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        if type(exc).__name__ == "ClusterNotUpError":  # no jobs controller yet: no managed jobs at all
+        sky_exceptions = _sky_backend.sky_exceptions()
+        if sky_exceptions is not None and isinstance(exc, sky_exceptions.ClusterNotUpError):
+            # No jobs controller yet (sky/jobs/server/core.py): no managed jobs at all.
             if cfg.command == "status":
                 out.write(json.dumps([]) + "\n" if cfg.json else table([], COLUMNS))
                 return EXIT_OK
@@ -603,7 +976,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        notify = (
+            notify_env(os.environ, args.env_file, REPO) if args.command in ("watch", "notify-test") else {}
+        )
+        if args.command == "notify-test":  # no backend: it sends from here
+            return notify_test(notify, os.environ, REPO)
         backend = resolve_backend(args.backend, dict(os.environ), args.env_file, REPO)
+        if getattr(args, "interval", None) is not None and not args.interval >= 0:
+            raise ConfigError(f"--interval: expected seconds >= 0, got {args.interval:g}")
         cfg = JobsConfig(
             backend=backend,
             command=args.command,
@@ -614,6 +994,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait=getattr(args, "wait", None),
             force=getattr(args, "force", False),
             verbose=args.verbose,
+            interval=getattr(args, "interval", None),
+            notify_env=notify,
             runs_dir=args.runs_dir or Path(os.environ.get("SKYOPS_STATE_DIR") or REPO / ".skyops") / "runs",
         )
         if cfg.backend == "sky":

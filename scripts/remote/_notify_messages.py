@@ -272,7 +272,10 @@ def github_state(event: Event) -> str:
         return "pending"
     if event.event == TEST_EVENT or (event.state == "SUCCEEDED" and event.reason != "max_runtime_before_job"):
         return "success"
-    code_failed = event.state in ("FAILED", "FAILED_SETUP") or event.reason in ("crash_loop", "max_runtime_before_job")
+    code_failed = event.state in ("FAILED", "FAILED_SETUP") or event.reason in (
+        "crash_loop",
+        "max_runtime_before_job",
+    )
     return "failure" if code_failed else "error"
 
 
