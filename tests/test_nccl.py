@@ -1,5 +1,6 @@
-"""Tests for the NCCL preflight: the pure parts (scripts/remote/_nccl_checks.py) directly, and
-scripts/remote/nccl_test.py end to end on CPU.
+"""Tests for the NCCL preflight: the pure parts (scripts/remote/_nccl_checks.py, _nccl_bandwidth.py,
+the report's builder and writers in _nccl_report.py, the configuration in _nccl_config.py) directly,
+and scripts/remote/nccl_test.py end to end on CPU.
 
 The end-to-end cases run the real script (gloo, forked ranks or torchrun, loopback, a free port
 each), so they check the exit codes and the JSON report as the supervisor sees them. Faults come
@@ -18,7 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import _contract
+import _nccl_bandwidth as bw
 import _nccl_checks as checks
+import _nccl_config as config
+import _nccl_report as reporting
 import nccl_test
 import pytest
 from _contract import EXIT_BAD_INPUT, EXIT_BAD_NODE, EXIT_FAILURE, EXIT_OK
@@ -50,62 +55,64 @@ GIB = 1 << 30
     ],
 )
 def test_busbw_is_algbw_times_nccl_tests_factor(op: str, n: int, factor: float) -> None:
-    assert checks.busbw_factor(op, n) == pytest.approx(factor)
-    algbw, busbw = checks.bandwidth(op, 32 << 20, 0.002, n)
+    assert bw.busbw_factor(op, n) == pytest.approx(factor)
+    algbw, busbw = bw.bandwidth(op, 32 << 20, 0.002, n)
     assert algbw == pytest.approx((32 << 20) / 1e9 / 0.002)  # GB/s = 1e9 bytes/s
     assert busbw == pytest.approx(algbw * factor)
     with pytest.raises(ValueError, match="unknown op"):
-        checks.busbw_factor("gather", n)
+        bw.busbw_factor("gather", n)
 
 
 def test_sizes_floors_and_classification() -> None:
-    sizes = [checks.parse_size(s) for s in ("4096", "1K", "32M", "1GiB", "2g")]
+    sizes = [_contract.parse_size(s) for s in ("4096", "1K", "32M", "1GiB", "2g")]
     assert sizes == [4096, 1024, 32 << 20, GIB, 2 * GIB]
     for bad in ("", "1T", "-1M", "1.5M", "2"):
         with pytest.raises(ValueError):
-            checks.parse_size(bad)
-    assert checks.sweep_sizes(1024, 5000) == [1024, 2048, 4096, 5000]
+            _contract.parse_size(bad)
+    assert bw.sweep_sizes(1024, 5000) == [1024, 2048, 4096, 5000]
 
-    rules = checks.parse_floors("H100@1=100:200, H100@2+=10:40,H100-SXM@1=150,A100@2=5")
+    rules = _contract.parse_floors("H100@1=100:200, H100@2+=10:40,H100-SXM@1=150,A100@2=5")
     assert [r.spec() for r in rules] == [
         "H100@1=100:200",
         "H100@2+=10:40",
         "H100-SXM@1=150:150",
         "A100@2=5:5",
     ]
-    assert checks.find_floor(rules, "NVIDIA H100 80GB HBM3", 1).floor == 100
-    assert checks.find_floor(rules, "NVIDIA H100-SXM 80GB", 1).floor == 150  # the longest name wins
-    assert checks.find_floor(rules, "NVIDIA H100 80GB HBM3", 16).floor == 10
-    assert checks.find_floor(rules, "NVIDIA A100-SXM4-80GB", 3) is None
-    assert checks.find_floor(rules, None, 1) is None
-    assert [checks.classify(b, rules[0]) for b in (99.9, 100, 199, 200)] == ["fail", "warn", "warn", "pass"]
-    assert checks.classify(0.1, None) == "info"  # CPU mode: no floor
+    assert bw.find_floor(rules, "NVIDIA H100 80GB HBM3", 1).floor == 100
+    assert bw.find_floor(rules, "NVIDIA H100-SXM 80GB", 1).floor == 150  # the longest name wins
+    assert bw.find_floor(rules, "NVIDIA H100 80GB HBM3", 16).floor == 10
+    assert bw.find_floor(rules, "NVIDIA A100-SXM4-80GB", 3) is None
+    assert bw.find_floor(rules, None, 1) is None
+    assert [bw.classify(b, rules[0]) for b in (99.9, 100, 199, 200)] == ["fail", "warn", "warn", "pass"]
+    assert bw.classify(0.1, None) == "info"  # CPU mode: no floor
     for bad in ("H100=1", "H100@0=1", "H100@1=5:4", "H100@1=x"):
         with pytest.raises(ValueError, match="floor"):
-            checks.parse_floors(bad)
-    assert checks.parse_floors(nccl_test.DEFAULT_FLOORS)  # the shipped default parses
+            _contract.parse_floors(bad)
+    assert _contract.parse_floors(
+        _contract.KEY["NCCL_PREFLIGHT_FLOORS"].default
+    )  # the shipped default parses
 
 
 def test_floors_apply_per_node_count_with_nccl_only() -> None:
     timings = [{"world/all_reduce": 0.001, "node/all_reduce": 0.0005 if r < 2 else 0.005} for r in range(4)]
-    rules = checks.parse_floors("H100@1=20:100,H100@2+=0:60")
+    rules = _contract.parse_floors("H100@1=20:100,H100@2+=0:60")
     common = {"size": 32 << 20, "rounds": [], "rules": rules, "accelerator": "NVIDIA H100 80GB HBM3"}
 
-    rows = checks.bandwidth_rows(timings, [0, 0, 1, 1], backend="nccl", **common)
+    rows = bw.bandwidth_rows(timings, [0, 0, 1, 1], backend="nccl", **common)
     status = {r["scope"]: (round(r["busbw_gbps"], 1), r["floor_gbps"], r["status"]) for r in rows}
     assert status == {"world": (50.3, 0, "warn"), "node 0": (67.1, 20, "warn"), "node 1": (6.7, 20, "fail")}
-    found = checks.bandwidth_findings(rows, [], "nccl")
+    found = bw.bandwidth_findings(rows, [], "nccl")
     assert [(f.severity, f.nodes) for f in found] == [("warn", ()), ("warn", (0,)), ("fail", (1,))]
     assert "all_reduce busbw 6.71 GB/s on node 1 is under the floor 20 GB/s (32 MiB)" in found[2].message
 
-    gloo = checks.bandwidth_rows(timings, [0, 0, 1, 1], backend="gloo", **common)
+    gloo = bw.bandwidth_rows(timings, [0, 0, 1, 1], backend="gloo", **common)
     assert {r["status"] for r in gloo} == {"info"}
-    assert [f.severity for f in checks.bandwidth_findings(gloo, [2], "gloo")] == ["warn"]  # slow node: warn
+    assert [f.severity for f in bw.bandwidth_findings(gloo, [2], "gloo")] == ["warn"]  # slow node: warn
 
 
 @pytest.mark.parametrize("nnodes", [4, 5, 6, 7, 8, 16])
 def test_pair_rounds_give_every_node_two_partners(nnodes: int) -> None:
-    rounds = checks.pair_rounds(nnodes, partners=2)
+    rounds = bw.pair_rounds(nnodes, partners=2)
     partners: dict[int, set[int]] = {n: set() for n in range(nnodes)}
     seen = set()
     for pairs in rounds:
@@ -122,12 +129,12 @@ def test_pair_rounds_give_every_node_two_partners(nnodes: int) -> None:
 
 def test_slow_node_found_from_pairs() -> None:
     pairs = {(0, 3): 40.0, (1, 2): 400.0, (0, 2): 35.0, (1, 3): 410.0}  # node 0 is slow
-    assert checks.slow_nodes(pairs, 0.5) == [0]
-    assert checks.slow_nodes(dict.fromkeys(pairs, 400.0), 0.5) == []  # uniform: nothing to blame
+    assert bw.slow_nodes(pairs, 0.5) == [0]
+    assert bw.slow_nodes(dict.fromkeys(pairs, 400.0), 0.5) == []  # uniform: nothing to blame
     one_pair_each = {(0, 1): 40.0, (2, 3): 400.0, (4, 5): 400.0}
-    assert checks.slow_nodes(one_pair_each, 0.5) == []  # 0 or 1? ambiguous, so neither
-    measured = {pair: (30.0 if 5 in pair else 300.0) for r in checks.pair_rounds(8) for pair in r}
-    assert checks.slow_nodes(measured, 0.5) == [5]
+    assert bw.slow_nodes(one_pair_each, 0.5) == []  # 0 or 1? ambiguous, so neither
+    measured = {pair: (30.0 if 5 in pair else 300.0) for r in bw.pair_rounds(8) for pair in r}
+    assert bw.slow_nodes(measured, 0.5) == [5]
 
 
 def test_laggards_name_missing_failed_and_stuck_ranks() -> None:
@@ -204,7 +211,7 @@ def test_verdicts_and_exit_codes() -> None:
     assert checks.combine_exit_codes({0: 0, 1: -9}) == EXIT_BAD_NODE  # a rank died from a signal
     assert checks.combine_exit_codes({0: 1, 1: 0}) == EXIT_FAILURE  # a bug is not a bad node
     assert checks.combine_exit_codes({0: 2, 1: 86}) == EXIT_BAD_INPUT
-    report = checks.build_report(findings=[checks.Finding("node", "fail", "m", (1,), (0,))], meta={})
+    report = reporting.build_report(findings=[checks.Finding("node", "fail", "m", (1,), (0,))], meta={})
     assert (report["verdict"], report["exit_code"], report["reason"]) == ("fail", 86, "preflight_failed")
 
 
@@ -293,7 +300,7 @@ def test_cpu_preflight_passes(tmp_path: Path, nproc: int, per_node: int) -> None
     assert {r["op"] for r in report["bandwidth"] if r["scope"] == "world"} == {"all_reduce", "all_gather"}
     for row in report["bandwidth"]:
         n = 2 if row["op"] == "sendrecv" else row["ranks"]  # a send/recv row is over rank pairs
-        assert row["busbw_gbps"] == pytest.approx(row["algbw_gbps"] * checks.busbw_factor(row["op"], n))
+        assert row["busbw_gbps"] == pytest.approx(row["algbw_gbps"] * bw.busbw_factor(row["op"], n))
         assert row["floor_gbps"] is None and row["status"] == "info"  # no floor in CPU mode
     if nproc // per_node >= 4:  # emulated nodes: the pairwise rounds ran
         assert report["pairwise"]["rounds"] == [[[0, 3], [1, 2]], [[0, 2], [1, 3]]]
@@ -360,16 +367,14 @@ def test_sweep_plot_never_defaults_to_the_current_directory(tmp_path: Path) -> N
     git gate refuse every sky launch."""
     report = tmp_path / "p" / "nccl-report.json"
     data = {"DATA_DIR": str(tmp_path / "data"), "RUN_ID": "r1"}
-    assert nccl_test.default_plot_path(report, data) == tmp_path / "p" / "nccl-sweep.png"
-    assert (
-        nccl_test.default_plot_path(None, data) == tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
-    )
-    assert nccl_test.default_plot_path(None, {"DATA_DIR": "/d"}) == Path("/d/preflight/nccl-sweep.png")
-    assert nccl_test.default_plot_path(None, {"DATA_DIR": " ", "RUN_ID": "r1"}) is None
-    assert nccl_test.default_plot_path(None, {}) is None
+    assert config.default_plot_path(report, data) == tmp_path / "p" / "nccl-sweep.png"
+    assert config.default_plot_path(None, data) == tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
+    assert config.default_plot_path(None, {"DATA_DIR": "/d"}) == Path("/d/preflight/nccl-sweep.png")
+    assert config.default_plot_path(None, {"DATA_DIR": " ", "RUN_ID": "r1"}) is None
+    assert config.default_plot_path(None, {}) is None
 
     def plot_out(argv: list[str], env: dict[str, str]) -> Path | None:
-        return nccl_test.make_config(nccl_test.build_parser(env).parse_args(argv), env).plot_out
+        return config.make_config(config.build_parser(env).parse_args(argv), env).plot_out
 
     assert plot_out(["--sweep"], data) == tmp_path / "data" / "r1" / "preflight" / "nccl-sweep.png"
     assert plot_out(["--sweep", "--plot-out", "x.png"], data) == Path("x.png")  # asked for: as given
@@ -443,7 +448,7 @@ def test_report_on_a_full_disk_one_warning_nothing_half_written(
 ) -> None:
     path = full_dir / "preflight" / "nccl-report.json"
     report = {"verdict": "pass", "exit_code": 0, "pad": "x" * 10000}
-    assert nccl_test.write_report(report, path, to_stdout=True) is False
+    assert reporting.write_report(report, path, to_stdout=True) is False
     assert json.loads(capsys.readouterr().out) == report  # --json still prints it
     assert _warnings(caplog) == [f"nccl-report.json not written: {path}: ENOSPC (No space left on device)"]
     assert sorted(p.name for p in full_dir.rglob("*")) == [".filler", "preflight"]  # no temp file left
@@ -451,9 +456,9 @@ def test_report_on_a_full_disk_one_warning_nothing_half_written(
 
 def test_report_on_a_read_only_file_system(read_only_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = read_only_dir / "nccl-report.json"
-    assert nccl_test.write_report({"verdict": "pass"}, path, to_stdout=False) is False
+    assert reporting.write_report({"verdict": "pass"}, path, to_stdout=False) is False
     assert _warnings(caplog) == [f"nccl-report.json not written: {path}: EROFS (Read-only file system)"]
-    nccl_test.discard_stale_report(path)  # EROFS even for a missing file: never raised
+    reporting.discard_stale_report(path)  # EROFS even for a missing file: never raised
 
 
 def test_report_under_a_regular_file_and_an_earlier_report_kept(
@@ -463,9 +468,9 @@ def test_report_under_a_regular_file_and_an_earlier_report_kept(
     blocker.write_text("a file where the folder should be\n")
     for path in (blocker / "nccl-report.json", blocker / "run" / "preflight" / "nccl-report.json"):
         caplog.clear()
-        assert nccl_test.write_report({"verdict": "pass"}, path, to_stdout=False) is False
+        assert reporting.write_report({"verdict": "pass"}, path, to_stdout=False) is False
         assert _warnings(caplog) == [f"nccl-report.json not written: {path}: ENOTDIR (Not a directory)"]
-        nccl_test.discard_stale_report(path)
+        reporting.discard_stale_report(path)
     # A report that cannot be replaced (its folder is read-only) is named as an earlier one.
     folder = tmp_path / "ro"
     mount_tmpfs(folder, "size=64k")
@@ -473,7 +478,7 @@ def test_report_under_a_regular_file_and_an_earlier_report_kept(
         (folder / "nccl-report.json").write_text('{"verdict": "fail"}\n')
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
         caplog.clear()
-        assert nccl_test.write_report({"verdict": "pass"}, folder / "nccl-report.json", False) is False
+        assert reporting.write_report({"verdict": "pass"}, folder / "nccl-report.json", False) is False
         (warning,) = _warnings(caplog)
         assert warning.endswith("EROFS (Read-only file system) (an earlier one is still there)")
     finally:
@@ -486,7 +491,7 @@ def test_a_writer_that_raises_leaves_no_temp_file(tmp_path: Path) -> None:
         raise ValueError("matplotlib broke")
 
     with pytest.raises(ValueError, match="matplotlib broke"):
-        nccl_test.write_artifact(tmp_path / "nccl-sweep.png", broken)
+        reporting.write_artifact(tmp_path / "nccl-sweep.png", broken)
     assert list(tmp_path.iterdir()) == []
 
 

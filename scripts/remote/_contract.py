@@ -202,7 +202,7 @@ class Key:
         if self.kind == "bool":
             return "one of 1/0, true/false, yes/no, on/off"
         if self.kind == "size":
-            return "a byte count >= 4 like 32M, 1G or 4096"
+            return f"a byte count >= {self.minimum or 4:g} like 32M, 1G or 4096"
         if self.kind == "floors":
             return "ACCEL@NODES[+]=FLOOR[:WARN],... (GB/s, WARN >= FLOOR) or none"
         if self.kind == "list":
@@ -254,7 +254,7 @@ KEYS: tuple[Key, ...] = (
        "all_reduce busbw `floor:warn` GB/s per `accelerator@nodes` (NCCL only; none: no floors)", NCCL, empty="value"),
     _k("NCCL_PREFLIGHT_MIN_SHM_GIB", "float", "1", "minimum free /dev/shm, GiB; 0: off", NCCL, unit="GiB", minimum=0),
     _k("NCCL_PREFLIGHT_SIZE", "size", "", "bytes per operation (empty: 32M with NCCL, 16M with gloo)", NCCL,
-       in_job_yaml=False),
+       minimum=4096, in_job_yaml=False),
     _k("NCCL_PREFLIGHT_ITERS", "int", "20", "timed iterations per measurement (nccl-tests' default)", NCCL,
        minimum=1, in_job_yaml=False),
     _k("NCCL_PREFLIGHT_WARMUP", "int", "1", "untimed iterations first (nccl-tests' default)", NCCL, minimum=0,
@@ -310,7 +310,10 @@ def _convert(spec: Key, text: str) -> object:
             return False
         raise ValueError
     if spec.kind == "size":
-        return parse_size(text) if text else None
+        size = parse_size(text) if text else None
+        if size is not None and spec.minimum is not None and size < spec.minimum:
+            raise ValueError
+        return size
     if spec.kind == "floors":
         return parse_floors(text)
     if spec.kind == "list":
