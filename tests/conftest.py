@@ -29,6 +29,24 @@ N1_INVALID_NAMES = [
 
 # Set for the whole test run: no test may start a SkyPilot API server by accident.
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+#: SkyPilot 0.14.1's accelerator catalog (schema v8), enough for the resources the tests build offline.
+CATALOG_CSV = "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nH100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n"
+
+
+def seed_runtime_dir(root: Path) -> Path:
+    """A SKY_RUNTIME_DIR with the accelerator catalog and no .md5 sidecar, which SkyPilot never re-fetches
+    (building resources with accelerators reads it, and would fetch it from the internet when missing)."""
+    catalog = root / ".sky" / "catalogs" / "v8" / "common"
+    catalog.mkdir(parents=True, exist_ok=True)
+    (catalog / "accelerators.csv").write_text(CATALOG_CSV)
+    return root
+
+
+# SkyPilot reads SKY_RUNTIME_DIR when it is imported: seed it before any test module can import sky.
+if "sky" not in sys.modules and "SKY_RUNTIME_DIR" not in os.environ:
+    os.environ["SKY_RUNTIME_DIR"] = str(seed_runtime_dir(Path(tempfile.mkdtemp(prefix="skyops-sky-runtime-"))))
+os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")  # SkyPilot's telemetry goes to the internet
+
 # The local backend's run state (job ids, run directories, default DATA_DIR) goes to a folder of this
 # test run, never into the repository's .skyops/: `make status` shows only the user's own jobs.
 STATE = Path(os.environ.setdefault("SKYOPS_STATE_DIR", tempfile.mkdtemp(prefix="skyops-test-state-")))

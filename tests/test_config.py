@@ -1,4 +1,4 @@
-"""The configuration loader: .env cases E1-E9, job.yaml cases Y1/Y4, run names N1 (../shared/cases)."""
+"""The configuration loader: .env cases E1-E9, job.yaml cases Y1/Y4, run names N1 (docs/field-cases.md)."""
 
 from __future__ import annotations
 
@@ -401,6 +401,46 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     task = tmp_path / "job.yaml"
     task.write_text("run: echo\nenvs:\n  A: [unclosed\n")
     with pytest.raises(ConfigError, match=r"job.yaml:\d+: "):
+        _config.load_task_file(task)
+
+
+def test_y4_skypilot_0_14_1_task_keys_are_accepted(tmp_path: Path) -> None:
+    """Keys of SkyPilot 0.14.1's task schema that an older copy refused (tests/test_sky.py holds the
+    copy to the installed SkyPilot's schema)."""
+    task = tmp_path / "job.yaml"
+    task.write_text("run: echo\napi_server_access: false\nvolume_mounts: []\nmanaged_secrets: [HF_TOKEN]\n")
+    assert _config.load_task_file(task).config["managed_secrets"] == ["HF_TOKEN"]
+
+
+def test_secrets_list_form_is_managed_references(tmp_path: Path) -> None:
+    """SkyPilot's list form of `secrets:` (sky/task.py from_yaml_config): only `secrets:NAME` references,
+    resolved by the API server, so nothing to supply at launch; the mapping form may hold them too."""
+    task = tmp_path / "job.yaml"
+    task.write_text("run: echo\nsecrets:\n  - secrets:HF_TOKEN\n  - secrets:workspace.WANDB_API_KEY\n")
+    loaded = _config.load_task_file(task)
+    assert (loaded.secrets, loaded.secret_refs) == (
+        {},
+        ("secrets:HF_TOKEN", "secrets:workspace.WANDB_API_KEY"),
+    )
+    task.write_text("run: echo\nsecrets:\n  T: null\n  secrets:HF_TOKEN: null\n  O: ''\n")
+    loaded = _config.load_task_file(task)
+    assert (loaded.secrets, loaded.secret_refs) == ({"T": None, "O": ""}, ("secrets:HF_TOKEN",))
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ("\n  - HF_TOKEN\n", r"job\.yaml:3: secrets: 'HF_TOKEN': the list form holds only managed secret references, resolved by the API server \(secrets:HF_TOKEN\); for a value supplied at launch use the mapping form \(HF_TOKEN: null\)$"),
+        ("\n  - 'secrets:'\n", r"job\.yaml:3: secrets: 'secrets:' names no secret"),
+        ("\n  - {HF_TOKEN: x}\n", r"job\.yaml:3: secrets: each item of the list form must be a string like secrets:NAME$"),
+        ("\n  secrets:HF_TOKEN: abc\n", r"job\.yaml:3: secrets\.secrets:HF_TOKEN: a managed secret reference must be null"),
+        (" 3\n", r"job\.yaml: secrets must be a mapping \(or a list of secrets:NAME references\)$"),
+    ],
+)  # fmt: skip
+def test_secrets_in_neither_form_name_the_line(tmp_path: Path, secrets: str, message: str) -> None:
+    task = tmp_path / "job.yaml"
+    task.write_text(f"run: echo\nsecrets:{secrets}")
+    with pytest.raises(ConfigError, match=message):
         _config.load_task_file(task)
 
 

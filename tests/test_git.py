@@ -1,4 +1,4 @@
-"""The git gate (scripts/local/_git.py): CASES.md G1-G3, dirty, unpushed and shallow trees, in
+"""The git gate (scripts/local/_git.py): docs/field-cases.md G1-G3, dirty, unpushed and shallow trees, in
 temporary repositories with a local bare remote."""
 
 from __future__ import annotations

@@ -224,9 +224,9 @@ def test_sky_error_is_one_line_exit_3(
 
     class DownSDK(FakeSkyJobsSDK):
         def queue(self, *a: Any) -> list[dict[str, Any]]:
-            raise RuntimeError(
-                "Could not connect to SkyPilot API server at http://127.0.0.1:1. Please ensure"
-            )
+            from sky import exceptions  # SkyPilot's own class, as its client raises it
+
+            raise exceptions.ApiServerConnectionError("http://127.0.0.1:1")
 
     monkeypatch.setattr(_sky_backend, "SkyJobsSDK", DownSDK)
     code, out, err = call(["--backend", "sky", "status"], capsys)

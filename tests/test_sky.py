@@ -5,21 +5,20 @@ SDK boundary (FakeSkyJobsSDK): job-id normalisation, --print-id, partial copies,
 
 Building resources with accelerators reads SkyPilot's catalog; it is seeded here, offline, in a
 temporary SKY_RUNTIME_DIR (a catalog without an .md5 sidecar is never re-fetched;
-../shared/notes/skypilot.md). SkyPilot captures that path at import, so it is set before `import sky`.
+docs/skypilot-facts.md). SkyPilot captures that path at import, so it is set before `import sky`.
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import datetime as dt
 import io
 import json
 import os
-import shutil
+import socket
 import subprocess
 import sys
-import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "scripts" / "local"
 CANARY = "canary-9f3e1d7c-secret"
-CATALOG_CSV = "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nH100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n"
-
-
-def seed_runtime_dir(root: Path) -> Path:
-    """A SKY_RUNTIME_DIR with SkyPilot 0.14.1's accelerator catalog (catalog schema v8), no .md5."""
-    catalog = root / ".sky" / "catalogs" / "v8" / "common"
-    catalog.mkdir(parents=True, exist_ok=True)
-    (catalog / "accelerators.csv").write_text(CATALOG_CSV)
-    return root
-
-
-if "sky" not in sys.modules:
-    _RUNTIME = Path(tempfile.mkdtemp(prefix="skyops-sky-runtime-"))
-    atexit.register(shutil.rmtree, _RUNTIME, True)
-    os.environ["SKY_RUNTIME_DIR"] = str(seed_runtime_dir(_RUNTIME))
-RUNTIME = Path(os.environ.get("SKY_RUNTIME_DIR", str(Path.home())))
+RUNTIME = Path(os.environ.get("SKY_RUNTIME_DIR", str(Path.home())))  # seeded by conftest, before any `import sky`
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry goes to the internet
 
@@ -53,7 +37,7 @@ import _sky_backend as sb  # noqa: E402
 import _task  # noqa: E402
 import launch  # noqa: E402
 from _config import ConfigError  # noqa: E402
-from conftest import N1_INVALID_NAMES  # noqa: E402
+from conftest import N1_INVALID_NAMES, seed_runtime_dir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (RUNTIME / ".sky/catalogs/v8/common/accelerators.csv").is_file(),
@@ -108,6 +92,63 @@ class FakeSkyJobsSDK:
 
     def cancel(self, job_ids: Any) -> None:
         self.cancelled.extend(job_ids)
+
+
+class FakeGitHost:
+    """The git host of SkyPilot's own git check (sky/utils/git.py GitRepo, run by
+    sky.Task.update_envs_and_secrets_from_workdir), faked at its two ways out: the public probe of
+    /info/refs (its `requests.get`) and `git ls-remote` (GitPython's `git.cmd.Git`); SkyPilot's own
+    logic in between runs as is. `public`: the probe answers 200; else 401, and ls-remote needs
+    `token` in an https URL, or, for an ssh URL, a key (GIT_SSH_COMMAND with -i). `refs`: what
+    ls-remote lists. `calls`: every contact, as (kind, URL as GitPython would log it)."""
+
+    def __init__(self) -> None:
+        self.public = True
+        self.token: str | None = None
+        self.refs = ""
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        self.calls.append(("probe", url))
+        return types.SimpleNamespace(status_code=200 if self.public else 401)
+
+    def gitpython(self) -> Any:
+        import git as gitpython
+        from git.util import remove_password_if_present
+
+        host = self
+
+        class Git:
+            def __init__(self) -> None:
+                self.env: dict[str, str] = {}
+
+            def update_environment(self, **env: str) -> None:
+                self.env.update(env)
+
+            def ls_remote(self, url: str) -> str:
+                command = remove_password_if_present(["git", "ls-remote", url])  # as GitPython logs it
+                host.calls.append(("ls-remote", command[-1]))
+                ok = (
+                    host.public
+                    or (host.token is not None and url.startswith(f"https://{host.token}@"))
+                    or (url.startswith("ssh://") and " -i " in self.env.get("GIT_SSH_COMMAND", ""))
+                )
+                if not ok:
+                    raise gitpython.exc.GitCommandError(command, 128, stderr="fatal: Authentication failed")
+                return host.refs
+
+        return types.SimpleNamespace(cmd=types.SimpleNamespace(Git=Git), exc=gitpython.exc)
+
+
+@pytest.fixture(autouse=True)
+def fake_git_host(monkeypatch: pytest.MonkeyPatch) -> FakeGitHost:
+    """No test here reaches a real git host through SkyPilot's git check."""
+    from sky.utils import git as sky_git
+
+    host = FakeGitHost()
+    monkeypatch.setattr(sky_git, "requests", types.SimpleNamespace(get=host.get))
+    monkeypatch.setattr(sky_git, "git", host.gitpython())
+    return host
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -278,17 +319,46 @@ def test_y3_missing_secret_is_an_error_before_launch(tmp_path: Path) -> None:
     assert code == 0 and "WANDB_API_KEY: null" in out and "OPTIONAL_TOKEN: <redacted>" in out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def no_server_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a real launch.py/jobs.py process whose SkyPilot endpoint is the default local
+    one (a free port), with no server running there and nothing that turns SkyPilot's auto-start off:
+    its own HOME and SKY_RUNTIME_DIR (with the offline catalog), no SKYPILOT_* variables."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_", "SKY_"))}
+    env.update(
+        HOME=str(home),
+        SKY_RUNTIME_DIR=str(seed_runtime_dir(tmp_path / "runtime")),
+        SKYPILOT_API_SERVER_LOCAL_PORT=str(free_port()),
+        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
+    )
+    return env
+
+
+NO_SERVER_LINE = (
+    "{script}: error: no SkyPilot API server running at http://127.0.0.1:{port}: start it from your own"
+    " SkyPilot install, the one with your clouds' extras: `sky api start` (or use a remote one:"
+    " `sky api login -e <url>`); skyops never starts one (docs/decisions/local-api-server.md)"
+)
+
+
 def test_y3_canary_in_no_stream_and_no_dumped_file(tmp_path: Path) -> None:
-    """Real processes: --dry-run, --dump-config json to a file and a -v failing launch (no API server)."""
+    """Real processes: --dry-run, --dump-config json to a file and a -v failing launch (no API server at
+    the default local endpoint, and none started: test_never_starts_a_local_api_server)."""
     (tmp_path / "job.yaml").write_text(JOB_YAML)
     (tmp_path / "c.env").write_text(f"WANDB_API_KEY={CANARY}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
-    env.update(
-        SKY_RUNTIME_DIR=str(RUNTIME),
-        SKYPILOT_DISABLE_LOCAL_API_SERVER="1",
-        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
-        SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:9",
-    )
+    env = no_server_env(tmp_path)
     base = [sys.executable, str(LOCAL / "launch.py"), "--backend", "sky", "--task", str(tmp_path / "job.yaml"),
             "--env-file", str(tmp_path / "c.env"), "--skip-git-check", "--run", "canary"]  # fmt: skip
     dumped = tmp_path / "task.json"
@@ -309,7 +379,9 @@ def test_y3_canary_in_no_stream_and_no_dumped_file(tmp_path: Path) -> None:
         "<redacted>" in proc.stdout
         and json.loads(dumped.read_text())["secrets"]["WANDB_API_KEY"] == "<redacted>"
     )
-    assert "no SkyPilot API server reachable" in proc.stderr and "Traceback" in proc.stderr  # -v
+    port = int(env["SKYPILOT_API_SERVER_LOCAL_PORT"])
+    assert NO_SERVER_LINE.format(script="launch.py", port=port) in proc.stderr.splitlines()
+    assert "Traceback" in proc.stderr and not listening(port)  # -v
     for text in (proc.stdout, proc.stderr, dumped.read_text()):
         assert CANARY not in text
 
@@ -401,22 +473,65 @@ def _exc(module: str, name: str, *args: Any) -> Exception:
     return getattr(importlib.import_module(module), name)(*args)
 
 
+def _local_server_refusal() -> Exception:
+    """The genuine error of SkyPilot 0.14.1 when it may not start a local API server
+    (sky/server/common.py check_local_api_server_enabled_or_raise), with its traceback."""
+    from sky.server import common
+
+    os.environ[sb.NO_LOCAL_API_SERVER_ENV] = "1"  # this module sets it for every test already
+    try:
+        with sb.stdout_to_stderr():  # as every SkyPilot call of the launcher
+            common.check_local_api_server_enabled_or_raise()
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("SkyPilot did not refuse")
+
+
+class _NoCloudSubclass(Exception):
+    pass
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (("sky.exceptions", "ApiServerConnectionError", "http://127.0.0.1:46580"), "no SkyPilot API server reachable"),
-        (("builtins", "RuntimeError", "No SkyPilot API server endpoint is configured, and starting a local API server on this machine is disabled"), "sky api start"),
-        (("sky.exceptions", "NoCloudAccessError", "Cloud access is not set up. Run: `sky check`"), "no cloud enabled for SkyPilot: run `sky check`"),
-        (("requests.exceptions", "ConnectionError", "Failed to fetch common catalog"), "cannot reach the network for SkyPilot's catalog"),
+        (("sky.exceptions", "ApiServerConnectionError", "https://sky.example.invalid"), "no SkyPilot API server reachable (Could not connect to SkyPilot API server at https://sky.example.invalid."),
+        (_local_server_refusal, "no SkyPilot API server running at http://127.0.0.1:"),
+        (("sky.exceptions", "ApiServerAuthenticationError", "https://sky.example.invalid"), "needs a login: `sky api login -e <url>`"),
+        (("sky.exceptions", "APIVersionMismatchError", "client 0.14.1, server 0.9"), "this SkyPilot client and the API server do not match (client 0.14.1"),
+        (("sky.exceptions", "NoCloudAccessError", "anything at all"), "no cloud enabled for SkyPilot: run `sky check`"),
+        (("sky.exceptions", "ResourcesUnavailableError", "no H100 anywhere"), "no resources match the task: no H100 anywhere"),
+        (("requests.exceptions", "ConnectionError", "reset by peer"), "lost the connection to the SkyPilot API server (reset by peer)"),
+        # Told apart by class, never by text: these say "API server" and "no cloud" in vain.
+        (("builtins", "RuntimeError", "Could not connect to SkyPilot API server; no cloud enabled"), "SkyPilot error (RuntimeError): Could not"),
         (("builtins", "ValueError", "weird\nsecond line"), "SkyPilot error (ValueError): weird"),
     ],
 )  # fmt: skip
-def test_errors_are_one_actionable_line_exit_3(tmp_path: Path, error: tuple, expected: str) -> None:
-    sdk = FakeSkyJobsSDK(fail_at=0, error=_exc(*error))
+def test_errors_are_one_actionable_line_exit_3(tmp_path: Path, error: Any, expected: str) -> None:
+    sdk = FakeSkyJobsSDK(fail_at=0, error=error() if callable(error) else _exc(*error))
     code, out, err = run_launch(make_cfg(tmp_path), sdk)
     assert code == 3 and out == ""
     (line,) = [ln for ln in err.splitlines() if ln.startswith("launch.py:")]
     assert expected in line and "Traceback" not in err
+
+
+def test_errors_are_told_apart_by_class() -> None:
+    import requests
+    import sky.exceptions
+
+    class Quota(sky.exceptions.ResourcesUnavailableError):  # a subclass is still that error
+        pass
+
+    assert sb.describe_sky_error(Quota("out of quota")).startswith(
+        "no resources match the task: out of quota"
+    )
+    catalog = requests.exceptions.ConnectionError("Failed to fetch common catalog")
+    assert sb.describe_sky_error(catalog, building=True).startswith(
+        "cannot reach the network for SkyPilot's catalog"
+    )
+    limit = getattr(sys, "tracebacklimit", None)
+    refusal = RuntimeError(str(_local_server_refusal()))  # the same words, raised elsewhere
+    assert sb.describe_sky_error(refusal).startswith("SkyPilot error (RuntimeError): No SkyPilot API server")
+    assert getattr(sys, "tracebacklimit", None) == limit  # SkyPilot's raise leaves it at 0; restored
 
 
 def test_follow_treats_101_as_still_running(tmp_path: Path) -> None:
@@ -492,6 +607,7 @@ class Task:
         _chatter("task")
         task = Task()
         task.name, task.num_nodes = config["name"], config.get("num_nodes", 1)
+        task.workdir = config.get("workdir")
         task.envs = dict(env_overrides)
         task.secrets = dict(secrets_overrides)
         return task
@@ -504,6 +620,15 @@ def get(request):
 
 from sky import jobs  # noqa: E402
 '''
+
+# sky.utils.schemas and sky.utils.git, as far as the launcher reads them: the task keys (here the copy
+# that test_task_keys_copy_is_skypilots_schema holds to SkyPilot's) and the git env names.
+FAKE_SKY_UTILS = {
+    "__init__.py": "",
+    "schemas.py": "import _config\n\n\ndef get_task_schema():\n    return {'properties': dict.fromkeys(_config.TASK_KEYS)}\n",
+    "git.py": "GIT_URL_ENV_VAR, GIT_COMMIT_HASH_ENV_VAR = 'GIT_URL', 'GIT_COMMIT_HASH'\n"
+    "GIT_BRANCH_ENV_VAR, GIT_TAG_ENV_VAR = 'GIT_BRANCH', 'GIT_TAG'\n",
+}
 
 FAKE_SKY_JOBS = """\
 import json
@@ -575,6 +700,9 @@ def fake_sky_env(tmp_path: Path) -> dict[str, str]:
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(FAKE_SKY_INIT)
     (pkg / "jobs.py").write_text(FAKE_SKY_JOBS)
+    (pkg / "utils").mkdir()
+    for name, text in FAKE_SKY_UTILS.items():
+        (pkg / "utils" / name).write_text(text)
     (tmp_path / "c.env").write_text("WANDB_API_KEY=x\nHF_TOKEN=\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYOPS_", "SKYPILOT_"))}
     env.update(
@@ -700,20 +828,22 @@ def hosted_clone(tmp_path: Path) -> tuple[Path, str]:
     return work, head
 
 
-def test_git_pin_in_workdir_and_git_commit(tmp_path: Path) -> None:
+def test_git_pin_in_workdir_and_git_commit(tmp_path: Path, fake_git_host: FakeGitHost) -> None:
+    """SkyPilot's own git check (Task.update_envs_and_secrets_from_workdir, as its CLI calls it) reads
+    the remote and sets GIT_URL and GIT_COMMIT_HASH; the launcher sets only GIT_COMMIT and GIT_DIRTY."""
     from test_git import commit
 
     work, head = hosted_clone(tmp_path)
+    fake_git_host.refs = f"{head}\trefs/heads/main\n"
     sdk = FakeSkyJobsSDK()
     code, _, _ = run_launch(make_cfg(tmp_path, repo=work), sdk)
     assert code == 0
     task = sdk.launched[0][0]
     assert task.workdir == {"url": HOSTED_URL, "ref": head}
-    assert (task.envs["GIT_COMMIT"], task.envs["GIT_COMMIT_HASH"], task.envs["GIT_URL"]) == (
-        head,
-        head,
-        HOSTED_URL,
-    )
+    assert (task.envs["GIT_COMMIT"], task.envs["GIT_DIRTY"]) == (head, "0")
+    assert (task.envs["GIT_COMMIT_HASH"], task.envs["GIT_URL"]) == (head, HOSTED_URL)  # set by SkyPilot
+    assert ("probe", f"{HOSTED_URL}/info/refs?service=git-upload-pack") in fake_git_host.calls
+    assert ("ls-remote", HOSTED_URL) in fake_git_host.calls  # SkyPilot checked the ref's kind
     commit(work, "b.txt")  # unpushed: refused before anything is launched
     with pytest.raises(ConfigError, match="1 unpushed commit on main"):
         run_launch(make_cfg(tmp_path, repo=work), sdk)
@@ -1046,3 +1176,206 @@ def test_status_reasons_are_cached_across_real_processes(fake_sky_env: dict[str,
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
     assert proc.returncode == 0 and calls.read_text().splitlines() == first, proc.stderr
     assert [r["reason"] for r in json.loads(proc.stdout)] == ["crash_loop", "max_runtime", None]
+
+
+# ------------------------------------------------------------- SkyPilot's own definitions (issue 11, item 6)
+
+
+def test_task_keys_copy_is_skypilots_schema() -> None:
+    """_config.TASK_KEYS, the copy for the paths that never import SkyPilot, is the installed
+    SkyPilot's own list (sky/utils/schemas.py get_task_schema): this fails the day SkyPilot adds or
+    drops a task key. With SkyPilot imported, `task_keys()` is SkyPilot's schema itself."""
+    from sky.utils import schemas
+
+    skypilots = set(schemas.get_task_schema()["properties"])
+    assert set(_config.TASK_KEYS) == skypilots, (
+        f"update _config.TASK_KEYS: add {sorted(skypilots - _config.TASK_KEYS)},"
+        f" drop {sorted(_config.TASK_KEYS - skypilots)}"
+    )
+    assert _config.task_keys() == skypilots
+
+
+def test_task_keys_come_from_skypilot_once_it_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SkyPilot that adds `brand_new` and drops `pool`: job.yaml is checked against it, not the copy,
+    both where _config loads job.yaml with SkyPilot imported and on launch's sky path."""
+    from sky.utils import schemas
+
+    real = schemas.get_task_schema
+
+    def newer() -> dict[str, Any]:
+        schema = real()
+        schema["properties"]["brand_new"] = {"type": "string"}
+        del schema["properties"]["pool"]
+        return schema
+
+    monkeypatch.setattr(schemas, "get_task_schema", newer)
+    (tmp_path / "a.yaml").write_text("run: echo\nbrand_new: x\n")
+    assert _config.load_task_file(tmp_path / "a.yaml").config["brand_new"] == "x"
+    (tmp_path / "b.yaml").write_text("run: echo\npool: {}\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: pool unknown"):
+        _config.load_task_file(tmp_path / "b.yaml")
+    task = dataclasses.replace(make_cfg(tmp_path).task, config={"run": "echo", "pool": {}, "brand_new": "x"})
+    with pytest.raises(ConfigError, match=r"job\.yaml: pool unknown$"):
+        sb.check_task_keys(task)
+
+
+REFS_YAML = JOB_YAML.replace(
+    'secrets:\n  WANDB_API_KEY: null\n  OPTIONAL_TOKEN: ""\n',
+    "secrets:\n  - secrets:HF_TOKEN\n  - secrets:workspace.WANDB_API_KEY\n",
+)
+
+
+def _refs(task: Any) -> list[tuple[str, str | None]]:
+    return [(r.name, r.scope_override) for r in task.managed_secret_refs]
+
+
+def test_secret_references_reach_skypilot_as_references(tmp_path: Path) -> None:
+    """The list form of `secrets:` (sky/task.py: managed secret references, resolved by the API
+    server's managed secrets provider) is accepted, needs no value at launch, and reaches SkyPilot as
+    the same references; the dump keeps them null, and SkyPilot reads the dump back the same."""
+    import sky
+    import yaml
+
+    assert "- secrets:HF_TOKEN" in REFS_YAML
+    cfg = make_cfg(tmp_path, env_file="", task=REFS_YAML)
+    assert cfg.task.secret_refs == ("secrets:HF_TOKEN", "secrets:workspace.WANDB_API_KEY")
+    assert cfg.missing_secrets == () and cfg.secrets == {}
+    sdk = FakeSkyJobsSDK()
+    assert run_launch(cfg, sdk)[0] == 0
+    task = sdk.launched[0][0]
+    assert _refs(task) == [("HF_TOKEN", None), ("WANDB_API_KEY", "workspace")] and task.secrets == {}
+    code, out, _ = run_launch(dataclasses.replace(cfg, dry_run=True), sdk)
+    doc = yaml.safe_load(out)
+    assert code == 0 and doc["secrets"] == {"secrets:HF_TOKEN": None, "secrets:workspace.WANDB_API_KEY": None}
+    assert _refs(sky.Task.from_yaml_config(doc)) == _refs(task)
+    # the mapping form mixes values supplied at launch with references
+    mixed = JOB_YAML.replace('  OPTIONAL_TOKEN: ""\n', '  OPTIONAL_TOKEN: ""\n  "secrets:HF_TOKEN": null\n')
+    assert run_launch(make_cfg(tmp_path, task=mixed), sdk)[0] == 0
+    task = sdk.launched[-1][0]
+    assert _refs(task) == [("HF_TOKEN", None)] and task.secrets["WANDB_API_KEY"].get_secret_value() == CANARY
+
+
+@pytest.mark.parametrize("key", ["GIT_URL", "GIT_COMMIT_HASH", "GIT_BRANCH"])
+def test_skypilots_git_envs_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"^--set {key}: {key} is set by SkyPilot for its clone of the git"
+    ):
+        run_launch(make_cfg(tmp_path, "--set", f"{key}=x"))
+
+
+GIT_TOKEN = "ghp_canary-7c1e0b5a-git-token"
+GIT_TOKEN_YAML = JOB_YAML.replace('  OPTIONAL_TOKEN: ""\n', '  OPTIONAL_TOKEN: ""\n  GIT_TOKEN: null\n')
+
+
+def test_git_token_reaches_skypilot_only_as_a_secret(
+    tmp_path: Path, fake_git_host: FakeGitHost, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A private repository over https: the launch's GIT_TOKEN (here from .env) reaches SkyPilot's git
+    check, which maps it into the task's secrets; it is in no env, stream, dump or error line, and
+    the process environment is as it was."""
+    work, head = hosted_clone(tmp_path)
+    fake_git_host.public, fake_git_host.token, fake_git_host.refs = (
+        False,
+        GIT_TOKEN,
+        f"{head}\trefs/heads/main\n",
+    )
+    before = os.environ.get("GIT_TOKEN")
+    env_file = f"WANDB_API_KEY={CANARY}\nGIT_TOKEN={GIT_TOKEN}\n"
+    sdk = FakeSkyJobsSDK()
+    code, out, err = run_launch(make_cfg(tmp_path, env_file=env_file, task=GIT_TOKEN_YAML, repo=work), sdk)
+    assert code == 0, err
+    task = sdk.launched[0][0]
+    assert task.secrets["GIT_TOKEN"].get_secret_value() == GIT_TOKEN
+    assert (task.envs["GIT_URL"], task.envs["GIT_COMMIT_HASH"]) == (HOSTED_URL, head)
+    assert ("ls-remote", "https://*****@git.example.invalid/org/repo.git") in fake_git_host.calls
+    assert os.environ.get("GIT_TOKEN") == before
+    yaml_dump = run_launch(
+        make_cfg(tmp_path, "--dry-run", env_file=env_file, task=GIT_TOKEN_YAML, repo=work)
+    )[1]
+    json_dump = run_launch(make_cfg(tmp_path, "--dump-config", "json", env_file=env_file, task=GIT_TOKEN_YAML,
+                                    repo=work))[1]  # fmt: skip
+    assert (
+        "GIT_TOKEN: <redacted>" in yaml_dump and json.loads(json_dump)["secrets"]["GIT_TOKEN"] == "<redacted>"
+    )
+    assert f"GIT_COMMIT_HASH: {head}" in yaml_dump
+    fake_git_host.token = "another-token"  # the remote refuses this one
+    code, _, wrong = run_launch(make_cfg(tmp_path, env_file=env_file, task=GIT_TOKEN_YAML, repo=work), sdk)
+    (line,) = [ln for ln in wrong.splitlines() if ln.startswith("launch.py:")]
+    assert code == 3 and len(sdk.launched) == 1
+    assert line.startswith(
+        f"launch.py: error: SkyPilot cannot read the git remote {HOSTED_URL} at {head[:12]}: "
+    )
+    captured = capfd.readouterr()
+    texts = [json.dumps(task.envs), str(task.to_yaml_config(use_user_specified_yaml=True)), out, err, wrong,
+             yaml_dump, json_dump, captured.out, captured.err]  # fmt: skip
+    assert not [t for t in texts if GIT_TOKEN in t]
+
+
+def test_git_ssh_key_reaches_skypilot_only_as_a_secret(
+    tmp_path: Path, fake_git_host: FakeGitHost, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A private repository over ssh: SkyPilot reads the key at GIT_SSH_KEY_PATH and sends it as the
+    secret GIT_SSH_KEY (sky/task.py update_envs_and_secrets_from_workdir); never as an env."""
+    from test_git import sh
+
+    work, head = hosted_clone(tmp_path)
+    sh(work, "remote", "set-url", "origin", "git@git.example.invalid:org/repo.git")
+    key_text = "key-canary-5d2a9e61"
+    key = tmp_path / "id_test"
+    key.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key_text}\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    fake_git_host.public, fake_git_host.refs = False, f"{head}\trefs/heads/main\n"
+    env_file = f"WANDB_API_KEY={CANARY}\nGIT_SSH_KEY_PATH={key}\n"
+    sdk = FakeSkyJobsSDK()
+    code, out, err = run_launch(make_cfg(tmp_path, env_file=env_file, repo=work), sdk)
+    assert code == 0, err
+    task = sdk.launched[0][0]
+    assert task.secrets["GIT_SSH_KEY"].get_secret_value() == key.read_text()
+    assert (task.envs["GIT_URL"], task.envs["GIT_COMMIT_HASH"]) == (
+        "ssh://git@git.example.invalid/org/repo.git",
+        head,
+    )
+    dump = run_launch(make_cfg(tmp_path, "--dry-run", env_file=env_file, repo=work))[1]
+    assert "GIT_SSH_KEY: <redacted>" in dump
+    captured = capfd.readouterr()
+    for text in (json.dumps(task.envs), out, err, dump, captured.out, captured.err):
+        assert key_text not in text
+
+
+def test_git_remote_skypilot_cannot_read(
+    tmp_path: Path, fake_git_host: FakeGitHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A private repository and no credentials: a launch ends in one line (exit 3) before anything is
+    launched; a dry run only warns and shows the task without SkyPilot's git settings."""
+    work, head = hosted_clone(tmp_path)
+    fake_git_host.public = False
+    sdk = FakeSkyJobsSDK()
+    code, out, err = run_launch(make_cfg(tmp_path, repo=work), sdk)
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("launch.py:")]
+    assert code == 3 and out == "" and sdk.launched == []
+    assert "Failed to access repository" in line and "GIT_TOKEN" in line and "GIT_SSH_KEY_PATH" in line
+    code, out, _ = run_launch(make_cfg(tmp_path, "--dry-run", repo=work), sdk)
+    assert code == 0 and f"ref: {head}" in out and "GIT_URL" not in out and sdk.launched == []
+    assert any("a launch would refuse" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_never_starts_a_local_api_server(tmp_path: Path) -> None:
+    """docs/decisions/local-api-server.md. Real processes, real SkyPilot, the default local endpoint
+    (a free port) with no server there: SkyPilot 0.14.1 would start one from the launcher's own
+    environment (sky/server/common.py _start_api_server, `sys.executable`). jobs.py says to start it
+    from your own SkyPilot install instead (exit 3, one line), and nothing listens there; launch.py
+    says the same (test_y3_canary_in_no_stream_and_no_dumped_file)."""
+    env = no_server_env(tmp_path)
+    port = int(env["SKYPILOT_API_SERVER_LOCAL_PORT"])
+    try:
+        proc = run_script(env, "jobs.py", "--backend", "sky", "status")
+        assert proc.returncode == 3 and proc.stdout == "", proc.stderr[-3000:]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("jobs.py: error:")]
+        assert errors == [NO_SERVER_LINE.format(script="jobs.py", port=port)], proc.stderr[-3000:]
+        assert not listening(port)
+    finally:
+        if listening(port):  # a regression started one: stop it as SkyPilot's notes say
+            sky_cli = str(Path(sys.executable).parent / "sky")
+            subprocess.run([sky_cli, "api", "stop"], env=env, capture_output=True, timeout=120)

@@ -5,14 +5,14 @@ Every value a launch uses is resolved here, once, in this order (highest first):
     command-line flags (including --set KEY=VALUE)  >  process environment  >  .env file  >  job.yaml
 
 The .env file is read with python-dotenv (`dotenv.parser.parse_stream`) plus small, tested corrections
-for the cases where python-dotenv is known to be wrong or silent (../shared/cases/CASES.md E1-E9):
+for the cases where python-dotenv is known to be wrong or silent (docs/field-cases.md E1-E9):
 CRLF line endings, a comment taken for a value, a line it cannot parse (only a warning there, and the
 key vanishes), keys that no environment accepts, and `${VAR}` expansion, which follows the same
 precedence as everything else and the file's order: a line sees the lines above it, never those
 below, and a `${VAR}` defined only below is an error (resolve_values has the rules).
 
 job.yaml's `envs` and `secrets` are read as the text written in the file (PyYAML's composer, not its
-constructor), so `COMMIT: 0123456` reaches the job as `0123456`, not `42798` (CASES.md Y1).
+constructor), so `COMMIT: 0123456` reaches the job as `0123456`, not `42798` (docs/field-cases.md Y1).
 
 Errors a user can cause raise `ConfigError` with one line naming the flag, key or `file:line`.
 Nothing here reads `os.environ`: callers pass the process environment in.
@@ -62,30 +62,60 @@ MAX_ENV_ENTRY = 131072
 
 TRUE_WORDS, FALSE_WORDS = _contract.TRUE_WORDS, _contract.FALSE_WORDS
 
-#: Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14.1).
+#: Top-level keys of a SkyPilot task: a copy of SkyPilot 0.14.1's own (sky/utils/schemas.py
+#: get_task_schema()["properties"]), for the paths that never import SkyPilot (1-2 s). `task_keys()`
+#: uses SkyPilot's own schema whenever SkyPilot is imported anyway; tests/test_sky.py fails the day
+#: the copy and the installed SkyPilot's schema differ.
 TASK_KEYS = frozenset(
     {
         "name",
-        "api_server_access",
         "workdir",
         "event_callback",
         "num_nodes",
         "resources",
-        "envs",
-        "secrets",
         "file_mounts",
+        "service",
+        "pool",
         "setup",
         "run",
-        "service",
-        "config",
+        "envs",
+        "secrets",
+        "managed_secrets",
         "inputs",
         "outputs",
-        "volumes",
-        "pool",
         "file_mounts_mapping",
+        "config",
+        "volumes",
+        "volume_mounts",
+        "api_server_access",
         "_metadata",
     }
 )
+#: A managed secret reference under `secrets:` (sky/task.py Task.from_yaml_config): every item of the
+#: list form, or a key of the mapping form with a null value, `secrets:[personal.|workspace.|global.]NAME`.
+#: SkyPilot resolves it at launch through the API server's managed secrets provider; the launcher
+#: neither needs nor sends a value for it.
+SECRET_REF_PREFIX = "secrets:"
+
+
+def task_keys() -> frozenset[str]:
+    """The top-level keys a SkyPilot task may have: SkyPilot's own schema when SkyPilot is already
+    imported (`sky.utils.schemas` in sys.modules: the sky backend's paths), else the copy TASK_KEYS."""
+    schemas = sys.modules.get("sky.utils.schemas")
+    if schemas is None:
+        return TASK_KEYS
+    return frozenset(schemas.get_task_schema()["properties"])
+
+
+def unknown_task_keys(config: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    """One `KEY unknown[, did you mean K?]` per top-level key of `config` that is not in `keys`."""
+    known = sorted(keys)
+    problems = []
+    for key in config:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            problems.append(f"{key} unknown" + (f", did you mean {close[0]}?" if close else ""))
+    return problems
 
 
 class ConfigError(Exception):
@@ -112,7 +142,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_bool(text: str, field_name: str) -> bool:
-    """`true/false/1/0/yes/no/on/off`, any case, to a bool (CASES.md E9: `bool("false")` is True).
+    """`true/false/1/0/yes/no/on/off`, any case, to a bool (docs/field-cases.md E9: `bool("false")` is True).
 
     Raises ConfigError naming `field_name` for anything else.
     """
@@ -139,7 +169,7 @@ def run_name_problem(name: str) -> str | None:
     """Why `name` is not a valid run name, or None when it is.
 
     A run name becomes the managed job's task name and, through it, its cluster name, so it must
-    satisfy both SkyPilot rules (CLUSTER_NAME_RE and TASK_NAME_RE above; ../shared/notes/skypilot.md).
+    satisfy both SkyPilot rules (CLUSTER_NAME_RE and TASK_NAME_RE above; docs/skypilot-facts.md).
     """
     if not name:
         return "must not be empty"
@@ -219,7 +249,7 @@ MAX_ENV_TOTAL = 1 << 20
 
 def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> None:
     """Raise ConfigError naming the key and where its value came from when a typed env (TYPED_KEYS)
-    would be rejected on the node (CASES.md E9: strings that mean numbers and booleans)."""
+    would be rejected on the node (docs/field-cases.md E9: strings that mean numbers and booleans)."""
     for key in TYPED_KEYS:
         if key in values:
             try:
@@ -236,7 +266,7 @@ def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> N
 
 @dataclass(frozen=True)
 class EnvLine:
-    """One `KEY=value` of a .env file. `value` is None for a bare `KEY` line (CASES.md E5)."""
+    """One `KEY=value` of a .env file. `value` is None for a bare `KEY` line (docs/field-cases.md E5)."""
 
     key: str
     value: str | None
@@ -248,7 +278,7 @@ _COMMENT_AS_VALUE_RE = re.compile(r"^\s*(?:export\s+)?[^=\s]+\s*=[ \t]+#")
 
 
 def read_env_file(path: Path) -> list[EnvLine]:
-    """Parse a .env file with python-dotenv, corrected for CASES.md E1-E8.
+    """Parse a .env file with python-dotenv, corrected for docs/field-cases.md E1-E8.
 
     Returns the lines in file order. Raises ConfigError (`file:line: ...`) for a line python-dotenv
     cannot parse, for keys no environment accepts (all listed in one line), or a file that is not UTF-8.
@@ -390,7 +420,7 @@ def resolve_values(
 
     `${B}` in a .env value expands as the file is read top to bottom (bash's `set -a; source .env`
     and python-dotenv's `load_dotenv` read it the same way), with the same precedence as everything
-    else (CASES.md E6). `${B}` is, first match wins:
+    else (docs/field-cases.md E6). `${B}` is, first match wins:
       1. B's flag, else B from the process environment (they win inside `${...}` too);
       2. B's value on the nearest line above (as expanded there), so `P=/a` then `P=${P}:/b` gives
          `/a:/b`; a self-reference `KEY=${KEY}/x` with no `KEY` line above means job.yaml's KEY;
@@ -468,12 +498,15 @@ class TaskFile:
 
     `config` is PyYAML's ordinary load (for resources, setup, run, ...). `envs` holds every env value
     as the text in the file; `secrets` maps each key to its text, or None for "must be supplied".
+    `secret_refs` are the managed secret references (SECRET_REF_PREFIX), as written, in file order:
+    the whole list form of `secrets:`, or the null `secrets:NAME` keys of the mapping form.
     """
 
     path: Path
     config: dict[str, Any]
     envs: dict[str, str]
     secrets: dict[str, str | None] = field(repr=False)
+    secret_refs: tuple[str, ...] = ()
 
 
 def _scalar_text(node: Any, label: str, *, allow_null: bool) -> str | None:
@@ -509,9 +542,55 @@ def _mapping_texts(node: Any, label: str, path: Path, *, allow_null: bool) -> di
     return out
 
 
+def _secret_texts(node: Any, path: Path) -> tuple[dict[str, str | None], tuple[str, ...]]:
+    """The `secrets:` of job.yaml in either of SkyPilot's forms (sky/utils/schemas.py get_task_schema,
+    sky/task.py Task.from_yaml_config): the mapping (KEY: text, KEY: null = supplied at launch, and
+    `secrets:NAME: null` = a managed reference) or the list (managed references only, each
+    `secrets:NAME`). Returns (the KEY: text|None mapping, the references)."""
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        refs: list[str] = []
+        for item in node.value:
+            where = f"{path}:{item.start_mark.line + 1}: secrets"
+            text = item.value if isinstance(item, yaml.ScalarNode) and item.tag.endswith(":str") else None
+            if text is None:
+                raise ConfigError(f"{where}: each item of the list form must be a string like secrets:NAME")
+            if not text.startswith(SECRET_REF_PREFIX):
+                raise ConfigError(
+                    f"{where}: {text!r}: the list form holds only managed secret references, resolved by the"
+                    f" API server ({SECRET_REF_PREFIX}{text}); for a value supplied at launch use the mapping"
+                    f" form ({text}: null)"
+                )
+            if not text[len(SECRET_REF_PREFIX) :]:
+                raise ConfigError(f"{where}: {text!r} names no secret ({SECRET_REF_PREFIX}NAME)")
+            refs.append(text)
+        return {}, tuple(refs)
+    if isinstance(node, yaml.MappingNode):
+        inline_nodes, refs = [], []
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if not key.startswith(SECRET_REF_PREFIX):
+                inline_nodes.append((key_node, value_node))
+                continue
+            where = f"{path}:{key_node.start_mark.line + 1}: secrets.{key}"
+            if key == SECRET_REF_PREFIX:
+                raise ConfigError(f"{where}: names no secret ({SECRET_REF_PREFIX}NAME)")
+            if not (value_node.tag == "tag:yaml.org,2002:null" and value_node.style is None):
+                raise ConfigError(
+                    f"{where}: a managed secret reference must be null; for a value supplied at launch,"
+                    f" drop the {SECRET_REF_PREFIX!r} prefix"
+                )
+            refs.append(key)
+        node = yaml.MappingNode(node.tag, inline_nodes, node.start_mark, node.end_mark)
+        return _mapping_texts(node, "secrets", path, allow_null=True), tuple(refs)
+    return _mapping_texts(node, "secrets", path, allow_null=True), ()
+
+
 def load_task_file(path: Path) -> TaskFile:
     """Read and check job.yaml. Raises ConfigError (`file:line: ...`, or every structural problem in
-    one line, CASES.md Y4) for YAML errors, unknown keys, a null `resources`, `envs` not a mapping."""
+    one line, docs/field-cases.md Y4) for YAML errors, unknown keys (`task_keys()`), a null `resources`,
+    `envs` not a mapping, `secrets` in neither of SkyPilot's forms (`_secret_texts`)."""
     import yaml
 
     try:
@@ -528,17 +607,13 @@ def load_task_file(path: Path) -> TaskFile:
     if not isinstance(config, dict) or root is None:
         raise ConfigError(f"{path}: must be a mapping (a SkyPilot task)")
 
-    problems: list[str] = []
-    for key in config:
-        if key not in TASK_KEYS:
-            close = difflib.get_close_matches(str(key), sorted(TASK_KEYS), n=1)
-            problems.append(f"{key} unknown" + (f", did you mean {close[0]}?" if close else ""))
+    problems = unknown_task_keys(config, task_keys())
     if "resources" in config and config["resources"] is None:
         problems.append("resources is null")
     if "envs" in config and config["envs"] is not None and not isinstance(config["envs"], dict):
         problems.append("envs must be a mapping")
-    if "secrets" in config and config["secrets"] is not None and not isinstance(config["secrets"], dict):
-        problems.append("secrets must be a mapping")
+    if config.get("secrets") is not None and not isinstance(config["secrets"], (dict, list)):
+        problems.append("secrets must be a mapping (or a list of secrets:NAME references)")
     if not isinstance(config.get("run"), str):
         problems.append("run must be a string (the command each node runs)")
     if problems:
@@ -546,11 +621,11 @@ def load_task_file(path: Path) -> TaskFile:
 
     nodes = {k.value: v for k, v in root.value}
     envs = _mapping_texts(nodes.get("envs"), "envs", path, allow_null=False)
-    secrets = _mapping_texts(nodes.get("secrets"), "secrets", path, allow_null=True)
+    secrets, refs = _secret_texts(nodes.get("secrets"), path)
     both = sorted(set(envs) & set(secrets))
     if both:
         raise ConfigError(f"{path}: {', '.join(both)} declared under both envs and secrets")
-    return TaskFile(path, config, {k: v for k, v in envs.items() if v is not None}, secrets)
+    return TaskFile(path, config, {k: v for k, v in envs.items() if v is not None}, secrets, refs)
 
 
 def secret_like_keys(keys: Iterable[str], declared_secrets: Iterable[str]) -> list[str]:

@@ -8,7 +8,7 @@ refuses, with the exact command that fixes it:
 - a dirty working tree (untracked files count: they would not reach the nodes);
 - a commit that no remote-tracking branch contains. "Pushed" means exactly that: the commit is
   reachable from some `refs/remotes/<remote>/<branch>`, whatever the checked-out branch tracks, so a
-  detached HEAD (CASES.md G1) and a branch without upstream whose commit is already on a remote branch
+  detached HEAD (docs/field-cases.md G1) and a branch without upstream whose commit is already on a remote branch
   (G2) both pass; a branch without upstream with commits of its own is refused with `git push -u`.
   The pin's URL is that of a remote that holds the commit (the upstream's, else origin, else any);
 - a shallow clone that lacks the ref, or whose truncated history cannot show the commit on a remote
@@ -20,12 +20,12 @@ refuses, with the exact command that fixes it:
 clone (https://, ssh://, git@host:path, ...), not a path on this machine or a file:// URL; the
 launcher refuses such a URL on a real launch and only warns on a dry run.
 
-Refs (CASES.md G3): a branch, a tag (annotated tags resolve to their commit, not the tag object), a
+Refs (docs/field-cases.md G3): a branch, a tag (annotated tags resolve to their commit, not the tag object), a
 short id or HEAD; an ambiguous prefix is an error listing the candidates, an unknown ref one naming it
 (in a shallow clone: one saying the clone is shallow, since the ref may lie beyond its history).
 
 Errors raise `_config.ConfigError` (one line, exit 2). Only the standard library and git are used;
-every git output is read without `\\r` (CASES.md E4).
+every git output is read without `\\r` (docs/field-cases.md E4).
 """
 
 from __future__ import annotations
@@ -159,12 +159,12 @@ def remotes_containing(repo: Path, commit: str, names: list[str]) -> list[str]:
 
 
 def current_branch(repo: Path) -> str | None:
-    """The checked-out branch, or None on a detached HEAD (CASES.md G1)."""
+    """The checked-out branch, or None on a detached HEAD (docs/field-cases.md G1)."""
     return _ok(repo, "symbolic-ref", "--quiet", "--short", "HEAD")
 
 
 def upstream(repo: Path, branch: str) -> str | None:
-    """`remote/branch` the branch tracks, or None when it has no upstream (CASES.md G2)."""
+    """`remote/branch` the branch tracks, or None when it has no upstream (docs/field-cases.md G2)."""
     return _ok(repo, "rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{branch}@{{u}}")
 
 

@@ -346,6 +346,10 @@ def stdout_to_stderr() -> Iterator[IO[str]]:
     on the real stdout (a duplicate of the original fd 1) for data that must be written inside the
     block, e.g. streamed log lines. Re-entrant (an inner block yields the outer block's stream).
     Without a usable fd 1 or fd 2 nothing is redirected and `sys.stdout` is yielded.
+
+    Also restores `sys.tracebacklimit`: SkyPilot sets it to 0 around its own raises and leaves it so
+    when it raises (sky/utils/ux_utils.py print_exception_no_traceback has no `finally`), which would
+    hide every later traceback of the process, --verbose's included.
     """
     if _REDIRECT["depth"]:
         _REDIRECT["depth"] += 1
@@ -371,9 +375,15 @@ def stdout_to_stderr() -> Iterator[IO[str]]:
         encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
         data = open(saved, "w", encoding=encoding, errors="replace", closefd=False)  # noqa: SIM115
     _REDIRECT.update(depth=1, data=data)
+    limit = getattr(sys, "tracebacklimit", None)
     try:
         yield data
     finally:
+        if limit is None:
+            with contextlib.suppress(AttributeError):
+                del sys.tracebacklimit
+        else:
+            sys.tracebacklimit = limit
         _REDIRECT.update(depth=0, data=None)
         _flush_stdout()
         if saved is not None:
@@ -544,7 +554,7 @@ def describe_sky_error(exc: BaseException, *, building: bool = False) -> str:
         return (
             f"no SkyPilot API server running at {common.get_server_url()}: start it from your own SkyPilot"
             " install, the one with your clouds' extras: `sky api start` (or use a remote one:"
-            " `sky api login -e <url>`); launch.py never starts one (docs/decisions/local-api-server.md)"
+            " `sky api login -e <url>`); skyops never starts one (docs/decisions/local-api-server.md)"
         )
     ex = sky_exceptions()
     if ex is not None:
