@@ -27,7 +27,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "scripts" / "local"
 CANARY = "canary-9f3e1d7c-secret"
-RUNTIME = Path(os.environ.get("SKY_RUNTIME_DIR", str(Path.home())))  # seeded by conftest, before any `import sky`
+RUNTIME = Path(
+    os.environ.get("SKY_RUNTIME_DIR", str(Path.home()))
+)  # seeded by conftest, before any `import sky`
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry goes to the internet
 
@@ -538,7 +540,7 @@ def test_follow_treats_101_as_still_running(tmp_path: Path) -> None:
     sdk = FakeSkyJobsSDK(ids=[[5]])
     sdk.tail_codes = [101, 101, 100]
     sleeps: list[float] = []
-    assert sb.follow_logs(sdk, 5, io.StringIO(), sleep=sleeps.append) == 1
+    assert sb.exit_code_of_tail(5, sb.tail_until_done(sdk, 5, io.StringIO(), sleep=sleeps.append)) == 1
     assert sdk.tails == [5, 5, 5] and len(sleeps) == 2
     sdk.tail_codes = [0]
     code, _, err = run_launch(make_cfg(tmp_path, "--follow"), FakeSkyJobsSDK(ids=[[5]]))

@@ -348,13 +348,13 @@ def _expand_line(
     Returns the expanded value and every name it came from, through earlier lines too (so a secret
     reached through another key is still seen). Raises ConfigError for a forward reference.
     """
-    from dotenv.variables import Literal, parse_variables
+    from dotenv.variables import Literal, Variable, parse_variables
 
     parts: list[str] = []
     names: dict[str, None] = {}
     for atom in parse_variables(entry.value or ""):
-        if isinstance(atom, Literal):
-            parts.append(atom.value)
+        if isinstance(atom, Literal) or not isinstance(atom, Variable):
+            parts.append(atom.value if isinstance(atom, Literal) else "")
             continue
         name, default = atom.name, atom.default
         names[name] = None
@@ -438,9 +438,9 @@ def resolve_values(
     """
     file_map: dict[str, EnvLine] = {}
     defined_at: dict[str, list[int]] = {}
-    for entry in file_entries:
-        file_map[entry.key] = entry  # later lines win, as in python-dotenv
-        defined_at.setdefault(entry.key, []).append(entry.line)
+    for line in file_entries:
+        file_map[line.key] = line  # later lines win, as in python-dotenv
+        defined_at.setdefault(line.key, []).append(line.line)
     keys = list(dict.fromkeys([*defaults, *file_map, *flags]))
 
     values: dict[str, str] = {}
@@ -460,8 +460,8 @@ def resolve_values(
                     f" --set {key}=..., or write {key}= for an empty value"
                 )
             values[key], sources[key] = entry.value, f"{file_label}:{entry.line}"
-        elif defaults.get(key) is not None:
-            values[key], sources[key] = defaults[key], "job.yaml"  # type: ignore[assignment]
+        elif (default := defaults.get(key)) is not None:
+            values[key], sources[key] = default, "job.yaml"
         else:
             missing.append(key)
     # Read the file top to bottom: each line sees the lines above it, never those below.

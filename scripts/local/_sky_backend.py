@@ -61,7 +61,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import _config
 import _git
@@ -92,7 +92,6 @@ MAX_REASON_FETCHES = 20
 LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_DIRTY")
 #: GIT_COMMIT's suffix when the uploaded code matches no commit (as `git describe --dirty` writes it).
 DIRTY_SUFFIX = "-dirty"
-DUMP_FORMATS = ("yaml", "json")
 
 
 class SkyError(Exception):
@@ -455,7 +454,8 @@ class SkyJobsSDK:
             import sky
 
             target = real_stdout if _fileno(stream) == 1 else stream
-            code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=target)
+            # The SDK annotates output_stream as io.TextIOBase; any text stream with write() does.
+            code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=cast(io.TextIOBase, target))
             target.flush()
         return None if code is None else int(code)
 
@@ -609,19 +609,13 @@ def progress(message: str, stream: IO[str] | None = None) -> Iterator[None]:
         thread.join(timeout=1)
 
 
-def follow_logs(
-    sdk: Any, job_id: int, stream: IO[str], *, poll: float = 5.0, sleep: Callable[[float], None] | None = None
-) -> int:
-    """Tail a managed job's logs until it ends; 101 ("not finished", e.g. during a recovery by
-    recover_on_exit_codes) means still running, so tailing starts again after `poll` seconds.
-
-    Returns the launcher's exit code: 0 succeeded, 1 failed or cancelled, 3 job not found.
-    """
-    return exit_code_of_tail(job_id, tail_until_done(sdk, job_id, stream, poll=poll, sleep=sleep))
-
-
 def tail_until_done(
-    sdk: Any, job_id: int, stream: IO[str], *, poll: float = 5.0, sleep: Callable[[float], None] | None = None
+    sdk: Any,
+    job_id: int,
+    stream: IO[str] | io.TextIOBase,
+    *,
+    poll: float = 5.0,
+    sleep: Callable[[float], None] | None = None,
 ) -> int:
     """`sdk.tail_logs(follow=True)` again while it answers 101 (not finished); returns the last
     tail_logs code (TAIL_*). A None (what SkyPilot answers without follow) is read from the job's

@@ -851,15 +851,15 @@ def sky_watch_step(
             send_event(doc, {**env, **keys}, claims)
         w.recoveries = count
         return
-    text = None if status in sb.NO_NODE_ENDINGS else _sky_log(sdk, w.job_id)
+    logs = None if status in sb.NO_NODE_ENDINGS else _sky_log(sdk, w.job_id)
     ran = float(record.get("job_duration") or 0) > 0
-    if ran and not (text or "").strip() and w.log_tries < LOG_TRIES:
+    if ran and not (logs or "").strip() and w.log_tries < LOG_TRIES:
         w.log_tries += 1  # logs not synced yet, or the server is busy: look again at the next poll
         return
-    summary = sb.parse_summary(text) if text else None
-    if text is not None and sb.node_sent_ending(text, w.job_id):
+    summary = sb.parse_summary(logs) if logs else None
+    if logs is not None and sb.node_sent_ending(logs, w.job_id):
         print(f"{what}: its node sent the ending", file=sys.stderr, flush=True)
-    elif text is None and status == "SUCCEEDED":
+    elif logs is None and status == "SUCCEEDED":
         log.warning(
             "%s: its logs cannot be read; a node sends every success it sees, so the watcher does not", what
         )

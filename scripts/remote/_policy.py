@@ -5,7 +5,7 @@ docs/contract.md ("Exit codes"), docs/decisions/restart-tracking.md, docs/decisi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from _contract import (
@@ -85,6 +85,20 @@ class Attempt:
         return f"attempt {self.number}: {node}{self.reason} (exit {self.exit_code})"
 
 
+@dataclass
+class _Fold:
+    """One attempt while summarize folds its records: times in seconds, outcomes (exit code, reason,
+    node rank) with rank 0's own end first."""
+
+    start_time: float | None = None
+    runtime_s: float = 0.0
+    node_runtime_s: float = 0.0
+    final_runtime_s: float | None = None
+    ended: bool = False
+    job_started: bool = False
+    outcomes: list[tuple[int | None, str | None, int | None]] = field(default_factory=list)
+
+
 def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
     """Fold ledger records into attempts, ordered by number.
 
@@ -92,58 +106,52 @@ def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
     longest of its latest `alive` record's and the other nodes' results. Its outcome is the most
     significant node outcome (see Attempt).
     """
-    acc: dict[int, dict[str, object]] = {}
-    outcomes: dict[int, list[tuple[int | None, str | None, int | None]]] = {}
+    acc: dict[int, _Fold] = {}
     for rec in records:
         number = rec["attempt"]
         assert isinstance(number, int)
-        a = acc.setdefault(number, {"runtime_s": 0.0})
-        mine = outcomes.setdefault(number, [])
+        a = acc.setdefault(number, _Fold())
         event = rec["event"]
         if event in ("end", "node_result") and rec.get("job_started", True) is not False:
-            a["job_started"] = True
+            a.job_started = True
         runtime = as_float(rec.get("runtime_s"))
         if event == "start":
-            a["start_time"] = as_float(rec.get("time"))
+            a.start_time = as_float(rec.get("time"))
         elif event == "alive":
-            a["runtime_s"] = max(runtime or 0.0, a["runtime_s"])  # type: ignore[type-var]
+            a.runtime_s = max(runtime or 0.0, a.runtime_s)
         elif event == "end":
-            reason = str(rec.get("reason"))
-            a["ended"] = True
-            if reason == LEDGER_LOST:
-                a["runtime_s"] = max(runtime or 0.0, a["runtime_s"])  # type: ignore[type-var]
+            end_reason = str(rec.get("reason"))
+            a.ended = True
+            if end_reason == LEDGER_LOST:
+                a.runtime_s = max(runtime or 0.0, a.runtime_s)
             else:
-                a["final_runtime_s"] = runtime if runtime is not None else a["runtime_s"]
-            mine.insert(0, (as_int(rec.get("exit_code")), reason, 0))
+                a.final_runtime_s = runtime if runtime is not None else a.runtime_s
+            a.outcomes.insert(0, (as_int(rec.get("exit_code")), end_reason, 0))
         elif event == "node_result":
-            a["node_runtime_s"] = max(runtime or 0.0, a.get("node_runtime_s", 0.0))  # type: ignore[type-var]
-            reason = rec.get("reason")
-            mine.append(
+            a.node_runtime_s = max(runtime or 0.0, a.node_runtime_s)
+            node_reason = rec.get("reason")
+            a.outcomes.append(
                 (
                     as_int(rec.get("exit_code")),
-                    None if reason is None else str(reason),
+                    None if node_reason is None else str(node_reason),
                     as_int(rec.get("node_rank")),
                 )
             )
     attempts = []
     for number, a in sorted(acc.items()):
-        mine = outcomes[number]
-        code, reason, node = max(mine, key=lambda o: significance(o[0]), default=(None, None, None))
-        if "final_runtime_s" in a:
-            runtime = a["final_runtime_s"]
-        else:
-            runtime = max(a["runtime_s"], a.get("node_runtime_s", 0.0))  # type: ignore[type-var]
+        code, reason, node = max(a.outcomes, key=lambda o: significance(o[0]), default=(None, None, None))
+        runtime = a.final_runtime_s if a.final_runtime_s is not None else max(a.runtime_s, a.node_runtime_s)
         attempts.append(
             Attempt(
                 number=number,
-                start_time=a.get("start_time"),  # type: ignore[arg-type]
-                runtime_s=float(runtime),  # type: ignore[arg-type]
+                start_time=a.start_time,
+                runtime_s=runtime,
                 exit_code=code,
                 reason=reason,
-                bad_node=any(c == EXIT_BAD_NODE for c, _, _ in mine),
+                bad_node=any(c == EXIT_BAD_NODE for c, _, _ in a.outcomes),
                 node_rank=node,
-                ended=bool(a.get("ended")),
-                job_started=bool(a.get("job_started")),
+                ended=a.ended,
+                job_started=a.job_started,
             )
         )
     return attempts
@@ -220,6 +228,8 @@ def decide(
     if stop == REASON_CRASH_LOOP:
         return Decision(EXIT_CRASH_LOOP, REASON_CRASH_LOOP, detail)
     cause = detail
+    code: int
+    reason: str
     if stop in (REASON_HEARTBEAT_TIMEOUT, REASON_PREFLIGHT_FAILED):
         code, reason = EXIT_BAD_NODE, stop
     elif stop in (REASON_PREFLIGHT_ERROR, REASON_DATA_DIR):

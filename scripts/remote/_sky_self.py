@@ -260,7 +260,10 @@ def _opener(env: Mapping[str, str], base: str) -> urllib.request.OpenerDirector:
         if value:
             proxies[scheme] = value
     host = urllib.parse.urlsplit(base).hostname or ""
-    if "no" in proxies and urllib.request.proxy_bypass_environment(host, proxies):
+    # urllib.request.proxy_bypass_environment (CPython's no_proxy rule for a given proxies dict) is
+    # not in typeshed's stubs: looked up by name.
+    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009
+    if "no" in proxies and bypass(host, proxies):
         proxies = {}
     proxies.pop("no", None)
     return urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _NoRedirect())

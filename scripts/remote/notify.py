@@ -271,9 +271,11 @@ def claim(notify_dir: Path, key: str) -> bool:
 
 
 def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
     try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        seconds = float(value)
+    except ValueError:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
