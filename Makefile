@@ -54,8 +54,8 @@ dry-run: uv ## Print the resolved task as SkyPilot YAML (secrets redacted); laun
 test: uv ## Run the test suite (what CI runs; ARGS go to pytest)
 	uvx --from $(NOX) nox -s tests -- $(ARGS)
 
-lint: uv ## ruff, the script locks are current, the contract's copies agree (nox -s lint locks contract)
-	uvx --from $(NOX) nox -s lint locks contract
+lint: uv ## ruff, mypy, the script locks are current, the contract's copies agree (nox -s lint locks contract types)
+	uvx --from $(NOX) nox -s lint locks contract types
 
 nccl: uv ## NCCL preflight on this machine (ARGS go to nccl_test.py, e.g. ARGS="--nproc 4"; stdout: data only)
 	@uvx --from $(NOX) nox -s nccl -- $(ARGS)

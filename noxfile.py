@@ -3,6 +3,7 @@
 nox -s tests            # pytest (what `make test` and CI run)
 nox -s lint             # ruff check + ruff format --check
 nox -s locks            # the committed script locks (<script>.py.lock) match their scripts
+nox -s types            # mypy on scripts/local and scripts/remote
 nox -s contract         # job.yaml, .env.example, docs/contract.md, README agree with scripts/remote/_contract.py
 nox -s nccl -- --nproc 4   # NCCL/gloo preflight on this machine
 """
@@ -17,7 +18,7 @@ import nox
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "locks", "contract", "tests"]
+nox.options.sessions = ["lint", "locks", "contract", "types", "tests"]
 
 ROOT = Path(__file__).parent
 SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.py") if not p.name.startswith("_"))
@@ -25,6 +26,15 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 TEST_DEPS = ["pytest==9.2.0", "pytest-timeout==2.4.0"]
 RUFF = "ruff==0.17.6"
+#: mypy and the stubs of the typed third-party packages the scripts use.
+TYPE_DEPS = [
+    "mypy==1.18.2",
+    "types-PyYAML==6.0.12.20261122",
+    "types-psutil==7.2.2.20261111",
+    "httpx==0.28.1",
+    "stamina==26.1.0",
+    "python-dotenv==1.2.4",
+]
 
 # torch's CPU build lies in the wheel folder pip is configured with (find-links); let uv use it too,
 # so no session downloads a multi-GB CUDA build. See README, "Offline torch".
@@ -78,6 +88,17 @@ def contract(session: nox.Session) -> None:
     """Check job.yaml's envs, .env.example, docs/contract.md and the README against the contract's table."""
     session.run("uv", "run", "--locked", "--quiet", "--script", "scripts/local/check_contract.py", *session.posargs,
                 external=True)  # fmt: skip
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """Type-check both sides with mypy (torch, SkyPilot, matplotlib untyped here); posargs go to mypy."""
+    session.install(*TYPE_DEPS)
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").rglob("*.py"))
+    session.run(
+        "mypy", "--python-version", "3.11", "--ignore-missing-imports", "--cache-dir", ".nox/mypy-cache",
+        *files, *session.posargs, env={"MYPYPATH": "scripts/local:scripts/remote"},
+    )  # fmt: skip
 
 
 @nox.session(default=False)

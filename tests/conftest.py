@@ -44,7 +44,9 @@ def seed_runtime_dir(root: Path) -> Path:
 
 # SkyPilot reads SKY_RUNTIME_DIR when it is imported: seed it before any test module can import sky.
 if "sky" not in sys.modules and "SKY_RUNTIME_DIR" not in os.environ:
-    os.environ["SKY_RUNTIME_DIR"] = str(seed_runtime_dir(Path(tempfile.mkdtemp(prefix="skyops-sky-runtime-"))))
+    os.environ["SKY_RUNTIME_DIR"] = str(
+        seed_runtime_dir(Path(tempfile.mkdtemp(prefix="skyops-sky-runtime-")))
+    )
 os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")  # SkyPilot's telemetry goes to the internet
 
 # The local backend's run state (job ids, run directories, default DATA_DIR) goes to a folder of this

@@ -305,3 +305,54 @@ def test_misspelled_key_gets_a_hint(
     env_file.write_text("GRACEE=5\n")
     code, _, _ = call(["--env-file", str(env_file), "--dry-run", "examples/train.py"], capsys)
     assert code == 0 and "did you mean GRACE?" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# JOB kinds (README "Bring your own script"): -m pkg.mod and project scripts
+
+
+def test_job_kinds_the_launcher_accepts(tmp_path: Path) -> None:
+    repo = tmp_path
+    (repo / "pyproject.toml").write_text("[tool.ruff]\nline-length = 110\n")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "train.py").write_text("print(1)\n")
+    (repo / "src" / "lib" / "cli").mkdir(parents=True)
+    (repo / "src" / "lib" / "cli" / "__main__.py").write_text("print(1)\n")
+    (repo / "proj").mkdir()
+    (repo / "proj" / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0"\n')
+    (repo / "proj" / "train.py").write_text("print(1)\n")
+    assert launch.relative_job_path("-m pkg.train", repo) == "-m pkg.train"
+    assert launch.relative_job_path("-m  lib.cli", repo) == "-m lib.cli"
+    assert launch.relative_job_path("-mpkg.train", repo) == "-m pkg.train"
+    assert launch.relative_job_path(str(repo / "proj" / "train.py"), repo) == "proj/train.py"
+    for job, message in [
+        ("-m", 'as one word: "-m pkg.train"'),
+        ("-m pkg/train", "expected -m and a module name"),
+        ("-m pkg.missing", "none of pkg/missing.py, pkg/missing/__main__.py, src/pkg/missing.py"),
+    ]:
+        with pytest.raises(launch.ConfigError, match=message):
+            launch.relative_job_path(job, repo)
+    (repo / "proj" / "pyproject.toml").write_text('[project]\nname = "p"\nversion = \n')
+    with pytest.raises(launch.ConfigError, match=r"^proj/pyproject.toml:3: not valid TOML"):
+        launch.relative_job_path(str(repo / "proj" / "train.py"), repo)
+
+
+def test_the_launcher_finds_modules_where_the_nodes_do(tmp_path: Path) -> None:
+    """launch.py cannot import the node side's _job_command (docs/decisions/boundary.md): its copy of
+    the module lookup is checked against the nodes' here."""
+    import _job_command
+
+    for name in ("a", "pkg.train", "pkg.sub.mod"):
+        assert launch.module_paths(name) == _job_command.module_paths(name)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "train.py").write_text("")
+    assert _job_command.module_file("pkg.train", tmp_path) == tmp_path / "pkg" / "train.py"
+    assert launch.relative_job_path("-m pkg.train", tmp_path) == "-m pkg.train"
+
+
+def test_a_module_job_reaches_the_nodes_as_one_word(capsys: pytest.CaptureFixture[str], no_env: None) -> None:
+    """`launch.py "-m pkg.mod" ARGS`: JOB is `-m pkg.mod`, which job.yaml's run passes to run.py as one
+    word ("$JOB") and run.py runs as `python -m` (torchrun -m)."""
+    code, out, _ = call(["--env-file", "/dev/null", "--dry-run", "-m tests.jobs.exit_with", "3"], capsys)
+    envs = yaml.safe_load(out)["envs"]
+    assert code == 0 and (envs["JOB"], envs["JOB_ARGS"]) == ("-m tests.jobs.exit_with", "3")

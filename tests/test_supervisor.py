@@ -14,11 +14,14 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +49,9 @@ from _contract import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "scripts" / "remote" / "run.py"
+JOB_COMMAND = ROOT / "scripts" / "remote" / "_job_command.py"
+THIRD_PARTY = ROOT / "tests" / "jobs" / "third_party"
+REPORT = ROOT / "tests" / "jobs" / "report_interpreter.py"
 NCCL_TEST = ROOT / "scripts" / "remote" / "nccl_test.py"
 JOB_ID, TASK = 7, 0
 TASK_ID = f"sky-managed-2026-01-02-03-04-05-000006_train_{JOB_ID}-{TASK}"
@@ -105,6 +111,8 @@ class Outcome:
     ledger: list[dict]
     result: dict | None
     wall_s: float
+    #: The supervisor's stdout: the job's stdout and stderr, byte for byte (decoded).
+    stdout: str = ""
 
     def reason(self) -> str | None:
         return self.result["reason"] if self.result else None
@@ -183,13 +191,20 @@ class Node:
             str(job),
         ]
         proc = subprocess.Popen(
-            argv, env={**self.env, **env}, stderr=subprocess.PIPE, text=True, cwd=self.tmp
+            argv,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            cwd=self.tmp,
         )
         return proc, out
 
     def finish(self, proc: subprocess.Popen, out: Path, started: float) -> Outcome:
-        _, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=120)
         wall = time.monotonic() - started
+        sys.stdout.write(stdout)
         sys.stderr.write(stderr)
         harness = json.loads(out.read_text())
         events = (
@@ -201,7 +216,7 @@ class Node:
         result_file = _ledger.result_path(self.data, "r", self.rank)
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         ledger = _ledger.parse_ledger(self.ledger_path.read_bytes()) if self.ledger_path.exists() else []
-        outcome = Outcome(harness["code"], stderr, harness["left"], events, ledger, result, wall)
+        outcome = Outcome(harness["code"], stderr, harness["left"], events, ledger, result, wall, stdout)
         assert_no_survivors(outcome, self.tmp)
         return outcome
 
@@ -717,7 +732,8 @@ def test_torchrun_passes_the_workers_exit_code(node: Node, tmp_path: Path, fail,
     env = {"NNODES": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "2", "MASTER_PORT": port}
     out = node("", "--crash-loop-attempts", "0", script=script, UV_FIND_LINKS=find_links, **env)
     assert (out.code, out.reason()) == (code, reason), out.stderr[-3000:]
-    assert "ChildFailedError" in out.stderr, "ran under torchrun, whose own output is kept"
+    # The job's stderr reaches the supervisor's stdout (one pipe, every byte passed on: hang detection)
+    assert "ChildFailedError" in out.stdout, "ran under torchrun, whose own output is kept"
     assert cause in out.result["cause"] and out.result["job_exit_code"] == (
         EXIT_BAD_NODE if reason == "job_failed_reserved_code" else code
     )
@@ -1121,3 +1137,523 @@ def test_the_job_gets_grace_for_torchruns_own_shutdown(tmp_path: Path) -> None:
         assert runner._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "62"
         mine = replace(cfg, env={**cfg.env, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"})
         assert run.AttemptRunner(mine, runner.sup)._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "5"
+
+
+# --------------------------------------------------------------------------------------------------
+# Hang detection that needs no code change (docs/decisions/hang-detection.md)
+
+
+def test_output_counts_until_the_file_is_touched_then_the_file_rules() -> None:
+    mon = _heartbeat.HeartbeatMonitor(timeout_s=2, startup_grace_s=10, start=0.0, start_wall_ns=0)
+    mon.observe_output(1.0)  # an import warning, torchrun's own notes: never shortens the grace
+    assert mon.kill_deadline() == 10
+    mon.observe_output(9.5)
+    assert mon.kill_deadline() == pytest.approx(11.5)
+    assert not mon.observe(11.4, 0, None) and mon.observe(11.5, 0, None)
+    assert "no output for 2.0 s" in mon.describe(11.5)
+    mon.observe_output(12.0)  # any output keeps it alive, HEARTBEAT_TIMEOUT at a time
+    assert mon.kill_deadline() == pytest.approx(14.0)
+    # The job touches the file at 13 s (seen at 13.5 s): from then on output no longer counts.
+    assert not mon.observe(13.5, int(13.5e9), int(13e9))
+    assert mon.last_beat == pytest.approx(13.0)
+    mon.observe_output(14.9)
+    assert mon.kill_deadline() == pytest.approx(15.0) and mon.observe(15.0, int(15e9), int(13e9))
+    assert "HEARTBEAT_FILE not touched for 2.0 s" in mon.describe(15.0)
+    no_grace = _heartbeat.HeartbeatMonitor(timeout_s=2, startup_grace_s=0, start=0.0, start_wall_ns=0)
+    assert no_grace.kill_deadline() is None
+    no_grace.observe_output(1.0)
+    assert no_grace.kill_deadline() == 3.0
+    off = _heartbeat.HeartbeatMonitor(timeout_s=0, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    off.observe_output(1.0)
+    assert off.kill_deadline() is None and off.next_wakeup() is None
+    silent = _heartbeat.HeartbeatMonitor(timeout_s=2, startup_grace_s=5, start=0.0, start_wall_ns=0)
+    assert "no output and no HEARTBEAT_FILE touch within STARTUP_GRACE=5 s" in silent.describe(5.0)
+
+
+def run_bytes(
+    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=timeout)
+
+
+def test_the_jobs_output_is_passed_on_byte_for_byte(node: Node, tmp_path: Path) -> None:
+    """stdout and stderr of every process of the job reach the supervisor's stdout in the order written,
+    unchanged: no line buffering, binary bytes, a progress bar's `\r` without a newline, no final one."""
+    job = node.job(
+        """
+        os.write(1, b"line one\\n")
+        os.write(2, b"on stderr\\n")
+        os.write(1, b"\\x00\\xff binary")
+        os.write(1, b"\\rprogress 50%\\rprogress 100%\\n")
+        subprocess.run([sys.executable, "-c", "import os; os.write(1, b'child\\\\n')"])
+        os.write(2, b"no newline at the end")
+        """
+    )
+    done = run_bytes([sys.executable, str(RUN), "--", str(job)], node.env, tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == (
+        b"line one\non stderr\n\x00\xff binary\rprogress 50%\rprogress 100%\nchild\nno newline at the end"
+    )
+
+
+def test_a_job_that_only_prints_is_never_killed_while_it_prints(node: Node) -> None:
+    body = """
+        for i in range(16):
+            print(f"step {i}", flush=True)
+            time.sleep(0.25)
+    """
+    out = node(body, "--heartbeat-timeout", "1", "--startup-grace", "2")
+    assert (out.code, out.reason()) == (0, "completed")
+    assert out.result["runtime_s"] > 3 * 1, "it ran for longer than HEARTBEAT_TIMEOUT"
+    assert "step 15" in out.stdout
+
+
+def test_a_job_that_prints_then_goes_silent_is_stopped(node: Node) -> None:
+    """Output during the grace never shortens it; after it, HEARTBEAT_TIMEOUT of silence stops the job."""
+    body = """
+        print("loading", flush=True)
+        time.sleep(1.5)  # silent, but within STARTUP_GRACE
+        for i in range(10):
+            note("printed")
+            print(f"step {i}", flush=True)
+            time.sleep(0.2)
+        time.sleep(300)  # hangs silently
+    """
+    out = node(body, "--heartbeat-timeout", "1", "--startup-grace", "2.5", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    last, term = max(e["t"] for e in out.of("printed")), out.of("sigterm")[0]["t"]
+    assert 1 - 0.05 <= term - last < 1 + 1.5
+    assert "no output for" in out.result["cause"]
+
+
+def test_a_job_that_touched_the_file_once_then_only_prints_is_stopped(node: Node) -> None:
+    """Once the job touched HEARTBEAT_FILE, the file rules: output no longer keeps it alive."""
+    body = """
+        beat()
+        while True:
+            print("still printing", flush=True)
+            time.sleep(0.1)
+    """
+    out = node(body, "--heartbeat-timeout", "2", "--grace", "1")
+    assert (out.code, out.reason()) == (EXIT_BAD_NODE, "heartbeat_timeout")
+    beat, term = out.of("beat")[0]["t"], out.of("sigterm")[0]["t"]
+    assert 2 - _heartbeat.MTIME_SLACK_S <= term - beat < 2 + 1.5
+    assert "HEARTBEAT_FILE not touched" in out.result["cause"]
+
+
+# --------------------------------------------------------------------------------------------------
+# How a JOB runs (README "Bring your own script"; _job_command's table)
+
+
+def test_classify_every_kind_of_job(tmp_path: Path) -> None:
+    work = tmp_path
+    (work / "pyproject.toml").write_text("[tool.ruff]\nline-length = 110\n")  # tool settings: no project
+    (work / "plain.py").write_text("print(1)\n")
+    (work / "pep723.py").write_text("# /// script\n# dependencies = []\n# ///\nprint(1)\n")
+    proj = work / "sub" / "proj"
+    (proj / "deep").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0"\n')
+    (proj / "deep" / "train.py").write_text("print(1)\n")
+    (proj / "deep" / "inline.py").write_text("# /// script\n# dependencies = []\n# ///\nprint(1)\n")
+    (work / "pkg" / "sub").mkdir(parents=True)
+    (work / "pkg" / "mod.py").write_text("print(1)\n")
+    (work / "pkg" / "sub" / "__main__.py").write_text("print(1)\n")
+    (work / "src" / "lib").mkdir(parents=True)
+    (work / "src" / "lib" / "cli.py").write_text("print(1)\n")
+    (work / "run.sh").write_text("#!/bin/sh\n")
+
+    def kind(*command: str) -> tuple[str, str, bool, tuple[str, ...]]:
+        job = _job_command.classify(command, work)
+        return job.kind.value, job.target, job.module, job.args
+
+    assert kind("plain.py", "a") == ("python", "plain.py", False, ("a",))
+    assert kind("pep723.py") == ("script", "pep723.py", False, ())
+    assert kind("sub/proj/deep/train.py") == ("project", "sub/proj/deep/train.py", False, ())
+    assert _job_command.classify(["sub/proj/deep/train.py"], work).project == proj.resolve()
+    assert kind("sub/proj/deep/inline.py") == ("script", "sub/proj/deep/inline.py", False, ()), (
+        "PEP 723 first"
+    )
+    assert kind("-m pkg.mod", "x") == ("python", "pkg.mod", True, ("x",))
+    assert kind("-m", "pkg.sub", "x") == ("python", "pkg.sub", True, ("x",))
+    assert kind("-mlib.cli") == ("python", "lib.cli", True, ())
+    assert _job_command.classify(["-m lib.cli"], work).source == work / "src" / "lib" / "cli.py"
+    assert kind("-m", "not.in.repo") == ("python", "not.in.repo", True, ())  # maybe installed: python3
+    assert kind("run.sh", "1") == ("executable", "run.sh", False, ("1",))
+    assert kind("bash", "-c", "exit 3") == ("executable", "bash", False, ("-c", "exit 3"))
+    for bad in (["-m"], ["-m 1pkg"], ["-m pkg/mod"]):
+        with pytest.raises(_job_command.JobError, match="JOB -m"):
+            _job_command.classify(bad, work)
+    # A project is looked for up to the working directory, never above it.
+    assert _job_command.find_project(proj / "deep" / "train.py", proj / "deep") is None
+    (proj / "uv.lock").write_text("")
+    locked = _job_command.classify(["sub/proj/deep/train.py"], work)
+    assert _job_command.sync_command(locked, "uv", "-qq") == [
+        "uv",
+        "sync",
+        "-qq",
+        "--locked",
+        "--project",
+        str(proj.resolve()),
+    ]
+    script = _job_command.classify(["pep723.py"], work)
+    assert _job_command.sync_command(script, "uv") == ["uv", "sync", "--script", str(work / "pep723.py")]
+    assert _job_command.sync_command(_job_command.classify(["plain.py"], work), "uv") is None
+
+
+def test_module_jobs_run_under_torchrun_with_dash_m() -> None:
+    dist = _distributed.from_env(
+        {"NNODES": "2", "NODE_RANK": "0", "NPROC_PER_NODE": "2", "MASTER_ADDR": "10.0.0.1"}
+    )
+    job = _job_command.Job(_job_command.Kind.PYTHON, "pkg.train", ("--lr", "3"), module=True)
+    argv = _job_command.build_job_command(job, dist, "/node/bin/python3")
+    assert argv[-5:] == ["--master-port=29500", "--module", "pkg.train", "--lr", "3"]
+    laptop = _distributed.Distributed()
+    assert _job_command.build_job_command(job, laptop, "/p") == ["/p", "-m", "pkg.train", "--lr", "3"]
+    shell = _job_command.Job(_job_command.Kind.EXECUTABLE, "tools/run.sh", ("1",))
+    assert _job_command.build_job_command(shell, dist, None) == ["tools/run.sh", "1"]
+
+
+def test_node_environment_takes_out_ours_and_keeps_the_nodes() -> None:
+    home = "/home/me"
+    cache = f"{home}/.cache/uv"
+    supervisor = f"{cache}/environments-v2/run-0123"
+    launcher = f"{cache}/environments-v2/launch-4567"
+    env = {
+        "HOME": home,
+        "PATH": os.pathsep.join(
+            [
+                f"{supervisor}/bin",  # `uv run --script run.py`
+                "/root/.pyenv/versions/3.11.7/bin",  # pyenv's shim for uv (pyenv exec)
+                "/root/.pyenv/libexec",
+                "/root/.pyenv/plugins/python-build/bin",
+                f"{home}/.local/bin",
+                f"{launcher}/bin",  # the launcher's, on the local backend
+                "/opt/conda/bin",  # the node's own
+                "/root/.pyenv/plugins/pyenv-virtualenv/shims",
+                "/root/.pyenv/shims",
+                "/usr/bin",
+            ]
+        ),
+        "PYENV_ROOT": "/root/.pyenv",
+        "VIRTUAL_ENV": supervisor,
+        "PYTHONPATH": f"{launcher}/lib:/work/src",
+        "PYTHONHOME": "/x",
+        "UV": "/usr/bin/uv",
+        "UV_RUN_RECURSION_DEPTH": "1",
+        "UV_FIND_LINKS": "/opt/wheels",
+        "UV_CACHE_DIR": cache,
+        "UV_PROJECT_ENVIRONMENT": "/elsewhere",
+        "CONDA_PREFIX": "/opt/conda",
+    }
+    prefixes = _job_command.foreign_prefixes(env, own_venv=supervisor)
+    out = _job_command.node_environment(env, prefixes)
+    assert out["PATH"].split(os.pathsep) == [
+        f"{home}/.local/bin",
+        "/opt/conda/bin",
+        "/root/.pyenv/plugins/pyenv-virtualenv/shims",
+        "/root/.pyenv/shims",
+        "/usr/bin",
+    ]
+    assert out["PYTHONPATH"] == "/work/src"
+    assert {k for k in out if k.startswith("UV") or k in ("VIRTUAL_ENV", "PYTHONHOME")} == {
+        "UV_FIND_LINKS",
+        "UV_CACHE_DIR",
+    }
+    assert out["CONDA_PREFIX"] == "/opt/conda" and out["HOME"] == home
+    active = _job_command.with_venv(out, Path("/w/proj/.venv"))
+    assert active["VIRTUAL_ENV"] == "/w/proj/.venv"
+    assert active["PATH"].split(os.pathsep)[:2] == ["/w/proj/.venv/bin", f"{home}/.local/bin"]
+    # A uv.toml may move uv's cache: the supervisor's own environment says where it is.
+    moved = _job_command.uv_caches({"HOME": home}, "/data/uvcache/environments-v2/run-0123")
+    assert moved == (f"{home}/.cache/uv", "/data/uvcache")
+    assert _job_command.uv_environment(env).get("VIRTUAL_ENV") is None
+
+
+@pytest.fixture(scope="session")
+def node_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The node's own Python, as a person has it first on PATH: a virtual environment outside skyops'
+    and uv's, which sees this test run's torch through a `.pth` file. Returns the environment's folder."""
+    venv = tmp_path_factory.mktemp("node-python") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "test-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv
+
+
+def supervisor_env(tmp_path: Path, node_python: Path | None = None, **extra: str) -> dict[str, str]:
+    """An emulated node's environment for run.py: SkyPilot's and configure_environment's keys, and the
+    node's python3 first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "TORCHELASTIC_"))}
+    for key in ("VIRTUAL_ENV", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "MASTER_ADDR",
+                "HEARTBEAT_FILE", *(k.name for k in _contract.KEYS)):  # fmt: skip
+        env.pop(key, None)
+    if "UV_FIND_LINKS" not in env and env.get("PIP_FIND_LINKS"):
+        env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"]
+    if node_python is not None:
+        env["PATH"] = f"{node_python / 'bin'}{os.pathsep}{env['PATH']}"
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        RUN_ID="r",
+        NCCL_PREFLIGHT="0",
+        GRACE="2",
+        GLOO_SOCKET_IFNAME="lo",
+        SKYPILOT_MANAGED_JOB_ID=str(JOB_ID),
+        SKYPILOT_TASK_ID=TASK_ID,
+    )
+    env.update(extra)
+    return env
+
+
+class Streamed:
+    """A process whose stdout and stderr lines are read as they come, each with its monotonic time."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: list[tuple[float, str]] = []
+        self.err: list[tuple[float, str]] = []
+        self._threads = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines: list[tuple[float, str]]) -> None:
+        for raw in iter(stream.readline, b""):
+            lines.append((time.monotonic(), raw.decode(errors="replace")))
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for t in self._threads:
+            t.join(timeout=30)
+        sys.stdout.write(self.stdout[-5000:])
+        sys.stderr.write(self.stderr)
+        return code
+
+    @property
+    def stdout(self) -> str:
+        return "".join(line for _, line in self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(line for _, line in self.err)
+
+
+def under_uv(*command: str) -> list[str]:
+    """run.py as job.yaml's `run` starts it: `uv run --locked --script` (which prepends its environment
+    to PATH and sets VIRTUAL_ENV and UV_* for it: none of that may reach the job)."""
+    return ["uv", "run", "--quiet", "--locked", "--script", str(RUN), "--", *command]
+
+
+def reports(text: str) -> list[dict]:
+    return [
+        json.loads(line.split(" ", 1)[1]) for line in text.splitlines() if line.startswith("skyops-report ")
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_every_kind_of_job_runs_on_its_own_interpreter_and_nothing_of_ours(
+    tmp_path: Path, node_python: Path
+) -> None:
+    """The README's JOB table, end to end: each kind of job reports the interpreter it runs on, and no
+    trace of the supervisor's `uv run` (or any other uv environment) reaches it."""
+    work = tmp_path / "work"  # the node's working directory (the repository)
+    (work / "tools").mkdir(parents=True)
+    (work / "tools" / "report.py").write_text(REPORT.read_text())
+    pep723 = '# /// script\n# requires-python = ">=3.11"\n# dependencies = []\n# ///\n'
+    (work / "tools" / "report_inline.py").write_text(pep723 + REPORT.read_text())
+    (work / "pkg").mkdir()
+    (work / "pkg" / "__init__.py").write_text("")
+    (work / "pkg" / "report.py").write_text(REPORT.read_text())
+    proj = work / "proj"
+    (proj / "projpkg").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.11"\ndependencies = []\n'
+    )
+    (proj / "train.py").write_text(REPORT.read_text())
+    (proj / "projpkg" / "__init__.py").write_text("")
+    (proj / "projpkg" / "report.py").write_text(REPORT.read_text())
+    shell = work / "tools" / "report.sh"
+    shell.write_text(
+        '#!/bin/sh\nprintf \'skyops-report {"executable": "%s", "virtual_env": "%s", "path": "%s", '
+        '"argv": ["%s"]}\\n\' "$(command -v python3)" "${VIRTUAL_ENV:-}" "$PATH" "$1"\n'
+    )
+    shell.chmod(0o755)
+    mine = str(work / "mine")
+    env = supervisor_env(tmp_path, node_python, PYTHONPATH=mine, UV_NO_PROGRESS="1")
+    cache = subprocess.run(
+        ["uv", "cache", "dir"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    node_bin = str(node_python / "bin")
+
+    def run_job(cwd: Path, *command: str) -> dict:
+        done = subprocess.run(
+            under_uv(*command), env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+        )
+        sys.stderr.write(done.stderr)
+        assert done.returncode == 0, done.stderr
+        (report,) = reports(done.stdout)
+        uv_entries = [p for p in report["path"].split(os.pathsep) if p.startswith(cache)]
+        own = report.get("virtual_env") or ""
+        assert all(p == f"{own}/bin" for p in uv_entries), (
+            f"uv's environments on the job's PATH: {uv_entries}"
+        )
+        assert set(report.get("uv_vars", [])) <= _job_command.UV_KEEP, report["uv_vars"]
+        assert report.get("pythonpath", mine) == mine
+        return report
+
+    inline = run_job(work, "tools/report_inline.py", "a b")
+    assert inline["prefix"].startswith(f"{cache}/environments-v") and inline["argv"] == ["a b"]
+    assert inline["virtual_env"] == inline["prefix"]
+    assert inline["path"].split(os.pathsep)[0] == f"{inline['prefix']}/bin"
+
+    project = run_job(work, "proj/train.py")
+    assert project["prefix"] == str((proj / ".venv").resolve()) == project["virtual_env"]
+    assert (proj / "uv.lock").is_file(), "the project was synced (and locked) by uv"
+
+    plain = run_job(work, "tools/report.py", "x")
+    assert Path(plain["executable"]).parent == Path(node_bin) and plain["prefix"] == str(node_python)
+    assert plain["virtual_env"] is None and plain["path"].split(os.pathsep)[0] == node_bin
+    assert plain["torch"], "the node's python3 with its own packages"
+
+    module = run_job(work, "-m pkg.report", "y")
+    assert module["prefix"] == str(node_python) and module["argv"] == ["y"]
+
+    project_module = run_job(proj, "-m projpkg.report")
+    assert project_module["prefix"] == str((proj / ".venv").resolve())
+
+    executable = run_job(work, "tools/report.sh", "z")
+    assert Path(executable["executable"]).parent == Path(node_bin) and executable["virtual_env"] == ""
+    assert executable["argv"] == ["z"]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def third_party_job(work: Path, layout: str, hang: bool = False) -> tuple[str, Path]:
+    """pytorch/examples' DDP tutorial script (tests/jobs/third_party) in `work` as a plain script or in a
+    tiny project; `hang`: changed only to hang silently halfway (rank 1 sleeps, rank 0 then waits in
+    its next all_reduce). Returns JOB and the script's folder."""
+    folder = work / ("ddp_project" if layout == "project" else "ddp")
+    folder.mkdir(parents=True)
+    shutil.copy(THIRD_PARTY / "datautils.py", folder)
+    if layout == "project":
+        shutil.copy(THIRD_PARTY / "ddp_project" / "pyproject.toml", folder)
+    source = (THIRD_PARTY / "multigpu_torchrun.py").read_text()
+    if hang:
+        loop = "        for epoch in range(self.epochs_run, max_epochs):\n"
+        assert loop in source
+        source = source.replace(
+            loop,
+            loop + "            if epoch == max_epochs // 2 and os.environ['RANK'] == '1':\n"
+            "                __import__('time').sleep(3600)\n",
+        )
+    (folder / "multigpu_torchrun.py").write_text(source)
+    return str((folder / "multigpu_torchrun.py").relative_to(work)), folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", ["plain", "project"])
+def test_third_party_ddp_script_runs_unchanged_on_two_nodes(
+    tmp_path: Path, node_python: Path, layout: str
+) -> None:
+    """pytorch/examples' multigpu_torchrun.py, adapted only for CPU: no PEP 723 block, no heartbeat. On
+    two emulated nodes (one supervisor each, as job.yaml's `run` starts them), after job.yaml's setup
+    step: as a plain script it runs on the node's python3 (a torch-enabled one first on PATH); inside a
+    project, in the project's locked environment, with torchrun from it. HEARTBEAT_TIMEOUT=2: its
+    progress lines keep it alive for the whole run, far longer than that."""
+    work = tmp_path / "work"
+    job, folder = third_party_job(work, layout)
+    port = free_port()
+    common = supervisor_env(tmp_path, node_python, HEARTBEAT_TIMEOUT="2", STARTUP_GRACE="180")
+    prepare = subprocess.run(  # job.yaml's setup, on the one machine both nodes share
+        [sys.executable, str(JOB_COMMAND), "prepare", job],
+        env=common,
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert prepare.returncode == 0, prepare.stderr
+    if layout == "project":
+        assert (folder / "uv.lock").is_file() and (folder / ".venv").is_dir()
+    nodes = []
+    for rank in (0, 1):
+        env = {
+            **common,
+            "SKYPILOT_NODE_RANK": str(rank),
+            "SKYPILOT_NUM_NODES": "2",
+            "NNODES": "2",
+            "NODE_RANK": str(rank),
+            "NPROC_PER_NODE": "1",
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        nodes.append(Streamed(under_uv(job, "30", "10", "--batch_size", "64"), env, work))
+    codes = [n.finish() for n in nodes]
+    assert codes == [0, 0]
+    python = node_python / "bin" / "python3" if layout == "plain" else folder / ".venv" / "bin" / "python"
+    for rank, n in enumerate(nodes):
+        assert f"; interpreter {python}, under torchrun (1 per node)" in n.stderr
+        assert "reason=completed" in n.stderr
+        assert "epoch 29 | steps 16" in n.stdout, f"node {rank} ran every epoch"
+        result = json.loads(_ledger.result_path(tmp_path / "data", "r", rank).read_text())
+        assert result["runtime_s"] > 2 * 2, "ran far longer than HEARTBEAT_TIMEOUT, printing"
+    if layout == "project":
+        assert "locked by uv.lock" in nodes[0].stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_third_party_ddp_script_that_hangs_silently_is_stopped(tmp_path: Path, node_python: Path) -> None:
+    """The same script, changed only to hang silently halfway: stopped as heartbeat_timeout (a bad node,
+    86) HEARTBEAT_TIMEOUT after its last line, or at the end of STARTUP_GRACE if that comes later."""
+    # Startup here (torch imports, rendezvous) is 5-17 s with silent stretches longer than 2 s after a
+    # first warning line: STARTUP_GRACE covers it. 300 epochs of ~0.05 s put the hang after the grace.
+    timeout_s, grace_s = 2.0, 20.0
+    work = tmp_path / "work"
+    job, _ = third_party_job(work, "plain", hang=True)
+    env = supervisor_env(
+        tmp_path, node_python, HEARTBEAT_TIMEOUT=str(timeout_s), STARTUP_GRACE=str(grace_s),
+        SKYPILOT_NODE_RANK="0", SKYPILOT_NUM_NODES="1", NNODES="1", NODE_RANK="0", NPROC_PER_NODE="2",
+        WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port(),
+    )  # fmt: skip
+    node = Streamed(under_uv(job, "300", "100", "--batch_size", "64"), env, work)
+    code = node.finish()
+    assert code == EXIT_BAD_NODE
+    stopped = next(t for t, line in node.err if "stopping the job: heartbeat_timeout" in line)
+    last = max(t for t, line in node.out if t < stopped)
+    assert "epoch 150 |" not in node.stdout and "epoch 149 |" in node.stdout, "hung halfway"
+    due = max(last + timeout_s, node.started + grace_s)
+    assert stopped - last >= timeout_s - 0.1, "never before HEARTBEAT_TIMEOUT of silence"
+    assert stopped - due < 3, f"stopped {stopped - due:.1f} s after it was due"
+    result = json.loads(_ledger.result_path(tmp_path / "data", "r", 0).read_text())
+    assert (result["reason"], result["exit_code"]) == ("heartbeat_timeout", EXIT_BAD_NODE)
+    assert "no output for" in result["cause"]
+    print(
+        f"hang: last line -> stop {stopped - last:.2f} s (HEARTBEAT_TIMEOUT={timeout_s:g})", file=sys.stderr
+    )
+
+
+def test_gpu_watchdog_defaults_exist_in_torch_and_never_override() -> None:
+    """configure_environment's NCCL defaults name variables torch 2.13's ProcessGroupNCCL reads (its
+    header lists them), and a value already set on the node always wins."""
+    import configure_environment
+    import torch
+
+    header = Path(torch.__file__).parent / "include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp"
+    if not header.is_file():
+        pytest.skip("this torch build ships no c10d headers")
+    text = header.read_text()
+    torch_keys = [k for k in configure_environment.NCCL_DEFAULTS if k.startswith("TORCH_NCCL_")]
+    assert len(torch_keys) >= 4 and all(f'"{k}"' in text for k in torch_keys)
+    dist = _distributed.Distributed()
+    env = configure_environment.environment(dist, {"TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "900"})
+    assert "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC" not in env and env["TORCH_NCCL_ENABLE_MONITORING"] == "1"

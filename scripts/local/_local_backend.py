@@ -1,17 +1,22 @@
-"""The local backend: job.yaml's `setup` and `run` on N emulated nodes on this machine.
+"""The local backend: a task's `setup` and `run` on N emulated nodes on this machine.
 
-Each node is its own process tree (its own session), started with SkyPilot's environment contract
-(docs/skypilot-facts.md): SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS (loopback, one per line),
-SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE, SKYPILOT_TASK_ID (managed-job format),
-SKYPILOT_MANAGED_JOB_ID, SKYPILOT_CLUSTER_INFO, SKYPILOT_USER and the setup-time variables, plus the
-task's envs and secrets. The job follows SkyPilot's managed-job rules:
+Each node runs them as SkyPilot 0.14.1 runs them on a cloud node (docs/decisions/local-backend.md):
+its own process tree (its own session); SkyPilot's job script (`/bin/bash -i`, `~/.bashrc` sourced,
+no `set -e`, from `~/sky_workdir`; `sky_script`) with every variable SkyPilot sets for a managed job's
+task (`sky_task_vars`, `sky_node_vars`: SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS on loopback,
+SKYPILOT_TASK_ID(S), ...) plus the task's envs and secrets; its own HOME and its own copy of the
+repository at ~/sky_workdir (`NodeDisk`), so a job that assumes a shared file system fails here as it
+would in the cloud. uv's cache and DATA_DIR (the bucket) are shared. The job follows SkyPilot's
+managed-job rules:
 
 - success only if every node exits 0; when one node fails the others are killed and recorded as 137;
 - job recovery: a failure whose node exit codes include one of `recover_on_exit_codes` restarts
   without counting; any other failure (setup included) spends `max_restarts_on_errors`;
-- every restart is a fresh attempt on "fresh nodes": node-local scratch (TMPDIR) is new.
+- every restart is a fresh attempt on "fresh nodes": each node's HOME, workdir and TMPDIR are new.
 
-Node logs go to `.skyops/runs/<run>/job-<id>/attempt<N>/`; `job.json` there records the state.
+Node logs go to `.skyops/runs/<run>/job-<id>/attempt<N>/`; `job.json` there records the state. The
+nodes' disks are `~/.cache/skyops/nodes/<clone>/slot<k>/node<rank>/` (`nodes_dir`, `node_slot`), removed
+after each attempt.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import contextlib
 import datetime as dt
 import fcntl
 import getpass
+import hashlib
 import json
 import logging
 import os
 import queue
+import shlex
 import shutil
 import signal
 import socket
@@ -32,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +74,85 @@ _NODE_ENV_DROP = frozenset(
         "NPROC_PER_NODE",
         "HEARTBEAT_FILE",
         "SKYOPS_ATTEMPT",
+        # The node starts in a folder of its own; a git hook's variables would point its git at the
+        # repository the launcher runs in.
+        "PWD",
+        "OLDPWD",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_PREFIX",
+        "GIT_CEILING_DIRECTORIES",
     }
 )
+#: Dropped as well when the node has a home of its own: they would lead it back into the user's (a
+#: fresh VM has none of them; bash -i writes its history to $HISTFILE).
+_HOME_ENV_DROP = frozenset(
+    {"XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "HISTFILE"}
+)
+
+#: SkyPilot's job-script prologue, verbatim (sky/skylet/log_lib.py `make_task_bash_script`, 0.14.1):
+#: every `setup` and `run` is this, one `export` per task variable, then the commands; SkyPilot runs
+#: the file with `/bin/bash -i` (so ~/.bashrc is sourced twice), without `set -e`. Checked against
+#: SkyPilot's own function by tests/test_local_backend.py.
+SKY_SCRIPT_PROLOGUE = """\
+#!/bin/bash
+[ -f ~/.bashrc ] && source ~/.bashrc
+set -a
+. $(conda info --base 2> /dev/null)/etc/profile.d/conda.sh > /dev/null 2>&1 || true
+set +a
+export PATH=$(echo $PATH | sed "s|$(echo ${SKY_RUNTIME_DIR:-$HOME}/skypilot-runtime)/bin:||") && unset VIRTUAL_ENV && unset VIRTUAL_ENV_PROMPT
+# Activate the default user environment (replaces conda base) so
+# user commands get a writable python/pip. DEACTIVATE above unsets
+# VIRTUAL_ENV, so re-activate here to keep it consistent (a venv
+# uses VIRTUAL_ENV, unlike conda which uses CONDA_PREFIX).
+# Use getattr with a fallback: this function is embedded into the
+# on-cluster job program via inspect.getsource (see
+# sky/backends/task_codegen.py) and evaluated at runtime against the
+# cluster's own sky.skylet.constants. Older clusters predate
+# ACTIVATE_SKY_USER_ENV, so referencing it directly would raise
+# AttributeError; those clusters have no ~/sky-user-env anyway, so an
+# empty string is the correct no-op.
+if [ -z "${CONDA_PREFIX:-}" ] && [ -f ~/sky-user-env/bin/activate ]; then source ~/sky-user-env/bin/activate; fi
+export PYTHONUNBUFFERED=1
+cd ~/sky_workdir"""
+#: How SkyPilot starts a job script: "Need this `-i` option to make sure `source ~/.bashrc` work"
+#: (sky/skylet/log_lib.py run_bash_command_with_log; sky/backends/cloud_vm_ray_backend.py _setup).
+SKY_BASH = ("/bin/bash", "-i")
+#: The two lines `bash -i` prints when it has no terminal; SkyPilot's log streaming skips them
+#: (sky/skylet/log_lib.py run_with_log), and so do --follow and the failure excerpt here.
+BASH_I_NOISE = (b"bash: cannot set terminal process group", b"bash: no job control in this shell")
+#: SkyPilot's job id of the task on its (fresh) cluster: a managed job's cluster runs that one job.
+INTERNAL_JOB_ID = 1
+#: Where a node's copy of the repository is, in its home (sky/skylet/constants.py SKY_REMOTE_WORKDIR).
+SKY_WORKDIR = "sky_workdir"
+
+
+def sky_script(commands: str, exports: Mapping[str, str]) -> str:
+    """The job script SkyPilot writes for `commands` (`make_task_bash_script`): the prologue, then
+    `export KEY=value` (shell-quoted) for each of `exports` in order, then the commands."""
+    lines = [SKY_SCRIPT_PROLOGUE, *(f"export {k}={shlex.quote(str(v))}" for k, v in exports.items())]
+    return "\n".join([*lines, commands, ""])
+
+
+def sky_run_commands(run: str) -> str:
+    """A task's `run` as SkyPilot wraps it (sky/backends/task_codegen.py `build_task_bash_script`):
+    Ray's variable unset first, and the node's result is the exit code of the last command, kept through
+    SkyPilot's epilogue. The epilogue's wait for CACHED_MOUNT uploads is left out: none exist here."""
+    return f"unset RAY_RAYLET_PID; {run}\n__skypilot_user_exit_code=$?\nexit $__skypilot_user_exit_code"
+
+
+def sky_setup_commands(setup_script: Path) -> str:
+    """The command SkyPilot runs on each node for a managed job's `setup` (detached setup:
+    cloud_vm_ray_backend.py `_setup` writes the node's setup script, task_codegen.py `add_setup` runs
+    it): CUDA_VISIBLE_DEVICES and Ray's variable unset, then the setup script under `bash -i`."""
+    return (
+        "unset CUDA_VISIBLE_DEVICES; unset RAY_RAYLET_PID; "
+        f"{' '.join(SKY_BASH)} {shlex.quote(str(setup_script))} 2>&1"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,6 +184,65 @@ def managed_task_id(run: str, job_id: int, when: dt.datetime, task_idx: int = 0)
     return f"sky-managed-{when.strftime('%Y-%m-%d-%H-%M-%S-%f')}_{run}_{job_id}-{task_idx}"
 
 
+def sky_task_vars(
+    task_envs: Mapping[str, str], secrets: Mapping[str, str], cluster: Cluster
+) -> dict[str, str]:
+    """The variables of a one-task managed job on every node, in setup and run, in SkyPilot 0.14.1's
+    order: the task's envs; SKYPILOT_NUM_JOBS (sky/jobs/server/core.py, 1 job per launch);
+    SKYPILOT_TASK_ID, SKYPILOT_TASK_IDS (newline-separated ids of the job's tasks: this one),
+    SKYPILOT_MANAGED_JOB_ID and SKYPILOT_JOB_RANK (sky/jobs/controller.py; 0 outside a pool); the
+    secrets; SKYPILOT_CLUSTER_INFO and SKYPILOT_USER (cloud_vm_ray_backend.py `_get_task_env_vars`).
+    Not set, as SkyPilot sets none of them for a plain job launched from a local API server:
+    SKYPILOT_ROOT_JOB_ID (job groups), SKYPILOT_JOBGROUP_NAME, SKYPILOT_API_SERVER_ENDPOINT and
+    SKYPILOT_SERVICE_ACCOUNT_TOKEN (api_server_access)."""
+    return {
+        **task_envs,
+        "SKYPILOT_NUM_JOBS": "1",
+        "SKYPILOT_TASK_ID": cluster.task_id,
+        "SKYPILOT_TASK_IDS": cluster.task_id,
+        "SKYPILOT_MANAGED_JOB_ID": str(cluster.job_id),
+        "SKYPILOT_JOB_RANK": "0",
+        **secrets,
+        "SKYPILOT_CLUSTER_INFO": cluster.cluster_info,
+        "SKYPILOT_USER": cluster.user,
+    }
+
+
+def sky_node_vars(cluster: Cluster, rank: int, *, setup: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """SkyPilot's per-node variables as (those set before the task's, those set after): run gets
+    SKYPILOT_NODE_IPS (newline-separated, head node first) and SKYPILOT_NUM_NODES before, and
+    SKYPILOT_NUM_GPUS_PER_NODE, SKYPILOT_NODE_RANK, SKYPILOT_INTERNAL_JOB_ID after
+    (task_codegen.py `_add_ray_task`); setup gets SKYPILOT_NUM_NODES (`add_setup`), then
+    SKYPILOT_SETUP_NODE_IPS, SKYPILOT_SETUP_NODE_RANK, SKYPILOT_SETUP_NUM_GPUS_PER_NODE
+    (cloud_vm_ray_backend.py `_setup`)."""
+    ips = "\n".join(cluster.ips)
+    if setup:
+        return {"SKYPILOT_NUM_NODES": str(cluster.num_nodes)}, {
+            "SKYPILOT_SETUP_NODE_IPS": ips,
+            "SKYPILOT_SETUP_NODE_RANK": str(rank),
+            "SKYPILOT_SETUP_NUM_GPUS_PER_NODE": str(cluster.gpus_per_node),
+        }
+    return {"SKYPILOT_NODE_IPS": ips, "SKYPILOT_NUM_NODES": str(cluster.num_nodes)}, {
+        "SKYPILOT_NUM_GPUS_PER_NODE": str(cluster.gpus_per_node),
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_INTERNAL_JOB_ID": str(INTERNAL_JOB_ID),
+    }
+
+
+def shared_uv_dirs(base: Mapping[str, str]) -> dict[str, str]:
+    """uv's cache and its Python installations where the launcher's uv has them (UV_CACHE_DIR, else
+    $XDG_CACHE_HOME/uv or ~/.cache/uv; UV_PYTHON_INSTALL_DIR, else $XDG_DATA_HOME/uv/python or
+    ~/.local/share/uv/python: uv's documented defaults), for nodes with homes of their own: they share
+    them, as the emulated nodes share one disk (docs/decisions/local-backend.md)."""
+    home = Path(base.get("HOME") or Path.home())
+    cache = Path(base.get("XDG_CACHE_HOME") or home / ".cache") / "uv"
+    data = Path(base.get("XDG_DATA_HOME") or home / ".local" / "share") / "uv"
+    return {
+        "UV_CACHE_DIR": base.get("UV_CACHE_DIR") or str(cache),
+        "UV_PYTHON_INSTALL_DIR": base.get("UV_PYTHON_INSTALL_DIR") or str(data / "python"),
+    }
+
+
 def node_env(
     base: Mapping[str, str],
     task_envs: Mapping[str, str],
@@ -109,45 +252,29 @@ def node_env(
     *,
     setup: bool,
     tmpdir: str | None = None,
+    home: str | None = None,
 ) -> dict[str, str]:
-    """The environment of one emulated node for `setup` or `run` (formats: notes/skypilot.md)."""
-    env = {
-        k: v for k, v in base.items() if k not in _NODE_ENV_DROP and not k.startswith(_NODE_ENV_DROP_PREFIXES)
-    }
+    """The process environment of one emulated node for `setup` or `run`: the launcher's environment
+    without its own job settings (its uv environment off PATH), the task's envs and secrets, and
+    SkyPilot's variables (`sky_task_vars`, `sky_node_vars`). With `home`: HOME is that folder, uv keeps
+    the launcher's cache and Pythons (`shared_uv_dirs`), and git stops looking for a repository at the
+    node's folder (GIT_CEILING_DIRECTORIES), so it never finds the one the nodes' folders live in.
+    torch.distributed's traffic stays on loopback (GLOO_/NCCL_SOCKET_IFNAME=lo unless set)."""
+    drop = _NODE_ENV_DROP | (_HOME_ENV_DROP if home else frozenset())
+    env = {k: v for k, v in base.items() if k not in drop and not k.startswith(_NODE_ENV_DROP_PREFIXES)}
     venv = base.get("VIRTUAL_ENV")
     if venv and "PATH" in env:  # the launcher's own uv environment is not the node's
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv))
-    env.update(task_envs)
-    env.update(secrets)
-    ips = "\n".join(cluster.ips)
-    env.update(
-        {
-            "SKYPILOT_NUM_NODES": str(cluster.num_nodes),
-            "SKYPILOT_CLUSTER_INFO": cluster.cluster_info,
-            "SKYPILOT_USER": cluster.user,
-            "SKYPILOT_TASK_ID": cluster.task_id,
-            "SKYPILOT_MANAGED_JOB_ID": str(cluster.job_id),
-            # Nodes share one machine: keep torch.distributed traffic on loopback.
-            "GLOO_SOCKET_IFNAME": base.get("GLOO_SOCKET_IFNAME", "lo"),
-            "NCCL_SOCKET_IFNAME": base.get("NCCL_SOCKET_IFNAME", "lo"),
-        }
-    )
-    if setup:
-        env.update(
-            {
-                "SKYPILOT_SETUP_NODE_RANK": str(rank),
-                "SKYPILOT_SETUP_NODE_IPS": ips,
-                "SKYPILOT_SETUP_NUM_GPUS_PER_NODE": str(cluster.gpus_per_node),
-            }
-        )
-    else:
-        env.update(
-            {
-                "SKYPILOT_NODE_RANK": str(rank),
-                "SKYPILOT_NODE_IPS": ips,
-                "SKYPILOT_NUM_GPUS_PER_NODE": str(cluster.gpus_per_node),
-            }
-        )
+    if home:
+        env.update(shared_uv_dirs(base))
+        env.update(HOME=home, GIT_CEILING_DIRECTORIES=str(Path(home).parent))
+    before, after = sky_node_vars(cluster, rank, setup=setup)
+    env.update(before)
+    env.update(sky_task_vars(task_envs, secrets, cluster))
+    env.update(after)
+    # Nodes share one machine: keep torch.distributed traffic on loopback.
+    env["GLOO_SOCKET_IFNAME"] = base.get("GLOO_SOCKET_IFNAME", "lo")
+    env["NCCL_SOCKET_IFNAME"] = base.get("NCCL_SOCKET_IFNAME", "lo")
     if tmpdir:
         env["TMPDIR"] = tmpdir
     return env
@@ -216,20 +343,30 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+@dataclass(frozen=True)
+class NodeCommand:
+    """What one emulated node runs in one phase: `argv` (SkyPilot's `bash -i <script>`), its process
+    environment and the folder it starts in (its home; the script then changes to ~/sky_workdir)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(repr=False)
+    cwd: Path
+
+
 class Node:
-    """One emulated node running one bash script in its own session. Its output goes straight into its
+    """One emulated node running one command in its own session. Its output goes straight into its
     log file, as on a SkyPilot node, so it outlives the launcher (a pipe to a killed launcher would
     break the job's writes); with `follow`, a thread copies new lines to stderr, prefixed."""
 
-    def __init__(self, rank: int, script: str, env: dict[str, str], cwd: Path, log_path: Path, follow: bool):
+    def __init__(self, rank: int, command: NodeCommand, log_path: Path, follow: bool):
         self.rank = rank
         self.label = "head, rank=0" if rank == 0 else f"worker{rank}, rank={rank}"
         self.log_path = log_path
         with open(log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
-                ["bash", "-c", script],
-                cwd=cwd,
-                env=env,
+                command.argv,
+                cwd=command.cwd,
+                env=command.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -246,7 +383,8 @@ class Node:
             while True:
                 done = self.proc.poll() is not None
                 for line in iter(fh.readline, b""):
-                    sys.stderr.buffer.write(prefix + line)
+                    if not line.startswith(BASH_I_NOISE):
+                        sys.stderr.buffer.write(prefix + line)
                 sys.stderr.buffer.flush()
                 if done:
                     return
@@ -289,8 +427,7 @@ class Interrupt:
 
 
 def run_phase(
-    scripts: Sequence[tuple[str, dict[str, str]]],
-    cwd: Path,
+    commands: Sequence[NodeCommand],
     log_paths: Sequence[Path],
     follow: bool,
     grace: float,
@@ -307,8 +444,8 @@ def run_phase(
     repeated signals (Ctrl-C reaches the launcher twice: from the terminal and forwarded by `uv run`)
     change nothing (`jobs.py cancel --force` skips the grace)."""
     nodes = [
-        Node(rank, script, env, cwd, path, follow)
-        for rank, ((script, env), path) in enumerate(zip(scripts, log_paths, strict=True), start=first_rank)
+        Node(rank, command, path, follow)
+        for rank, (command, path) in enumerate(zip(commands, log_paths, strict=True), start=first_rank)
     ]
     if started is not None:
         started([n.proc.pid for n in nodes])
@@ -347,6 +484,154 @@ def run_phase(
     for node in nodes:
         node.wait_output()
     return [codes[node.rank] for node in nodes]
+
+
+def nodes_dir(repo: Path, env: Mapping[str, str]) -> Path:
+    """The emulated nodes' disks of this clone: `$XDG_CACHE_HOME/skyops/nodes/<repo path hash>` (default
+    `~/.cache/...`), beside uv's own cache and never inside the repository. The path stays the same from
+    job to job: uv keys a script's environment by the script's absolute path, so nodes whose copies of
+    the repository keep their paths reuse the environments earlier setups built (a torch environment
+    takes about 45 s to build with bytecode, 1 s to check), and uv's cache does not fill up with one
+    environment per node, attempt and job (docs/decisions/local-backend.md)."""
+    cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "skyops" / "nodes" / hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:12]
+#: Job states after which the job's nodes are gone: its launcher wrote them at the very end.
+_LIVE_STATES = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "RECOVERING", "CANCELLING"})
+
+
+def workdir_files(repo: Path, skip: Sequence[Path] = ()) -> list[str]:
+    """The repository's files a node's ~/sky_workdir receives, relative paths, sorted: its tracked and
+    untracked files that git does not ignore (`git ls-files --cached --others --exclude-standard`; a
+    deleted file is left out), as SkyPilot uploads a workdir without what .gitignore ignores and as
+    --backend sky's git workdir holds what is committed. No `.git`: ~/sky_workdir is no repository
+    here. Outside git (or without it), every file but `.git` and those under `skip`."""
+    skip = [p.resolve() for p in skip]
+
+    def kept(rel: str) -> bool:
+        full = (repo / rel).absolute()
+        return not any(full == s or s in full.parents for s in skip)
+
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo, capture_output=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        names = sorted({n for n in os.fsdecode(out).split("\0") if n})
+        return [n for n in names if os.path.lexists(repo / n) and kept(n)]
+    except (OSError, subprocess.SubprocessError):
+        log.debug("%s: not a git work tree (or no git): nodes receive every file but .git", repo)
+    found = []
+    for folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d != ".git" and kept(os.path.relpath(os.path.join(folder, d), repo))]
+        found += [os.path.relpath(os.path.join(folder, f), repo) for f in files]
+    return sorted(f for f in found if kept(f))
+
+
+def copy_files(src: Path, files: Sequence[str], dest: Path) -> int:
+    """Copy `files` (paths relative to `src`) into `dest`, creating folders: real copies, never hard
+    links (a node that writes a file in place must not change the repository's, or another node's),
+    with modes and times kept; symlinks stay symlinks; a listed folder (a submodule) is copied whole.
+    A file that is gone by the time it is copied (an editor's swap file, a test's temporary file) is
+    left out. Returns the bytes copied. Raises OSError."""
+    total = 0
+    made: set[Path] = set()
+    for rel in files:
+        source, target = src / rel, dest / rel
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        try:
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+            elif source.is_dir():
+                shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+            else:
+                shutil.copy2(source, target)
+                total += target.stat().st_size
+        except FileNotFoundError:
+            log.debug("workdir: %s is gone, left out", rel)
+    return total
+
+
+@dataclass(frozen=True)
+class NodeDisk:
+    """One emulated node's disk for one attempt, under `root`: `home/` (its HOME, with its copy of the
+    repository at ~/sky_workdir), `tmp/` (its TMPDIR) and SkyPilot's script files. Made fresh at each
+    attempt's start and removed at its end: every recovery lands on fresh VMs (EAGER_NEXT_REGION)."""
+
+    root: Path
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def workdir(self) -> Path:
+        return self.home / SKY_WORKDIR
+
+    def create(self, snapshot: Path) -> None:
+        """Wipe whatever an earlier job left, then a fresh home holding a copy of `snapshot` (the
+        repository's files as the job was launched) as ~/sky_workdir. Raises OSError."""
+        self.remove()
+        self.tmp.mkdir(parents=True)
+        self.home.mkdir(mode=0o700)
+        shutil.copytree(snapshot, self.workdir, symlinks=True)
+
+    def write_script(self, name: str, text: str) -> Path:
+        """A job script in the node's folder (owner-only; it never holds a secret: `_LocalJob.command`)."""
+        path = self.root / name
+        path.write_text(text)
+        path.chmod(0o600)
+        return path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _job_lives(job_dir: Path) -> bool:
+    """Whether a process of the job in `job_dir` may still run: its job.json shows no final state and
+    a process carries its marker (a launcher killed with SIGKILL leaves its nodes running)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((job_dir / "job.json").read_text()).get("state") not in _LIVE_STATES:
+            return False
+    return bool(_teardown.marked(_teardown.JOB_MARKER, str(job_dir)))
+
+
+@contextlib.contextmanager
+def node_slot(nodes_dir: Path, job_dir: Path) -> Iterator[Path]:
+    """The folder for the disks of this job's nodes, `<nodes_dir>/slot<k>`, with the smallest k that no
+    other job holds, held until the context ends: a job holds its slot through its launcher's lock on
+    `slot<k>.lock`, and, once its launcher was killed, through its live processes (the lock file names
+    the job). Paths stay the same from job to job (nodes_dir says why). Raises OSError."""
+    nodes_dir.mkdir(parents=True, exist_ok=True)
+    k = 0
+    while True:
+        fh = open(nodes_dir / f"slot{k}.lock", "a+")  # noqa: SIM115 (held open for the whole job)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fh.seek(0)
+            owner = fh.read().strip()
+            if not owner or owner == str(job_dir) or not _job_lives(Path(owner)):
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{job_dir}\n")
+                fh.flush()
+                break
+        except BlockingIOError:
+            pass
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+        k += 1
+    try:
+        yield nodes_dir / f"slot{k}"
+    finally:
+        fh.close()
 
 
 def prepare(cfg: Any) -> Any:
@@ -462,10 +747,13 @@ def launch(cfg: Any, task_yaml: str) -> int:
 
     Returns 0 if the job succeeded, 1 if it failed (or its runtime budget ran out before it started),
     130 (SIGINT) or 128+N (signal N) if interrupted. Raises ConfigError (nothing launched) if DATA_DIR
-    cannot be written or another job of the same run (same `$DATA_DIR/$RUN_ID/`) is still running.
+    cannot be written, JOB is a file the nodes do not receive (git ignores it), or another job of the
+    same run (same `$DATA_DIR/$RUN_ID/`) is still running.
     """
     data_dir = Path(cfg.envs["DATA_DIR"])
     check_data_dir(data_dir)
+    files = workdir_files(cfg.repo, skip=[cfg.state_dir])
+    check_job_received(cfg.job, files)
     run_data = data_dir / cfg.envs.get("RUN_ID", cfg.run)
     state_dir = cfg.state_dir
     job_id: list[int] = []
@@ -475,7 +763,22 @@ def launch(cfg: Any, task_yaml: str) -> int:
         return state_dir / "runs" / cfg.run / f"job-{job_id[0]}"
 
     with run_lock(run_data, cfg.run, job_dir):
-        return _launch_locked(cfg, task_yaml, state_dir, job_id[0], run_data)
+        return _launch_locked(cfg, task_yaml, state_dir, job_id[0], run_data, files)
+
+
+def check_job_received(job: str, files: Sequence[str]) -> None:
+    """Raise ConfigError when JOB (a path relative to the repository; "" when the task runs none; a
+    `-m NAME` module is not checked here) is not among the `files` every node's ~/sky_workdir receives
+    (`workdir_files`): git ignores it."""
+    from _config import ConfigError
+
+    if job.startswith("-"):
+        return
+    if job and job not in files and not any(job.startswith(f"{f}/") for f in files):
+        raise ConfigError(
+            f"JOB {job!r}: git ignores it, so the nodes' ~/sky_workdir does not have it (nodes receive"
+            " the repository's files that git does not ignore); un-ignore it or move it"
+        )
 
 
 #: Node-side reasons (scripts/remote/_contract.py) that end a job that exited 0 everywhere, with what
@@ -508,11 +811,14 @@ class _LocalJob:
     grace: float
     events: queue.SimpleQueue
     interrupt: Interrupt
+    #: The repository's files as launched (SkyPilot's uploaded workdir), and the folder of the node disks.
+    snapshot: Path | None = None
+    slot: Path | None = None
 
     def save(self) -> None:
         write_json(self.job_dir / "job.json", self.status)
 
-    def node_env(self, rank: int, *, setup: bool, tmpdir: Path) -> dict[str, str]:
+    def node_env(self, rank: int, *, setup: bool, disk: NodeDisk) -> dict[str, str]:
         env = node_env(
             self.cfg.base_env,
             self.envs,
@@ -520,11 +826,32 @@ class _LocalJob:
             self.cluster,
             rank,
             setup=setup,
-            tmpdir=str(tmpdir),
+            tmpdir=str(disk.tmp),
+            home=str(disk.home),
         )
         env[_teardown.JOB_MARKER] = str(self.job_dir)
         env[_teardown.RUN_MARKER] = str(self.run_data)
         return env
+
+    def command(self, phase: str, commands: str, rank: int, disk: NodeDisk) -> NodeCommand:
+        """Node `rank`'s command for `phase` ("setup" or "run"), with SkyPilot's job scripts written into
+        its disk: `run` is one script; `setup` is SkyPilot's detached setup, a script that runs the
+        node's setup script (each with SkyPilot's prologue and its own exports). The scripts export
+        the task's envs and SkyPilot's variables as SkyPilot does; the secrets reach the node through
+        its process environment only, so that none is ever written to this machine's disk (SkyPilot
+        exports them in its script on the cloud node)."""
+        task_vars = sky_task_vars(self.envs, {}, self.cluster)
+        before, after = sky_node_vars(self.cluster, rank, setup=phase == "setup")
+        if phase == "setup":
+            inner = disk.write_script("sky_setup", sky_script(commands, {**task_vars, **after}))
+            script = disk.write_script(
+                "sky_app_setup", sky_script(sky_setup_commands(inner), {**task_vars, **before})
+            )
+        else:
+            exports = {**before, **task_vars, **after}
+            script = disk.write_script("sky_app_run", sky_script(sky_run_commands(commands), exports))
+        env = self.node_env(rank, setup=phase == "setup", disk=disk)
+        return NodeCommand((*SKY_BASH, str(script)), env, disk.home)
 
     def end(self, state: str, reason: str | None, code: int, message: str, kind: str = "") -> int:
         """Record the job's end in job.json, tell the notification channels (`kind`: the short reason,
@@ -578,7 +905,9 @@ class _LocalJob:
             log.warning("notification %s not sent: %s", event, type(exc).__name__)
 
 
-def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_data: Path) -> int:
+def _launch_locked(
+    cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_data: Path, files: Sequence[str]
+) -> int:
     assert cfg.task is not None
     job_dir = state_dir / "runs" / cfg.run / f"job-{job_id}"
     job_dir.mkdir(parents=True)
@@ -638,19 +967,29 @@ def _launch_locked(cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_d
         sig: signal.signal(sig, lambda signum, _frame: job.events.put(("signal", signum)))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
+    # The workdir as launched, as SkyPilot uploads it once per managed job: every attempt's nodes get
+    # this, whatever changes in the repository meanwhile. Removed when the job ends (logs stay).
+    job.snapshot = job_dir / "workdir"
     try:
-        return _recovery_loop(job)
+        started = time.monotonic()
+        size = copy_files(cfg.repo, files, job.snapshot)
+        log.debug(
+            "workdir: %d files, %.1f MB copied in %.3f s", len(files), size / 1e6, time.monotonic() - started
+        )
+        with node_slot(nodes_dir(cfg.repo, cfg.base_env), job_dir) as job.slot:
+            return _recovery_loop(job)
     finally:
+        shutil.rmtree(job.snapshot, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> tuple[str, list[int] | None]:
-    """Setup, then run, on every node: (the last phase run, its node exit codes or None if interrupted)."""
+    """Setup, then run, on every node, each on a fresh disk (`NodeDisk`: home, ~/sky_workdir, TMPDIR),
+    removed at the end: (the last phase run, its node exit codes or None if interrupted)."""
     cfg, n = job.cfg, job.cluster.num_nodes
-    tmpdirs = [attempt_dir / f"node{rank}.tmp" for rank in range(n)]
-    for path in tmpdirs:
-        path.mkdir()
+    assert job.slot is not None and job.snapshot is not None
+    disks = [NodeDisk(job.slot / f"node{rank}") for rank in range(n)]
 
     def record_pids(pids: list[int]) -> None:
         """Node process-group leaders in job.json (informational: cancel finds processes by marker)."""
@@ -664,41 +1003,37 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
     codes: list[int] | None = []
     phase = "run"
     try:
-        for phase, script in (("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])):
-            if not script:
+        started = time.monotonic()
+        for disk in disks:
+            disk.create(job.snapshot)
+        log.debug("%d fresh node disk(s) in %s in %.3f s", n, job.slot, time.monotonic() - started)
+        for phase, commands in (("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])):
+            if not commands:
                 continue
             job.status["state"] = "STARTING" if phase == "setup" else "RUNNING"
             job.save()
-            scripts = [(script, job.node_env(r, setup=phase == "setup", tmpdir=tmpdirs[r])) for r in range(n)]
+            # Setup runs on every node at once, as on SkyPilot's nodes: each node syncs its own uv
+            # environments (they are keyed by the path of the node's own copy of each script).
+            node_commands = [job.command(phase, commands, rank, disks[rank]) for rank in range(n)]
             logs = [
                 attempt_dir / (f"setup-node{r}.log" if phase == "setup" else f"node{r}.log") for r in range(n)
             ]
-            common = dict(started=record_pids, stopping=stopping, marker=str(job.job_dir))
-            if phase == "setup":
-                # Node by node: the emulated nodes share one uv cache, and concurrent `uv sync` of the
-                # same script environment races (SkyPilot runs setup in parallel on separate machines).
-                codes = []
-                for rank in range(n):
-                    one = run_phase(
-                        scripts[rank : rank + 1], cfg.repo, logs[rank : rank + 1], cfg.follow, job.grace,
-                        job.events, job.interrupt, first_rank=rank, **common,
-                    )  # fmt: skip
-                    codes = None if one is None else codes + one
-                    if not codes or codes[-1]:
-                        break
-                if codes and len(codes) < n:
-                    codes += [KILLED_PEER_CODE] * (n - len(codes))
-            else:
-                codes = run_phase(
-                    scripts, cfg.repo, logs, cfg.follow, job.grace, job.events, job.interrupt, **common
-                )
+            codes = run_phase(
+                node_commands, logs, cfg.follow, job.grace, job.events, job.interrupt,
+                started=record_pids, stopping=stopping, marker=str(job.job_dir),
+            )  # fmt: skip
             record[f"{phase}_exit_codes"] = codes
             if codes is None or any(codes):
                 break
     finally:
         record["ended_at"] = time.time()
-        for path in tmpdirs:  # "fresh nodes" next time: node-local disk is lost
-            shutil.rmtree(path, ignore_errors=True)
+        # "Fresh nodes" next time: node-local disk is lost. In parallel: a home with a torch
+        # environment is some 17,000 files.
+        removers = [threading.Thread(target=disk.remove) for disk in disks]
+        for remover in removers:
+            remover.start()
+        for remover in removers:
+            remover.join()
     return phase, codes
 
 
@@ -828,7 +1163,9 @@ def _show_failure(run: str, attempt_dir: Path, phase: str, codes: Sequence[int],
         if code not in (0, KILLED_PEER_CODE):
             path = attempt_dir / (f"setup-node{rank}.log" if phase == "setup" else f"node{rank}.log")
             with contextlib.suppress(OSError):
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                noise = tuple(n.decode() for n in BASH_I_NOISE)
+                text = path.read_text(errors="replace").splitlines()
+                tail = [t for t in text if not t.startswith(noise)][-lines:]
                 log.error(
                     "run %s: %s failed on node %d (exit %d); last lines of %s:\n%s",
                     run,

@@ -69,15 +69,17 @@ def patch_resources(
     cpus: str | None = None,
     use_spot: bool | None = None,
     max_restarts: int | None = None,
+    task: str = "job.yaml",
 ) -> dict[str, Any]:
-    """job.yaml's `resources` with the launch flags applied to the top level AND every `any_of` /
+    """The task's `resources` with the launch flags applied to the top level AND every `any_of` /
     `ordered` candidate, so no candidate keeps overriding a flag (a candidate's keys win in SkyPilot).
 
     - gpus: the count of every accelerator candidate, shape kept; 0 removes accelerators (CPU);
     - cpus: `8` or `8+`; use_spot: True/False; max_restarts: job_recovery.max_restarts_on_errors.
 
     Candidates that become identical are merged; a single one left is folded into the top level.
-    Raises ConfigError for a count <= 0 or --gpus N on a task that names no accelerator type.
+    Raises ConfigError for a count <= 0 or --gpus N on a task that names no accelerator type (the
+    message names the task file, `task`).
     Returns a new dict; the input is not modified.
     """
     res: dict[str, Any] = copy.deepcopy(dict(resources or {}))
@@ -106,7 +108,7 @@ def patch_resources(
                     holder["accelerators"] = set_accelerator_count(holder["accelerators"], gpus)
         if gpus > 0 and not found:
             raise ConfigError(
-                f"--gpus {gpus}: job.yaml names no accelerator type; set resources.accelerators (e.g. H100:8)"
+                f"--gpus {gpus}: {task} names no accelerator type; set resources.accelerators (e.g. H100:8)"
             )
     for key, value in (("cpus", cpus), ("use_spot", use_spot)):
         if value is not None:

@@ -7,16 +7,21 @@
 #     "psutil==7.2.2",
 #     "skypilot==0.14.1",
 # ]
+# [tool.uv]
+# exclude-newer = "2026-12-01T00:00:00Z"
 # ///
 """Launch a training job: job.yaml on emulated local nodes, or as a SkyPilot managed job.
 
-usage: launch.py [options] JOB [JOB_ARGS...]
+usage: launch.py [options] [JOB [JOB_ARGS...]]
 
     ./scripts/local/launch.py --nodes 2 examples/train.py --steps 100
     ./scripts/local/launch.py --backend sky --nodes 2 --gpus 8 --print-id examples/train.py
+    ./scripts/local/launch.py --task tests/skypilot_examples/env_check.yaml --nodes 2
 
-JOB is a script path inside the repository; JOB_ARGS reach it verbatim. Configuration precedence:
-flags (and --set KEY=VALUE) > process environment > .env (--env-file) > job.yaml envs.
+JOB is a script path inside the repository; JOB_ARGS reach it verbatim. JOB is required when the task
+uses it (job.yaml does: its envs declare JOB, its run runs "$JOB"); a task that does not (--task,
+e.g. one of SkyPilot's examples) launches without one. Configuration precedence:
+flags (and --set KEY=VALUE) > process environment > .env (--env-file) > the task's envs.
 
 stdout carries data only: nothing by default, job ids with --print-id (one per line), the task YAML
 with --dry-run. Everything for people goes to stderr.
@@ -35,6 +40,7 @@ import os
 import re
 import shlex
 import sys
+import tomllib
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -74,7 +80,7 @@ class LaunchConfig:
 
     backend: str
     run: str
-    job: str  # path relative to the repository root
+    job: str  # path relative to the repository root; "" when the task runs no JOB
     job_args: tuple[str, ...]
     nodes: int
     gpus: int | None  # None: keep job.yaml's accelerators (sky); 0 on the local backend
@@ -220,7 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the final task (secrets redacted) and exit",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    p.add_argument("job", metavar="JOB", help="script path in the repository, e.g. examples/train.py")
+    p.add_argument(
+        "job",
+        metavar="JOB",
+        nargs="?",
+        default=None,
+        help="script path in the repository, e.g. examples/train.py (required when the task uses $JOB)",
+    )
     p.add_argument(
         "job_args", metavar="JOB_ARGS", nargs=argparse.REMAINDER, help="arguments passed to JOB verbatim"
     )
@@ -240,8 +252,60 @@ def _setting(
     return None
 
 
+#: `-m NAME` as JOB: a dotted module name, as `python -m` takes it.
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def module_paths(name: str) -> list[Path]:
+    """Where the nodes find `-m NAME` in the repository (the nodes' rule: scripts/remote/_job_command.py
+    module_paths; tests/test_launch.py checks that both agree): `pkg/mod.py`, `pkg/mod/__main__.py`,
+    then both under `src/`."""
+    parts = name.split(".")
+    here = [Path(*parts[:-1], parts[-1] + ".py"), Path(*parts, "__main__.py")]
+    return [*here, *(Path("src") / p for p in here)]
+
+
+def check_project(script: Path, repo: Path) -> None:
+    """A script inside a project runs in the project's environment on the nodes: every pyproject.toml
+    from the script's folder up to the repository root must be valid TOML (the nearest one with a
+    `[project]` table is the project). Raises ConfigError naming `file:line`."""
+    for folder in (script.parent, *script.parent.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                found = re.search(r"at line (\d+)", str(exc))
+                line = getattr(exc, "lineno", None) or (int(found[1]) if found else None)
+                where = pyproject.relative_to(repo).as_posix() + (f":{line}" if line else "")
+                raise ConfigError(
+                    f"{where}: not valid TOML ({str(exc).split(' (at')[0]}); JOB runs in this project"
+                ) from None
+            if isinstance(data.get("project"), dict):
+                return
+        if folder == repo:
+            return
+
+
 def relative_job_path(job: str, repo: Path) -> str:
-    """JOB as a path relative to the repository root. Raises ConfigError if it is not a file inside it."""
+    """JOB as the nodes get it: a path relative to the repository root, or `-m NAME` for a module in the
+    repository (README "Bring your own script"). Raises ConfigError if it is neither a `.py` or
+    executable file inside the repository nor such a module, or if its project's pyproject.toml is
+    not valid."""
+    if job.startswith("-m"):
+        name = job[2:].strip()
+        if not _MODULE_RE.fullmatch(name):
+            raise ConfigError(
+                f'JOB {job!r}: expected -m and a module name like pkg.train, as one word: "-m pkg.train"'
+            )
+        if not any((repo / p).is_file() for p in module_paths(name)):
+            tried = ", ".join(p.as_posix() for p in module_paths(name))
+            raise ConfigError(
+                f"JOB {job!r}: none of {tried} is in the repository {repo} (nodes receive only the repository)"
+            )
+        found = next(repo / p for p in module_paths(name) if (repo / p).is_file())
+        check_project(found, repo)
+        return f"-m {name}"
     path = Path(job)
     full = (path if path.is_absolute() else Path.cwd() / path).resolve()
     if not full.is_file() and not path.is_absolute():
@@ -255,14 +319,28 @@ def relative_job_path(job: str, repo: Path) -> str:
     if not full.is_file():
         raise ConfigError(f"JOB {job!r}: no such file")
     if full.suffix != ".py" and not os.access(full, os.X_OK):
-        raise ConfigError(f"JOB {job!r}: must be a Python script (.py) or an executable file")
+        raise ConfigError(
+            f"JOB {job!r}: must be a Python script (.py) or an executable file, or -m and a module name"
+        )
+    if full.suffix == ".py":
+        check_project(full, repo)
     return rel.as_posix()
 
 
+_JOB_REF_RE = re.compile(r"\$\{?JOB\b")
+
+
+def task_uses_job(task: _config.TaskFile) -> bool:
+    """Whether the task needs a JOB: its envs declare JOB, or its setup or run mentions $JOB / ${JOB}."""
+    commands = f"{task.config.get('setup') or ''}\n{task.config.get('run') or ''}"
+    return "JOB" in task.envs or bool(_JOB_REF_RE.search(commands))
+
+
 def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
-    """Resolve flags, environment, .env and job.yaml into one LaunchConfig. Raises ConfigError."""
+    """Resolve flags, environment, .env and the task file into one LaunchConfig. Raises ConfigError."""
     repo = REPO
     task = _config.load_task_file(args.task)
+    task_name = task.path.name
 
     if args.env_file is not None:
         env_path: Path | None = args.env_file
@@ -309,10 +387,22 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
                 "--confirm": args.confirm, "--dump-config": args.dump_config is not None}  # fmt: skip
     if backend != "sky" and any(sky_only.values()):
         raise ConfigError(f"{next(k for k, v in sky_only.items() if v)}: only with --backend sky")
-    job = relative_job_path(args.job, repo)
-    run = args.run if args.run is not None else _config.default_run_name(job, now.strftime("%Y%m%d-%H%M%S"))
+    if args.job is None and task_uses_job(task):
+        raise ConfigError(
+            f"JOB: missing; {task_name} runs $JOB (usage: launch.py [options] JOB [JOB_ARGS...])"
+        )
+    job = "" if args.job is None else relative_job_path(args.job, repo)
+    # Checked here for both backends, so the message names the task file (the sky backend patches
+    # the same resources again when it builds the task).
+    _task.patch_resources(
+        task.config.get("resources"), gpus=gpus, cpus=cpus, use_spot=use_spot, max_restarts=max_restarts,
+        task=task_name,
+    )  # fmt: skip
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    run = args.run if args.run is not None else _config.default_run_name(job or str(task.path), stamp)
     _config.validate_run_name(run)
-    launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args), "RUN_ID": run}
+    launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args)} if job else {}
+    launcher_flags["RUN_ID"] = run
     for key in launcher_flags:
         origin = "--run" if key == "RUN_ID" else "JOB"
         if key in flags:
@@ -331,25 +421,27 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
         flags={**flags, **launcher_flags},
         file_label=file_label,
     )
+    # Where each value came from, for messages: the task's own values are named by the task file.
+    shown = {k: task_name if s == "job.yaml" else s for k, s in resolved.sources.items()}
     leaked = _config.secret_like_keys(resolved.values, task.secrets)
     if leaked:
-        where = resolved.sources[leaked[0]]
+        where = shown[leaked[0]]
         raise ConfigError(
-            f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task.path.name}"
+            f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task_name}"
             " so it is never sent as a plaintext env"
         )
     for key, names in resolved.expanded_from.items():
         exposed = [n for n in names if n in task.secrets and key not in task.secrets]
         if exposed:
             raise ConfigError(
-                f"{resolved.sources[key]}: {key} expands the secret {exposed[0]} into a plaintext env;"
-                f" declare {key} under secrets: in {task.path.name} or drop the reference"
+                f"{shown[key]}: {key} expands the secret {exposed[0]} into a plaintext env;"
+                f" declare {key} under secrets: in {task_name} or drop the reference"
             )
-    _config.check_typed_envs(resolved.values, resolved.sources)
+    _config.check_typed_envs(resolved.values, shown)
     owned = sorted(k for k in resolved.values if k in _config.NODE_OWNED_ENVS)
     if owned:
         raise ConfigError(
-            f"{resolved.sources[owned[0]]}: {', '.join(owned)} is set on each node (by SkyPilot, configure_environment.py"
+            f"{shown[owned[0]]}: {', '.join(owned)} is set on each node (by SkyPilot, configure_environment.py"
             " or run.py) and would be replaced there; remove it"
         )
     total = sum(len(k) + 2 + len(v.encode()) for k, v in resolved.values.items())
@@ -360,14 +452,14 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     for key, value in resolved.values.items():
         if len(key) + 1 + len(value.encode()) >= _config.MAX_ENV_ENTRY:
             raise ConfigError(
-                f"{key} (from {resolved.sources[key]}): {len(value.encode())} bytes is too long for an"
+                f"{key} (from {shown[key]}): {len(value.encode())} bytes is too long for an"
                 f" environment variable (limit {_config.MAX_ENV_ENTRY - 1} bytes with its name); pass a file path instead"
             )
     known = [*task.envs, *task.secrets, *SETTINGS]
     for key in resolved.values:
         if key not in known and (close := difflib.get_close_matches(key, known, n=1, cutoff=0.85)):
             log.warning("%s: %s is not in %s; passed to the job as a new env (did you mean %s?)",
-                        resolved.sources[key], key, task.path.name, close[0])  # fmt: skip
+                        shown[key], key, task.path.name, close[0])  # fmt: skip
     secrets = {k: v for k, v in resolved.values.items() if k in task.secrets}
     envs = {k: v for k, v in resolved.values.items() if k not in task.secrets}
     return LaunchConfig(
@@ -417,6 +509,7 @@ def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
         cpus=cfg.cpus,
         use_spot=cfg.use_spot,
         max_restarts=cfg.max_restarts,
+        task=cfg.task.path.name,
     )
     return config
 

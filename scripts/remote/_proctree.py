@@ -1,5 +1,10 @@
 """Mechanism: one process tree at a time, events instead of polling, and the node side's one teardown.
 
+The job's stdout and stderr reach the supervisor through one pipe: every byte is passed on unchanged to
+the supervisor's own stdout, and each read is a sign of life for the heartbeat monitor (a job that
+never touches HEARTBEAT_FILE is watched by its output: docs/decisions/hang-detection.md). The pipe is
+one more fd in the same poll(2) as the signals and the deadlines.
+
 The supervisor is a child subreaper, so orphans of the job (torchrun workers whose launcher died) are
 re-parented to it and found; teardown gives every process of the tree SIGTERM once, the whole grace
 period, then SIGKILL, and reaps (docs/field-cases.md R2; docs/decisions/endings.md).
@@ -81,7 +86,9 @@ class Events:
 
     def __init__(self) -> None:
         self.signals: list[int] = []
-        self._old: dict[int, object] = {}
+        self._old: dict[int, signal._HANDLER] = {}
+        #: fds read whenever they are ready, in every wait (the job's output pipe), with their reader.
+        self._watched: dict[int, Callable[[], bool]] = {}
 
     def __enter__(self) -> Events:
         self._r, self._w = socket.socketpair()
@@ -93,7 +100,7 @@ class Events:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._old.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         signal.set_wakeup_fd(self._old_fd)
         self._r.close()
         self._w.close()
@@ -102,21 +109,83 @@ class Events:
         if signum != signal.SIGCHLD:
             self.signals.append(signum)
 
+    def watch(self, fd: int, on_ready: Callable[[], bool]) -> None:
+        """Call `on_ready()` whenever `fd` is readable (or closed), in every later wait, until it
+        returns False (end of file) or `unwatch(fd)`."""
+        self._watched[fd] = on_ready
+
+    def unwatch(self, fd: int) -> None:
+        self._watched.pop(fd, None)
+
     def wait(self, timeout: float | None, fds: Sequence[int] = ()) -> None:
-        """Block until a handled signal arrives, one of `fds` is readable, or `timeout` seconds pass."""
+        """Block until a handled signal arrives, one of `fds` or of the watched fds is readable, or
+        `timeout` seconds pass; then read what the watched fds have."""
         poller = select.poll()
         poller.register(self._r, select.POLLIN)
-        for fd in fds:
+        for fd in (*fds, *self._watched):
             poller.register(fd, select.POLLIN)
-        poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        ready = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
         with contextlib.suppress(BlockingIOError):
             while self._r.recv(4096):
                 pass
+        for fd, _ in ready:
+            on_ready = self._watched.get(fd)
+            if on_ready is not None and not on_ready():
+                self.unwatch(fd)
 
 
 def _child_preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
     # If the supervisor dies without tearing down (SIGKILL), the job gets SIGTERM rather than living on.
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class OutputRelay:
+    """Copies a non-blocking pipe to `dst` byte for byte, and calls `on_output()` after each read.
+
+    `pump()` reads what is there (at most MAX_READS_PER_PUMP reads, so a flood of output never keeps the
+    supervisor from its signals and deadlines) and returns False at end of file. Writes block until
+    `dst` takes the bytes (the job sees the same back-pressure as writing there itself); when `dst`
+    cannot be written at all (closed, EPIPE), the output is dropped with one warning and still counts.
+    """
+
+    CHUNK = 65536
+    MAX_READS_PER_PUMP = 16
+
+    def __init__(self, src: int, dst: int | None, on_output: Callable[[], None]) -> None:
+        self.src = src
+        self.dst = dst
+        self.on_output = on_output
+        self.eof = False
+
+    def pump(self, limit: int | None = MAX_READS_PER_PUMP) -> bool:
+        reads = 0
+        while not self.eof and (limit is None or reads < limit):
+            try:
+                data = os.read(self.src, self.CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                break
+            reads += 1
+            self.on_output()
+            self._write(data)
+        return not self.eof
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.dst is not None:
+            try:
+                view = view[os.write(self.dst, view) :]
+            except BlockingIOError:  # a non-blocking stdout: wait until it takes more
+                select.select([], [self.dst], [])
+            except OSError as exc:
+                log.warning(
+                    "the job's output is dropped from now on: cannot write to fd %d: %s", self.dst, exc
+                )
+                self.dst = None
 
 
 @dataclass
@@ -150,6 +219,8 @@ class Supervisor:
         self.grace_s = grace_s
         self.clock = clock
         self.wall_ns = wall_ns
+        #: Where the job's output goes: the supervisor's own stdout.
+        self.output_fd: int | None = 1
         # As the subreaper, orphans of the job (workers whose launcher died) become our children,
         # so they can be found and reaped; no descendant escapes to PID 1.
         self.subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -166,59 +237,88 @@ class Supervisor:
         *,
         deadlines: Sequence[tuple[float | None, str]] = (),
         heartbeat: tuple[HeartbeatMonitor, Path] | None = None,
-        tick: tuple[float, Callable[[], None]] | None = None,
+        tick: tuple[float, Callable[[], object]] | None = None,
         stdout: int | None = None,
     ) -> Phase:
         """Run argv in its own session until it exits or a deadline, the heartbeat or a signal stops
         it; then tear down whatever of its tree is left. `deadlines` are (monotonic time, reason);
-        `tick` is (interval seconds, callback) for periodic records."""
+        `tick` is (interval seconds, callback) for periodic records; `stdout` an fd for the process's
+        stdout (None: the supervisor's). With `heartbeat` (the job), stdout and stderr go through one
+        pipe to the supervisor's stdout (`output_fd`), unchanged, and every read is a sign of life for
+        the monitor until the job first touches the heartbeat file."""
         pending = self._signal_reason()
         if pending is not None:
             return Phase(pending, None)
         log.debug("running: %s", shlex.join(argv))
+        relay: OutputRelay | None = None
+        out, err = stdout, None
+        if heartbeat is not None:
+            read_end, out = os.pipe()
+            err = subprocess.STDOUT
+            monitor = heartbeat[0]
+            relay = OutputRelay(read_end, self.output_fd, lambda: monitor.observe_output(self.clock()))
         try:
             proc = subprocess.Popen(
-                argv, env=dict(env), start_new_session=True, stdout=stdout, preexec_fn=_child_preexec
+                argv,
+                env=dict(env),
+                start_new_session=True,
+                stdout=out,
+                stderr=err,
+                preexec_fn=_child_preexec,
             )
         except OSError as exc:
+            if relay is not None:
+                os.close(relay.src)
             log.error("cannot start %s: %s", argv[0], exc)
             return Phase(None, EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE)
+        finally:
+            if relay is not None and out is not None:
+                os.close(out)  # the job holds the write end; EOF comes once every process of it is gone
+        if relay is not None:
+            os.set_blocking(relay.src, False)
+            self.events.watch(relay.src, relay.pump)
         self._root, self._root_code = proc.pid, None
         next_tick = self.clock() + tick[0] if tick else None
-        stop = None
-        while True:
-            self._reap()
-            if self._root_code is not None:
-                break
-            now = self.clock()
-            stop = self._signal_reason()
-            for when, reason in deadlines:
-                if stop is None and when is not None and now >= when:
-                    stop = reason
-            if stop is None and heartbeat is not None:
-                monitor, path = heartbeat
-                wake = monitor.next_wakeup()
-                if (
-                    wake is not None
-                    and now >= wake
-                    and monitor.observe(now, self.wall_ns(), heartbeat_mtime(path))
-                ):
-                    stop = REASON_HEARTBEAT_TIMEOUT
+        stop = detail = None
+        try:
+            while True:
+                self._reap()
+                if self._root_code is not None:
+                    break
+                now = self.clock()
+                stop = self._signal_reason()
+                for when, reason in deadlines:
+                    if stop is None and when is not None and now >= when:
+                        stop = reason
+                if stop is None and heartbeat is not None:
+                    monitor, path = heartbeat
+                    wake = monitor.next_wakeup()
+                    if (
+                        wake is not None
+                        and now >= wake
+                        and monitor.observe(now, self.wall_ns(), heartbeat_mtime(path))
+                    ):
+                        stop, detail = REASON_HEARTBEAT_TIMEOUT, monitor.describe(now)
+                if stop is not None:
+                    break
+                if tick and next_tick is not None and now >= next_tick:
+                    tick[1]()
+                    next_tick = now + tick[0]
+                wakes = [when for when, _ in deadlines if when is not None]
+                wakes += [
+                    w for w in (heartbeat[0].next_wakeup() if heartbeat else None, next_tick) if w is not None
+                ]
+                self.events.wait(max(0.0, min(wakes) - now) if wakes else None)
             if stop is not None:
-                break
-            if tick and next_tick is not None and now >= next_tick:
-                tick[1]()
-                next_tick = now + tick[0]
-            wakes = [when for when, _ in deadlines if when is not None]
-            wakes += [
-                w for w in (heartbeat[0].next_wakeup() if heartbeat else None, next_tick) if w is not None
-            ]
-            self.events.wait(max(0.0, min(wakes) - now) if wakes else None)
-        if stop is not None:
-            log.warning("stopping the job: %s", stop)
-        self.teardown()
+                log.warning("stopping the job: %s%s", stop, f" ({detail})" if detail else "")
+            self.teardown()  # its waits keep relaying the job's output while it saves its work
+        finally:
+            if relay is not None:
+                self.events.unwatch(relay.src)
+                relay.pump(limit=None)  # what the tree wrote before it was gone (none of it is left)
+                os.close(relay.src)
         proc.returncode = self._root_code  # reaped here, not by Popen
-        return Phase(stop, self._root_code)
+        return Phase(stop, self._root_code, detail)
 
     def _signal_reason(self) -> str | None:
         if not self.events.signals:

@@ -37,11 +37,24 @@ from _distributed import Distributed, InputError, derive, parse_node_ips
 __all__ = ["Distributed", "InputError", "derive", "environment", "main", "parse_node_ips", "render"]
 
 #: Set only where the environment has no value (SkyPilot sets NCCL variables itself on some network
-#: setups, e.g. NCCL_SOCKET_IFNAME: never override them). Async error handling turns a dead peer into
-#: an error, not a hang.
+#: setups, e.g. NCCL_SOCKET_IFNAME: never override them). Read by NCCL and torch's ProcessGroupNCCL only
+#: (GPU jobs); gloo ignores them. Together they turn a hung collective into a crash the supervisor sees
+#: (the job's own failure, with torch's reason in the log) instead of a silent hang; each setting, its
+#: source and torch 2.13's default: docs/decisions/hang-detection.md, "GPU watchdog defaults".
 NCCL_DEFAULTS: dict[str, str] = {
     "NCCL_DEBUG": "WARN",
+    # A collective that fails or passes the process group's timeout (init_process_group(timeout=...):
+    # 10 min for NCCL) aborts the communicators and ends the process (torch's default, 3, skips the
+    # abort; torchrun already sets 1 for its workers).
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    # A watchdog thread stuck in a CUDA or NCCL call is itself watched: the process is aborted after
+    # TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC (torch's default 480 s; 300 s is below HEARTBEAT_TIMEOUT's 600 s,
+    # so torch's own, more precise verdict comes first).
+    "TORCH_NCCL_ENABLE_MONITORING": "1",
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "300",
+    # On a timeout or error, dump the flight recorder (the last 2000 collectives per rank: torch 2.13's
+    # TORCH_FR_BUFFER_SIZE default) for `torchfrtrace`, to find the rank that fell behind.
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
 }
 
 

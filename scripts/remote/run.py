@@ -45,6 +45,7 @@ argv), _heartbeat (staleness), _ledger (durable records), _policy (what an outco
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -72,7 +73,22 @@ from _contract import (
     REASON_PREFLIGHT_FAILED,
 )
 from _heartbeat import HeartbeatMonitor, heartbeat_mtime
-from _job_command import as_int, build_job_command, python_kind, worker_failure
+from _job_command import (
+    EXIT_NOT_FOUND,
+    Job,
+    JobError,
+    Kind,
+    as_int,
+    build_job_command,
+    classify,
+    foreign_prefixes,
+    node_environment,
+    project_venv,
+    sync_command,
+    uv_environment,
+    with_venv,
+    worker_failure,
+)
 from _ledger import (
     LEDGER_LOST,
     append_records,
@@ -338,30 +354,55 @@ class AttemptRunner:
     def _deadline(self, budget_end: float | None) -> list[tuple[float | None, str]]:
         return [(budget_end, REASON_MAX_RUNTIME)]
 
-    def _tick(self) -> tuple[float, Callable[[], None]] | None:
+    def _tick(self) -> tuple[float, Callable[[], object]] | None:
         if not self.writer:
             return None
         return ALIVE_INTERVAL_S, lambda: self._record(
             "alive", runtime_s=round(self.sup.clock() - self.start, 3)
         )
 
-    def _python(self, script: Path, budget_end: float | None) -> tuple[str | None, Phase | None]:
-        """The interpreter for `script` (see build_job_command); a Phase instead if preparing failed."""
-        kind = python_kind(script)
-        if kind != "uv":
-            return ("python3" if kind else None), None
-        uv = self.cfg.uv or "uv"
-        self.phase = f"while preparing the environment of {script.name} (uv sync)"
+    @functools.cached_property
+    def _node_env(self) -> dict[str, str]:
+        """The node's environment without skyops' and uv's own Python environments (the supervisor's
+        `uv run`, the launcher's on the local backend, pyenv's shims): the base of the job's and the
+        preflight's environments, and where the node's python3 is looked up (_job_command)."""
+        env = self.cfg.env
+        own = sys.prefix if sys.prefix != sys.base_prefix else None
+        return node_environment(env, foreign_prefixes(env, own_venv=own))
+
+    def _python(self, job: Job | Path, budget_end: float | None) -> tuple[str | None, Phase | None]:
+        """The interpreter for `job` (a Job, or a script path; see _job_command's table): the node's
+        python3, or the job's own environment's after building it; None for an executable (run as is).
+        A Phase instead if that failed."""
+        if isinstance(job, Path):
+            job = classify([str(job)], Path.cwd())
+        if job.kind is Kind.EXECUTABLE:
+            return None, None
+        if job.kind is Kind.PYTHON:
+            python = shutil.which("python3", path=self._node_env.get("PATH", ""))
+            if python is None:
+                log.error(
+                    "no python3 on the node's PATH for %s: %s", job.target, self._node_env.get("PATH", "")
+                )
+                return None, Phase(None, EXIT_NOT_FOUND)
+            return python, None
+        uv = self.cfg.uv
+        if uv is None:
+            log.error("uv is not on PATH: %s needs it", job.describe())
+            return None, Phase(None, EXIT_FAILURE)
+        self.phase = f"while preparing the environment of {job.target} (uv sync)"
+        env = uv_environment(self.cfg.env)
         # job.yaml's setup built this environment: check it offline (uv's cache, no index round
-        # trip), against the script's committed lock where it has one (a stale lock fails). Only an
-        # environment that setup never built (or whose packages left the cache) resolves, online.
-        # docs/decisions/locked-environments.md
-        locked = ["--locked"] if script.with_name(script.name + ".lock").is_file() else []
+        # trip), against the script's or project's committed lock where it has one (a stale lock
+        # fails). Only an environment that setup never built (or whose packages left the cache)
+        # resolves, online. docs/decisions/locked-environments.md
 
         def sync(*flags: str) -> Phase:
+            argv = sync_command(job, uv, *flags)
+            assert argv is not None
             return self.sup.run(
-                [uv, "sync", *flags, *locked, "--script", str(script)],
-                self.cfg.env,
+                argv,
+                env,
                 deadlines=self._deadline(budget_end),
                 tick=self._tick(),
                 stdout=sys.stderr.fileno(),
@@ -369,19 +410,23 @@ class AttemptRunner:
 
         phase = sync("-qq", "--offline")  # silent: the online try below reports any error
         if phase.stop is None and phase.code != 0:
-            log.info("the environment of %s cannot be built offline; resolving it online", script.name)
+            log.info("the environment of %s cannot be built offline; resolving it online", job.target)
             phase = sync("--quiet")
         if phase.stop is not None or phase.code != 0:
-            log.error("uv sync --script %s failed (exit %s)", script, phase.code)
+            log.error("%s failed (exit %s)", shlex.join(sync_command(job, "uv") or []), phase.code)
             return None, Phase(phase.stop, phase.code if phase.stop else EXIT_FAILURE)
-        find = [uv, "python", "find", "--script", str(script)]
+        if job.kind is Kind.PROJECT and job.project is not None:
+            venv_python = project_venv(job.project, env) / "bin" / "python"
+            if not venv_python.exists():
+                log.error("uv sync --project %s built no %s", job.project, venv_python)
+                return None, Phase(None, EXIT_FAILURE)
+            return str(venv_python), None
+        find = [uv, "python", "find", "--script", str(job.source)]
         log.debug("running: %s", shlex.join(find))
         try:
-            out = subprocess.run(
-                find, env=dict(self.cfg.env), capture_output=True, text=True, check=True
-            ).stdout
+            out = subprocess.run(find, env=env, capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError) as exc:
-            log.error("uv python find --script %s failed: %s", script, exc)
+            log.error("uv python find --script %s failed: %s", job.source, exc)
             return None, Phase(None, EXIT_FAILURE)
         return out.strip().splitlines()[-1], None
 
@@ -393,40 +438,58 @@ class AttemptRunner:
             "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)",
         ]
         try:
-            return (
-                subprocess.run(probe, env=dict(self.cfg.env), capture_output=True, timeout=60).returncode == 0
-            )
+            return subprocess.run(probe, env=self._node_env, capture_output=True, timeout=60).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False
 
-    def _job_env(self, **extra: str) -> dict[str, str]:
-        """The job's environment. torchrun SIGKILLs its workers 30 s after it forwards a SIGTERM
-        unless told otherwise (torch.distributed.run `--shutdown-timeout`, read from
-        TORCH_ELASTIC_SHUTDOWN_TIMEOUT in torch 2.13; older torch ignores it): it gets GRACE, so the
-        workers do too."""
-        env = dict(self.cfg.env)
+    def _job_env(self, venv: Path | None = None, **extra: str) -> dict[str, str]:
+        """The job's environment: the node's (`_node_env`: no trace of the supervisor's or the
+        launcher's Python environments), with `venv` active as `uv run` would activate it (the job's
+        own uv environment or project `.venv`), and `extra`.
+
+        torchrun SIGKILLs its workers 30 s after it forwards a SIGTERM unless told otherwise
+        (torch.distributed.run `--shutdown-timeout`, read from TORCH_ELASTIC_SHUTDOWN_TIMEOUT in torch
+        2.13; older torch ignores it): it gets GRACE, so the workers do too. PYTHONUNBUFFERED=1 (unless
+        set): the job's output is its sign of life until it touches HEARTBEAT_FILE, so a Python job's
+        prints must reach the supervisor as they are made, not in 8 KiB blocks (torchrun starts its
+        workers with `-u` anyway; docs/decisions/hang-detection.md)."""
+        env = with_venv(self._node_env, venv)
         env.update(
             DATA_DIR=str(self.cfg.data_dir), RUN_ID=self.cfg.run_id, SKYOPS_ATTEMPT=str(self.number), **extra
         )
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(math.ceil(self.cfg.limits.grace_s)))
+        env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
     def _preflight_then_job(self, budget_end: float | None) -> Phase:
         cfg, lim = self.cfg, self.cfg.limits
+        try:
+            job = classify(cfg.command, Path.cwd())
+        except JobError as exc:
+            log.error("%s", exc)
+            return Phase(None, EXIT_FAILURE, str(exc))
         if cfg.preflight:
             phase = self._preflight(budget_end)
             if phase is not None:
                 return phase
-        python, failed = self._python(Path(cfg.command[0]), budget_end)
+        python, failed = self._python(job, budget_end)
         if failed is not None:
             return failed
+        own_env = job.kind in (Kind.SCRIPT, Kind.PROJECT) and python is not None
+        venv = Path(python).parent.parent if own_env and python is not None else None
         attempt_dir = Path(tempfile.mkdtemp(prefix=f"skyops-attempt-{self.number}-", dir=cfg.tmp_dir))
         hb_file = attempt_dir / "heartbeat"
         failure_file = attempt_dir / "torchrun-failure.json"
         torchrun = cfg.dist.world_size > 1 and python is not None and self._has_torch(python)
         if cfg.dist.world_size > 1 and python is not None and not torchrun:
             log.info("no torch in the job's environment: one process on this node, without torchrun")
-        argv = build_job_command(cfg.command, cfg.dist, python, failure_file, torchrun=torchrun)
+        log.info(
+            "job %s; interpreter %s%s",
+            job.describe(),
+            python or "none (run as is)",
+            f", under torchrun ({cfg.dist.nproc_per_node} per node)" if torchrun else "",
+        )
+        argv = build_job_command(job, cfg.dist, python, failure_file, torchrun=torchrun)
         self.phase, self.job_started = "while the job ran", True
         try:
             monitor = HeartbeatMonitor(
@@ -438,7 +501,7 @@ class AttemptRunner:
             )
             phase = self.sup.run(
                 argv,
-                self._job_env(HEARTBEAT_FILE=str(hb_file)),
+                self._job_env(venv, HEARTBEAT_FILE=str(hb_file)),
                 deadlines=self._deadline(budget_end),
                 heartbeat=(monitor, hb_file),
                 tick=self._tick(),
