@@ -495,6 +495,8 @@ def nodes_dir(repo: Path, env: Mapping[str, str]) -> Path:
     environment per node, attempt and job (docs/decisions/local-backend.md)."""
     cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "skyops" / "nodes" / hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:12]
+
+
 #: Job states after which the job's nodes are gone: its launcher wrote them at the very end.
 _LIVE_STATES = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "RECOVERING", "CANCELLING"})
 

@@ -407,10 +407,10 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
         origin = "--run" if key == "RUN_ID" else "JOB"
         if key in flags:
             raise ConfigError(f"--set {key}: set by the launcher from {origin}")
-        owned = next((e for e in env_entries if e.key == key), None)
-        if owned is not None:
+        in_file = next((e for e in env_entries if e.key == key), None)
+        if in_file is not None:
             raise ConfigError(
-                f"{file_label}:{owned.line}: {key} is set by the launcher from {origin}; remove it"
+                f"{file_label}:{in_file.line}: {key} is set by the launcher from {origin}; remove it"
             )
 
     defaults: dict[str, str | None] = {**task.envs, **task.secrets}
