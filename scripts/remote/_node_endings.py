@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from _contract import EXIT_OK, NOTIFY_CLAIMS
 from _job_command import as_int
@@ -30,8 +31,11 @@ log = logging.getLogger("run")
 
 #: Keys that configure a notification channel (scripts/remote/notify.py); with none set, nothing runs.
 NOTIFY_KEYS = ("DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_URL", "GITHUB_TOKEN")
-#: Seconds a notification may delay the node's exit: notify.py caps all channels at 30 s, plus uv's start.
-NOTIFY_CAP_S = 35.0
+#: Seconds notifications may delay the node's exit, in total (docs/notifications.md): the `started`
+#: send still running at the end and the ending's send share it.
+NOTIFY_CAP_S = 30.0
+#: Seconds allowed for uv to start notify.py (its environment is built at setup).
+UV_START_S = 3.0
 #: Seconds node rank 0 waits for the other nodes' results before it calls an attempt a success.
 PEERS_WAIT_S = 10.0
 #: Seconds for the API server to accept a node's cancel of its own managed job, and to wait after it for
@@ -85,41 +89,72 @@ def event_document(
     }
 
 
-def notify(
-    cfg: Config, event: str, state: str, reason: str, cause: str | None, *, attempts: int, runtime_s: float
-) -> None:
-    """Send one event through notify.py, when a channel is configured. Never changes the exit code;
-    delays it by NOTIFY_CAP_S at most; a failure is a warning. The claim folder
+@dataclass
+class Sending:
+    """A notification on its way: notify.py's process, its event file, and when it must be done by
+    (monotonic seconds)."""
+
+    event: str
+    job_id: int
+    proc: subprocess.Popen[bytes]
+    event_file: str
+    deadline: float
+
+
+def start_notify(
+    cfg: Config, event: str, state: str, reason: str, cause: str | None, *, attempts: int, runtime_s: float,
+    deadline: float,
+) -> Sending | None:  # fmt: skip
+    """Start sending one event through notify.py, when a channel is configured; None otherwise. The
+    send must end by `deadline` (time.monotonic()): notify.py is told the time left (NOTIFY_TIMEOUT_S,
+    less UV_START_S for uv to start it) and finish() kills it at the deadline. The claim folder
     `$DATA_DIR/$RUN_ID/notify/` keeps a watcher or the local backend from sending it again."""
     if not any(cfg.env.get(k) for k in NOTIFY_KEYS):
-        return
+        return None
     script = cfg.preflight_script.with_name("notify.py")
     if cfg.uv is None or not script.is_file():
         log.warning("notification %s not sent: needs uv and %s", event, script)
-        return
+        return None
     doc = event_document(cfg, event, state, reason, cause, attempts=attempts, runtime_s=runtime_s)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=cfg.tmp_dir, delete=False) as f:
         json.dump(doc, f)
     argv = [cfg.uv, "run", "--quiet", "--script", str(script), "send", "--event-file", f.name]
     argv += ["--claim-dir", str(cfg.data_dir / cfg.run_id / NOTIFY_CLAIMS)]
+    left = max(1.0, deadline - time.monotonic() - UV_START_S)
+    env = {**cfg.env, "NOTIFY_TIMEOUT_S": f"{min(left, float(cfg.env.get('NOTIFY_TIMEOUT_S') or left)):.1f}"}
     try:
-        proc = subprocess.Popen(argv, env=dict(cfg.env), stdout=sys.stderr.fileno(), start_new_session=True)
-        try:
-            code = proc.wait(timeout=NOTIFY_CAP_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            log.warning("notification %s not sent within %.0f s", event, NOTIFY_CAP_S)
-            return
-        if code == 0:
-            log.info("notify: %s sent for job %s", event, cfg.identity.managed_job_id)
-        else:
-            log.warning("notification %s not sent: notify.py exited %d", event, code)
+        proc = subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno(), start_new_session=True)
     except OSError as exc:
         log.warning("notification %s not sent: %s", event, os_error(exc))
-    finally:
+        os.unlink(f.name)
+        return None
+    return Sending(event, cfg.identity.managed_job_id, proc, f.name, deadline)
+
+
+def finish(sending: Sending | None, deadline: float | None = None) -> None:
+    """Wait for a send to end, until its own deadline or `deadline` if earlier; kill it then. Logs how
+    it went (a failure is a warning, never an error)."""
+    if sending is None:
+        return
+    until = sending.deadline if deadline is None else min(deadline, sending.deadline)
+    try:
+        code = sending.proc.wait(timeout=max(0.0, until - time.monotonic()))
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(OSError):
-            os.unlink(f.name)
+            os.killpg(sending.proc.pid, signal.SIGKILL)
+        sending.proc.wait()
+        log.warning(
+            "notification %s not sent in time (the node's exit waits %.0f s at most)",
+            sending.event,
+            NOTIFY_CAP_S,
+        )
+        code = None
+    with contextlib.suppress(OSError):
+        os.unlink(sending.event_file)
+    if code == 0:
+        log.info("notify: %s sent for job %s", sending.event, sending.job_id)  # jobs.py watch reads this line
+    elif code is not None:
+        log.warning("notification %s not sent: notify.py exited %d", sending.event, code)
 
 
 def end_managed_job(cfg: Config, sup: Supervisor) -> None:

@@ -336,6 +336,11 @@ class Supervisor:
             if pid == self._root:
                 self._root_code = _exit_code(status)
 
+    def exclude(self, pid: int) -> None:
+        """Leave child `pid` (and its descendants) out of every job tree: a helper of the supervisor's
+        own, such as a notification in flight, that no teardown of the job should stop."""
+        self._foreign.add(pid)
+
     def tree(self) -> list[psutil.Process]:
         """Every process descended from the job: our children (the job, and orphans adopted as the
         subreaper) and their descendants, in any session or process group."""

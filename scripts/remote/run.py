@@ -99,7 +99,7 @@ from _ledger import (
     unwritable,
     write_json,
 )
-from _node_endings import end_managed_job, notify, peers_succeeded
+from _node_endings import NOTIFY_CAP_S, Sending, end_managed_job, finish, peers_succeeded, start_notify
 from _policy import Attempt, as_float, attempt_number, decide, declared_crash_loop, summarize
 from _proctree import Events, Phase, Supervisor
 from _supervisor_config import BadInput, Config, load_config
@@ -126,6 +126,8 @@ class AttemptRunner:
         self.start_wall = 0.0
         #: What the attempt is doing now, for people: "preparing the job's environment", ...
         self.phase = "starting"
+        #: The `started` notification, sent in the background (attempt 1, node rank 0).
+        self.started: Sending | None = None
         #: The job itself was started in this attempt.
         self.job_started = False
         #: Records not yet in the ledger: a failed write (a full or flaky bucket mount) is retried with
@@ -240,8 +242,13 @@ class AttemptRunner:
         log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
         phase = self._gate(prior, budget_end)
         if phase is None:
-            if self.number == 1 and self.writer:
-                notify(self.cfg, "started", "STARTING", "", None, attempts=1, runtime_s=0.0)
+            if self.number == 1 and self.writer:  # in the background: the job does not wait for it
+                self.started = start_notify(
+                    self.cfg, "started", "STARTING", "", None, attempts=1, runtime_s=0.0,
+                    deadline=self.sup.clock() + NOTIFY_CAP_S,
+                )  # fmt: skip
+                if self.started is not None:
+                    self.sup.exclude(self.started.proc.pid)
             phase = self._preflight_then_job(budget_end)
         runtime = self.sup.clock() - self.start
         current = Attempt(self.number, self.start_wall, runtime, node_rank=ident.node_rank)
@@ -310,6 +317,8 @@ class AttemptRunner:
         node exited 0: their results are read back), a runtime budget, a crash loop. A cancel or
         preemption (143/130), a bad node and the job's own failures are told by whoever sees the
         managed job's state (the local backend, `jobs.py watch`), which then knows whether it goes on."""
+        exit_by = self.sup.clock() + NOTIFY_CAP_S  # every send together delays the exit by this at most
+        finish(self.started, exit_by)
         if not self.writer:
             return
         state = None
@@ -320,7 +329,11 @@ class AttemptRunner:
         elif code == EXIT_CRASH_LOOP:
             state = "FAILED"
         if state is not None:
-            notify(self.cfg, "ended", state, reason, cause, attempts=self.number, runtime_s=total_runtime_s)
+            sending = start_notify(
+                self.cfg, "ended", state, reason, cause, attempts=self.number, runtime_s=total_runtime_s,
+                deadline=exit_by,
+            )  # fmt: skip
+            finish(sending)
 
     def _gate(self, prior: Sequence[Attempt], budget_end: float | None) -> Phase | None:
         """Checked before any paid work: a Phase to end the attempt with at once, or None to go on."""
