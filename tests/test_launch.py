@@ -296,6 +296,11 @@ def test_local_dry_run_shows_what_the_nodes_get(capsys: pytest.CaptureFixture[st
     assert code == 0
     assert envs["DATA_DIR"] == str(STATE / "data")
     assert envs["MASTER_PORT"] != "29500" and 1 <= int(envs["MASTER_PORT"]) <= 65535
+    assert envs["NCCL_PREFLIGHT"] == "0", "no preflight on CPU unless asked for"
+    code, out, _ = call(
+        ["--env-file", "/dev/null", "--dry-run", "--set", "NCCL_PREFLIGHT=1", "examples/train.py"], capsys
+    )
+    assert code == 0 and yaml.safe_load(out)["envs"]["NCCL_PREFLIGHT"] == "1"
 
 
 def test_misspelled_key_gets_a_hint(

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _progress
 import _teardown
 from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from _contract import REASON_CRASH_LOOP, REASON_MAX_RUNTIME, REASON_MAX_RUNTIME_BEFORE_JOB
@@ -437,12 +438,14 @@ def run_phase(
     started: Callable[[list[int]], None] | None = None,
     stopping: Callable[[], None] | None = None,
     marker: str | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> list[int] | None:
     """Run one phase (setup or run) on every node; returns the node exit codes, or None when
     interrupted (then `stopping` is called before the teardown). When a node fails, the others are
     stopped and recorded as 137 (SkyPilot's rule). A signal stops every node with the whole `grace`;
     repeated signals (Ctrl-C reaches the launcher twice: from the terminal and forwarded by `uv run`)
-    change nothing (`jobs.py cancel --force` skips the grace)."""
+    change nothing (`jobs.py cancel --force` skips the grace). `tick` is called about every second
+    while waiting (the progress line)."""
     nodes = [
         Node(rank, command, path, follow)
         for rank, (command, path) in enumerate(zip(commands, log_paths, strict=True), start=first_rank)
@@ -453,7 +456,12 @@ def run_phase(
         threading.Thread(target=lambda n=node: events.put(("exit", n, n.proc.wait())), daemon=True).start()
     codes: dict[int, int] = {}
     while len(codes) < len(nodes):
-        kind, *rest = events.get()
+        try:
+            kind, *rest = events.get(timeout=1.0)
+        except queue.Empty:
+            if tick is not None:
+                tick()
+            continue
         if kind == "exit" and rest[0] not in nodes:
             continue  # a node of an earlier phase, already accounted for
         if kind == "signal":
@@ -639,7 +647,8 @@ def node_slot(nodes_dir: Path, job_dir: Path) -> Iterator[Path]:
 def prepare(cfg: Any) -> Any:
     """`cfg` (a launch.LaunchConfig) with the local backend's defaults applied, so that --dry-run
     shows what the nodes will get: GPUs 0 unless --gpus; DATA_DIR `.skyops/data` unless the user
-    set one (a relative path is relative to the repository); a free MASTER_PORT unless set.
+    set one (a relative path is relative to the repository); a free MASTER_PORT unless set; no NCCL
+    preflight on CPU unless NCCL_PREFLIGHT is set.
 
     Raises ConfigError for more nodes than one machine can emulate.
     """
@@ -659,6 +668,10 @@ def prepare(cfg: Any) -> Any:
     if cfg.sources.get("MASTER_PORT", "job.yaml") == "job.yaml":
         envs["MASTER_PORT"] = str(free_port())
     gpus = cfg.gpus or 0
+    if not gpus and cfg.sources.get("NCCL_PREFLIGHT", "job.yaml") == "job.yaml":
+        # On CPU the preflight runs gloo over loopback with no bandwidth floor: it proves little and costs
+        # about 5 s of every attempt (docs/decisions/nccl-preflight.md). Asked for, it runs.
+        envs["NCCL_PREFLIGHT"] = "0"
     if gpus and not shutil.which("nvidia-smi"):
         log.warning(
             "--gpus %d: this machine shows no NVIDIA GPU (no nvidia-smi); the job decides what to run on",
@@ -816,6 +829,8 @@ class _LocalJob:
     #: The repository's files as launched (SkyPilot's uploaded workdir), and the folder of the node disks.
     snapshot: Path | None = None
     slot: Path | None = None
+    #: What the launcher says while people wait (stderr only).
+    progress: _progress.Progress = field(default_factory=lambda: _progress.Progress("", quiet=True))
 
     def save(self) -> None:
         write_json(self.job_dir / "job.json", self.status)
@@ -866,6 +881,7 @@ class _LocalJob:
         )
         self.status["attempts"][-1].setdefault("ended_at", time.time())
         self.save()
+        self.progress.close()
         self.notify("ended", state, kind or (reason or "completed").split(":")[0], reason)
         (log.info if code == EXIT_OK else log.error)("run %s: %s", self.cfg.run, message)
         return code
@@ -916,8 +932,8 @@ def _launch_locked(
     if cfg.print_id:
         print(cfg.run, flush=True)
     envs = dict(cfg.envs)
-    if cfg.missing_secrets:
-        log.warning(
+    if cfg.missing_secrets:  # matters only on the cloud, where the launch is refused: said once, with -v
+        log.debug(
             "secret(s) %s not set (.env or environment): the local backend runs without them; --backend sky would refuse",
             ", ".join(cfg.missing_secrets),
         )
@@ -956,6 +972,7 @@ def _launch_locked(
         grace_s + STOP_GRACE_EXTRA,
         queue.SimpleQueue(),
         Interrupt(),
+        progress=_progress.Progress(cfg.run, quiet=cfg.quiet or cfg.follow),
     )
     job.save()
     log.info(
@@ -1001,6 +1018,9 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
     def stopping() -> None:
         job.status["state"] = "CANCELLING"
         job.save()
+        job.progress.phase(
+            f"stopping {n} node(s): each process gets GRACE={job.grace - STOP_GRACE_EXTRA:g} s"
+        )
 
     codes: list[int] | None = []
     phase = "run"
@@ -1014,6 +1034,11 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
                 continue
             job.status["state"] = "STARTING" if phase == "setup" else "RUNNING"
             job.save()
+            what = "setup" if phase == "setup" else "running"
+            job.progress.phase(
+                f"attempt {record['attempt']}: {what} on {n} node(s)",
+                attempt_dir / f"{'setup-' if phase == 'setup' else ''}node0.log",
+            )
             # Setup runs on every node at once, as on SkyPilot's nodes: each node syncs its own uv
             # environments (they are keyed by the path of the node's own copy of each script).
             node_commands = [job.command(phase, commands, rank, disks[rank]) for rank in range(n)]
@@ -1022,7 +1047,7 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
             ]
             codes = run_phase(
                 node_commands, logs, cfg.follow, job.grace, job.events, job.interrupt,
-                started=record_pids, stopping=stopping, marker=str(job.job_dir),
+                started=record_pids, stopping=stopping, marker=str(job.job_dir), tick=job.progress.tick,
             )  # fmt: skip
             record[f"{phase}_exit_codes"] = codes
             if codes is None or any(codes):

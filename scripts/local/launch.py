@@ -95,6 +95,7 @@ class LaunchConfig:
     dry_run: bool = False
     print_id: bool = False
     follow: bool = False
+    quiet: bool = False
     verbose: bool = False
     # --backend sky only (scripts/local/_sky_backend.py)
     copies: int = 1
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-id", action="store_true", help="print the job id on stdout, one per line")
     p.add_argument(
         "--follow", action="store_true", help="stream node logs to stderr, each line prefixed with its node"
+    )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress lines on stderr (the last line still says how it ended)",
     )
     sky = p.add_argument_group("--backend sky only")
     sky.add_argument(
@@ -480,6 +487,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
         dry_run=args.dry_run,
         print_id=args.print_id,
         follow=args.follow,
+        quiet=args.quiet,
         verbose=args.verbose,
         copies=args.copies,
         git_ref=args.git_ref,
