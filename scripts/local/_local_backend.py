@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _contract
 import _progress
 import _teardown
 from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -938,7 +939,9 @@ def _launch_locked(
             ", ".join(cfg.missing_secrets),
         )
     (job_dir / "task.yaml").write_text(task_yaml)
-    grace_s = float(envs.get("GRACE", "60") or 60)
+    grace = _contract.value(envs, "GRACE")
+    assert isinstance(grace, float)
+    grace_s = grace
     cluster = Cluster(
         job_id=job_id,
         run=cfg.run,

@@ -32,7 +32,7 @@ class Distributed:
     processes per node (GPUs per node, 1 on CPU). Defaults describe one process on a laptop."""
 
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = int(KEY["MASTER_PORT"].default)
     nnodes: int = 1
     node_rank: int = 0
     nproc_per_node: int = 1
@@ -113,7 +113,7 @@ def from_env(env: Mapping[str, str]) -> Distributed:
         raise InputError(f"NODE_RANK: {rank} is out of range for NNODES={nnodes}")
     return Distributed(
         master_addr=env.get("MASTER_ADDR", "").strip() or "127.0.0.1",
-        master_port=number("MASTER_PORT", 29500, 1, 65535),
+        master_port=number("MASTER_PORT", int(KEY["MASTER_PORT"].default), 1, 65535),
         nnodes=nnodes,
         node_rank=rank,
         nproc_per_node=number("NPROC_PER_NODE", 1, 1),

@@ -9,7 +9,7 @@
 
 usage: configure_environment.py --node-ips "$SKYPILOT_NODE_IPS" --node-rank "$SKYPILOT_NODE_RANK"
            --num-nodes "$SKYPILOT_NUM_NODES" --gpus-per-node "$SKYPILOT_NUM_GPUS_PER_NODE"
-           [--master-port 29500] [--output FILE]
+           [--master-port PORT] [--output FILE]
 
 Writes `export KEY='value'` lines (to FILE, atomically, or to stdout) that `source` restores
 byte-identically: MASTER_ADDR (the first line of the node IPs), MASTER_PORT, NNODES, NODE_RANK,
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from _contract import EXIT_BAD_INPUT, EXIT_OK
+from _contract import EXIT_BAD_INPUT, EXIT_OK, KEY
 from _distributed import Distributed, InputError, derive, parse_node_ips
 
 __all__ = ["Distributed", "InputError", "derive", "environment", "main", "parse_node_ips", "render"]
@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rank", default="", help="$SKYPILOT_NODE_RANK (empty: 0)")
     p.add_argument("--num-nodes", default="", help="$SKYPILOT_NUM_NODES (empty: number of IPs, or 1)")
     p.add_argument("--gpus-per-node", default="", help="$SKYPILOT_NUM_GPUS_PER_NODE (empty or 0: CPU)")
-    p.add_argument("--master-port", default="29500", help="rendezvous port on the head node")
+    p.add_argument(
+        "--master-port",
+        default=KEY["MASTER_PORT"].default,
+        help="rendezvous port on the head node ($MASTER_PORT)",
+    )
     p.add_argument("--output", type=Path, default=None, help="env file to write (default: stdout)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return p
