@@ -238,3 +238,33 @@ def test_a_full_data_dir_never_fails_the_preflight(tmp_path: Path, full_dir: Pat
     assert "preflight_error" not in err + logs
     assert "NCCL preflight passed" in logs and "ENOSPC" in logs
     assert proc.returncode == 0, err[-3000:]
+
+
+def test_processes_left_by_setup_end_with_the_job_and_free_the_run(tmp_path: Path) -> None:
+    """A daemon started in `setup` (or a background `&` in `run`) dies with its node on SkyPilot: here it is
+    stopped with the job's GRACE at the end of the attempt, so the run is free for the next launch."""
+    task = tmp_path / "daemon.yaml"
+    task.write_text(
+        "name: daemon\nenvs:\n  GRACE: '2'\n"
+        "setup: |\n  setsid bash -c 'trap \"\" TERM; sleep 300' >/dev/null 2>&1 &\n"
+        "run: |\n  exit 0\n"
+    )
+    run = f"daemon-{uuid.uuid4().hex[:6]}"
+    argv = [
+        "uv",
+        "run",
+        "--quiet",
+        "--script",
+        "scripts/local/launch.py",
+        "--env-file",
+        os.devnull,
+        "--nodes",
+        "2",
+    ]
+    argv += ["--task", str(task), "--run", run]
+    first = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "outlived the nodes' scripts: stopping them" in first.stderr
+    assert survivors(run, tmp_path) == []
+    again = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]

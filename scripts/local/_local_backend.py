@@ -55,8 +55,6 @@ KILLED_PEER_CODE = 137  # what SkyPilot records for the nodes it kills after ano
 #: Seconds on top of the supervisor's GRACE before the launcher SIGKILLs what is left of a node: the
 #: supervisor's own teardown (SIGTERM, GRACE, SIGKILL, reap) must be able to finish first.
 STOP_GRACE_EXTRA = 10.0
-#: Seconds a failed node's peers get before SIGKILL (SkyPilot stops them and records 137).
-PEER_STOP_GRACE = 10.0
 MAX_LOCAL_NODES = 32  # emulated nodes on one machine
 
 #: Variables of the launcher's own environment that must not leak into an emulated node.
@@ -487,7 +485,7 @@ def run_phase(
         if code != 0 and len(codes) < len(nodes):
             others = [n for n in nodes if n.rank not in codes]
             log.info("node %d exited %d: stopping the other node(s)", rank, code)
-            stop_nodes(others, grace=min(grace, PEER_STOP_GRACE))
+            stop_nodes(others, grace=grace)
             for other in others:
                 codes[other.rank] = KILLED_PEER_CODE
     for node in nodes:
@@ -977,6 +975,12 @@ def _launch_locked(
         Interrupt(),
         progress=_progress.Progress(cfg.run, quiet=cfg.quiet or cfg.follow),
     )
+    # From here on a signal is the job's to handle (it waits in the queue until the nodes start, then
+    # stops them): installed before job.json exists, so a Ctrl-C is never mistaken for a killed launcher.
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: job.events.put(("signal", signum)))
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     job.save()
     log.info(
         "run %s: local job %d on %d node(s); logs in %s",
@@ -985,10 +989,6 @@ def _launch_locked(
         cfg.nodes,
         os.path.relpath(job_dir, Path.cwd()),
     )
-    previous = {
-        sig: signal.signal(sig, lambda signum, _frame: job.events.put(("signal", signum)))
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
     # The workdir as launched, as SkyPilot uploads it once per managed job: every attempt's nodes get
     # this, whatever changes in the repository meanwhile. Removed when the job ends (logs stay).
     job.snapshot = job_dir / "workdir"
@@ -1056,6 +1056,15 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
             if codes is None or any(codes):
                 break
     finally:
+        # What the nodes' scripts left running (a daemon started in `setup`, a background `&`) dies with
+        # the node on SkyPilot: here, with the attempt, and with the job's GRACE like every ending.
+        if codes is not None and (left := _teardown.marked(_teardown.JOB_MARKER, str(job.job_dir))):
+            log.warning(
+                "run %s: %d process(es) outlived the nodes' scripts: stopping them", cfg.run, len(left)
+            )
+            _teardown.stop(
+                lambda: _teardown.marked(_teardown.JOB_MARKER, str(job.job_dir)), job.grace - STOP_GRACE_EXTRA
+            )
         record["ended_at"] = time.time()
         # "Fresh nodes" next time: node-local disk is lost. In parallel: a home with a torch
         # environment is some 17,000 files.

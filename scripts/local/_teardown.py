@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -102,8 +103,8 @@ def stop(
     at once, no grace. Never raises for processes that are gone or not ours to signal.
     """
     start = clock()
-    term_until = start if force else start + grace_s
-    give_up = term_until + KILL_WAIT_S
+    term_until: float | None = start if force else None  # counted from the first SIGTERM sent
+    give_up = start + KILL_WAIT_S if force else math.inf
     result = Teardown()
     sent: dict[psutil.Process, int] = {}
     pidfds: dict[psutil.Process, int | None] = {}
@@ -117,7 +118,8 @@ def stop(
                 result.survivors = [p.pid for p in live]
                 log.error("processes survive SIGKILL: %s", ", ".join(map(str, result.survivors)))
                 break
-            sig = signal.SIGTERM if now < term_until else signal.SIGKILL
+            first = term_until is None
+            sig = signal.SIGTERM if term_until is None or now < term_until else signal.SIGKILL
             for proc in live:
                 if sent.get(proc) in (sig, signal.SIGKILL):
                     continue
@@ -129,6 +131,10 @@ def stop(
                     else:
                         result.killed.append(proc.pid)
                 sent[proc] = sig
+            if first:  # the grace counts from the moment every process has its SIGTERM
+                term_until = clock() + grace_s
+                give_up = term_until + KILL_WAIT_S
+            assert term_until is not None
             until = term_until if now < term_until else give_up
             _wait_any(live, pidfds, min(until - now, RESCAN_S))
     finally:

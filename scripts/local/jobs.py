@@ -544,6 +544,14 @@ def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool 
     what = f"job {job.job_id} ({job.run})"
     job, _ = settle(job)
     if job.state in TERMINAL:
+        left = job_processes(job)  # e.g. left behind by a launcher killed in its own teardown
+        if left:
+            grace = 0.0 if force else float(job.record.get("grace_s") or 60)
+            print(
+                f"{what}: {job.state}, but {len(left)} of its processes live on: stopping them",
+                file=sys.stderr,
+            )
+            _teardown.stop(lambda: job_processes(job), grace, force=force)
         print(f"{what}: already {job.state}", file=sys.stderr)
         return EXIT_OK
     grace = float(job.record.get("grace_s") or 60)
