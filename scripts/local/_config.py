@@ -55,6 +55,8 @@ SECRET_LIKE_RE = re.compile(
     r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|WEBHOOK|CREDENTIAL)"
 )
 
+#: Envs the launcher sets from the git state (--backend sky): never from a flag or .env.
+GIT_ENVS = ("GIT_COMMIT", "GIT_DIRTY")
 #: Longest run name accepted: a DNS label (Kubernetes and most clouds name resources after it).
 MAX_RUN_NAME = 63
 #: Longest `KEY=value` the kernel passes to a process (MAX_ARG_STRLEN, 32 pages of 4 KiB).

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _config
 import _contract
 import _progress
 import _teardown
@@ -658,6 +659,13 @@ def prepare(cfg: Any) -> Any:
     if cfg.nodes > MAX_LOCAL_NODES:
         raise ConfigError(
             f"--nodes {cfg.nodes}: the local backend emulates at most {MAX_LOCAL_NODES} nodes on one machine"
+        )
+    owned = [k for k in _config.GIT_ENVS if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
+    if owned:  # the local backend runs the working tree as it is: no commit to name
+        source = cfg.sources[owned[0]]
+        where = f"--set {owned[0]}" if source == "flag" else source
+        raise ConfigError(
+            f"{where}: {owned[0]} is set by the launcher (on --backend sky, from the git state); remove it"
         )
     envs = dict(cfg.envs)
     if cfg.sources.get("DATA_DIR", "job.yaml") == "job.yaml":

@@ -89,7 +89,7 @@ SUMMARY_TAIL_LINES = 200
 MAX_REASON_FETCHES = 20
 #: Envs the launcher sets for the job: GIT_COMMIT and GIT_DIRTY. SkyPilot sets its own for its clone
 #: of a git workdir (GIT_URL, GIT_COMMIT_HASH, ...: `skypilot_git_envs`).
-LAUNCHER_ENVS = ("GIT_COMMIT", "GIT_DIRTY")
+LAUNCHER_ENVS = _config.GIT_ENVS
 #: GIT_COMMIT's suffix when the uploaded code matches no commit (as `git describe --dirty` writes it).
 DIRTY_SUFFIX = "-dirty"
 

@@ -532,7 +532,13 @@ def local_outcome(job: LocalJob, left: int = 0) -> tuple[int, str | None]:
     return EXIT_OK, f"{what} is {state}: not finished (logs --follow keeps printing)"
 
 
-def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool = False) -> int:
+def local_cancel(
+    job: LocalJob,
+    runs_dir: Path,
+    wait: float | None,
+    force: bool = False,
+    notify: Mapping[str, str] | None = None,
+) -> int:
     """Cancel a local job: record the request (CANCEL_REQUEST, so the job's end says who cancelled
     it), SIGTERM its launcher, which stops every node with the job's whole GRACE, and wait up to `wait`
     seconds (default GRACE + 30) for job.json to show the end. `force`: SIGKILL every process of the job
@@ -560,7 +566,7 @@ def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool 
     with contextlib.suppress(OSError):
         lb.write_json(job.dir / lb.CANCEL_REQUEST, {"by": by, "time": time.time()})
     if not launcher_alive(job.record):
-        return cancel_orphaned(job, force)
+        return cancel_orphaned(job, force, notify)
     os.kill(int(job.record["launcher_pid"]), signal.SIGTERM)
     how = "--force: SIGKILL to every process now" if force else f"every process gets GRACE={grace:g} s"
     print(f"{what}: SIGTERM sent to its launcher {job.record['launcher_pid']}; {how}", file=sys.stderr)
@@ -572,7 +578,7 @@ def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool 
             print(f"{what}: {current.state} ({current.record.get('reason') or 'cancelled'})", file=sys.stderr)
             return EXIT_OK
         if not launcher_alive(current.record):  # it died without recording the end
-            return cancel_orphaned(current, force)
+            return cancel_orphaned(current, force, notify)
         if not killed and current.state == "CANCELLING":
             _teardown.stop(lambda: job_processes(job), 0, force=True)
             killed = True
@@ -581,7 +587,7 @@ def local_cancel(job: LocalJob, runs_dir: Path, wait: float | None, force: bool 
     return EXIT_FAILED
 
 
-def cancel_orphaned(job: LocalJob, force: bool = False) -> int:
+def cancel_orphaned(job: LocalJob, force: bool = False, notify: Mapping[str, str] | None = None) -> int:
     """Cancel a local job whose launcher is gone (killed with SIGKILL before it tore the job down):
     stop every process of the job (found by marker, in any session, re-parented or not) with the job's
     GRACE, or at once with `force`, then record the end in job.json (FAILED_CONTROLLER, atomic write).
@@ -617,6 +623,9 @@ def cancel_orphaned(job: LocalJob, force: bool = False) -> int:
     if result.survivors:
         print(f"{what}: FAILED_CONTROLLER, but pid(s) {result.survivors} survived SIGKILL", file=sys.stderr)
         return EXIT_FAILED
+    if notify and record.get("run_data"):  # no launcher is left to tell anyone: the cancel does
+        ended = LocalJob(job.job_id, job.run, job.dir, record)
+        send_event(local_event(ended, time.time()), notify, Path(record["run_data"]) / "notify")
     print(f"{what}: FAILED_CONTROLLER ({record['reason']})", file=sys.stderr)
     return EXIT_OK
 
@@ -727,7 +736,7 @@ def run_local(cfg: JobsConfig, out: IO[str]) -> int:
     if cfg.command == "watch":
         return local_watch(cfg, cfg.runs_dir)
     targets = [find_local(jobs, i) for i in cfg.ids]
-    return max(local_cancel(j, cfg.runs_dir, cfg.wait, cfg.force) for j in targets)
+    return max(local_cancel(j, cfg.runs_dir, cfg.wait, cfg.force, cfg.notify_env) for j in targets)
 
 
 # --------------------------------------------------------------------------------------- sky
@@ -985,7 +994,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         notify = (
-            notify_env(os.environ, args.env_file, REPO) if args.command in ("watch", "notify-test") else {}
+            notify_env(os.environ, args.env_file, REPO)
+            if args.command in ("watch", "notify-test", "cancel")
+            else {}
         )
         if args.command == "notify-test":  # no backend: it sends from here
             return notify_test(notify, os.environ, REPO)

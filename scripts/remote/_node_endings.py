@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import _contract
 from _contract import EXIT_OK, NOTIFY_CLAIMS
 from _job_command import as_int
 from _ledger import os_error
@@ -111,6 +112,13 @@ def start_notify(
     `$DATA_DIR/$RUN_ID/notify/` keeps a watcher or the local backend from sending it again."""
     if not any(cfg.env.get(k) for k in NOTIFY_KEYS):
         return None
+    try:
+        notify_on = _contract.value(cfg.env, "NOTIFY_ON")
+        chat = isinstance(notify_on, tuple) and event in notify_on
+    except _contract.BadValue:
+        chat = True  # notify.py names the bad value itself
+    if not chat and not (cfg.env.get("GITHUB_TOKEN") and event in ("started", "ended")):
+        return None  # no channel takes this event
     script = cfg.preflight_script.with_name("notify.py")
     if cfg.uv is None or not script.is_file():
         log.warning("notification %s not sent: needs uv and %s", event, script)
@@ -163,8 +171,9 @@ def end_managed_job(cfg: Config, sup: Supervisor) -> None:
     teardown (SIGTERM) so no restart starts before the cancel lands. Without API server access the
     node just exits 87; every later attempt then ends at once (see _policy.declared_crash_loop)."""
     ok, why = cancel_own_managed_job(cfg.env, timeout_s=SELF_CANCEL_TIMEOUT_S)
-    if not ok:
-        log.warning("crash loop: managed job not cancelled from the node (%s); exit 87", why)
+    if not ok:  # without API server access (the local backend, a server without service accounts): info
+        level = logging.WARNING if cfg.env.get("SKYPILOT_API_SERVER_ENDPOINT") else logging.INFO
+        log.log(level, "crash loop: managed job not cancelled from the node (%s); exit 87", why)
         return
     log.info("crash loop: %s; waiting up to %.0f s for SkyPilot's teardown", why, SELF_CANCEL_WAIT_S)
     deadline = sup.clock() + SELF_CANCEL_WAIT_S
