@@ -275,7 +275,7 @@ def test_a_job_that_hangs_and_is_recovered_is_told_per_attempt_and_at_its_end(
     attempt_ended); attempt 2 succeeds (the node sends ended). GitHub: pending at attempt 1, success
     at the end, nothing for the attempt."""
     done = launch(
-        state, channels, "--task", str(hang_task), "--set", "HEARTBEAT_TIMEOUT=2", "--set", "STARTUP_GRACE=3",
+        state, channels, "--task", str(hang_task), "--set", "HEARTBEAT_TIMEOUT=2", "--set", "STARTUP_GRACE=20",
         "--set", "NOTIFY_ON=ended,attempt_ended", env={"GIT_COMMIT": SHA},
     )  # fmt: skip
     assert done.code == 0, done.stderr

@@ -63,6 +63,9 @@ _NODE_ENV_DROP_PREFIXES = ("SKYPILOT_", "TORCHELASTIC_", "SKYOPS_LOCAL_")
 _NODE_ENV_DROP = frozenset(
     {
         "VIRTUAL_ENV",
+        # uv's project target of the launcher's own session (nox sets it): a node's `uv venv` or
+        # `uv sync --project` would build into it instead of the node's folder.
+        "UV_PROJECT_ENVIRONMENT",
         "RANK",
         "LOCAL_RANK",
         "WORLD_SIZE",
