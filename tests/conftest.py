@@ -29,8 +29,10 @@ N1_INVALID_NAMES = [
 
 # Set for the whole test run: no test may start a SkyPilot API server by accident.
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
-# nox points uv's project commands at its own session venv; the jobs the tests run must build theirs.
-os.environ.pop("UV_PROJECT_ENVIRONMENT", None)
+# nox points uv's project commands and interpreter at its own session venv (UV_PROJECT_ENVIRONMENT,
+# UV_PYTHON); the jobs the tests run must build and use their own.
+for _key in ("UV_PROJECT_ENVIRONMENT", "UV_PYTHON"):
+    os.environ.pop(_key, None)
 #: SkyPilot 0.14.1's accelerator catalog (schema v8), enough for the resources the tests build offline.
 CATALOG_CSV = "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nH100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n"
 

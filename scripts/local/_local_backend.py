@@ -63,9 +63,10 @@ _NODE_ENV_DROP_PREFIXES = ("SKYPILOT_", "TORCHELASTIC_", "SKYOPS_LOCAL_")
 _NODE_ENV_DROP = frozenset(
     {
         "VIRTUAL_ENV",
-        # uv's project target of the launcher's own session (nox sets it): a node's `uv venv` or
-        # `uv sync --project` would build into it instead of the node's folder.
+        # uv's project target and interpreter of the launcher's own session (nox sets both): a node's
+        # `uv venv`, `uv pip install` or `uv sync --project` would use them instead of the node's own.
         "UV_PROJECT_ENVIRONMENT",
+        "UV_PYTHON",
         "RANK",
         "LOCAL_RANK",
         "WORLD_SIZE",
