@@ -250,21 +250,11 @@ def test_processes_left_by_setup_end_with_the_job_and_free_the_run(tmp_path: Pat
         "run: |\n  exit 0\n"
     )
     run = f"daemon-{uuid.uuid4().hex[:6]}"
-    argv = [
-        "uv",
-        "run",
-        "--quiet",
-        "--script",
-        "scripts/local/launch.py",
-        "--env-file",
-        os.devnull,
-        "--nodes",
-        "2",
-    ]
-    argv += ["--task", str(task), "--run", run]
-    first = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "outlived the nodes' scripts: stopping them" in first.stderr
+    first = launcher(run, tmp_path, "--task", str(task), job="", GRACE="2")
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err[-3000:]
+    assert "outlived the nodes' scripts: stopping them" in err
     assert survivors(run, tmp_path) == []
-    again = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = launcher(run, tmp_path, "--task", str(task), job="", GRACE="2")
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err[-3000:]
