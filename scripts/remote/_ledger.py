@@ -7,7 +7,6 @@ Layout: docs/contract.md, "Data directory"; why a ledger at all: docs/decisions/
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -17,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from _contract import LEDGER, RESULT
+from _files import os_error, write_atomic
 
 log = logging.getLogger("run")
 
@@ -73,35 +73,11 @@ def read_ledger(path: Path) -> list[dict[str, object]]:
     return parse_ledger(data, str(path))
 
 
-def _replace_bytes(path: Path, data: bytes) -> None:
-    """Write a whole file through a temporary file and a rename (bucket mounts such as goofys can
-    write whole objects but not append to one). Raises OSError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            with contextlib.suppress(OSError):  # some bucket mounts do not implement fsync
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def os_error(exc: OSError) -> str:
-    """An OSError in one line with its errno name, e.g. `ENOSPC (No space left on device)`."""
-    name = errno.errorcode.get(exc.errno or 0)
-    return f"{name} ({exc.strerror})" if name and exc.strerror else str(exc)
-
-
 def append_records(path: Path, records: Sequence[Mapping[str, object]]) -> bool:
     """Add JSON lines to the ledger; False (logged with the path and errno) when they cannot be written.
 
     Records are only ever added; earlier bytes, a corrupt line included, are kept as they are and a
-    half-written last line gets a newline first. The file is rewritten whole (see _replace_bytes);
+    half-written last line gets a newline first. The file is rewritten whole (see _files.replacing);
     a ledger that exists but cannot be read is left alone rather than overwritten.
     """
     lines = b"".join(json.dumps(record, sort_keys=True).encode() + b"\n" for record in records)
@@ -112,7 +88,7 @@ def append_records(path: Path, records: Sequence[Mapping[str, object]]) -> bool:
             old = b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        _replace_bytes(path, old + lines)
+        write_atomic(path, old + lines)
     except OSError as exc:
         log.warning("cannot write the ledger %s: %s; supervision continues", path, os_error(exc))
         return False
@@ -125,9 +101,9 @@ def append_record(path: Path, record: Mapping[str, object]) -> bool:
 
 
 def write_json(path: Path, data: Mapping[str, object]) -> bool:
-    """Write a JSON file whole (see _replace_bytes); False (logged with the path and errno) on error."""
+    """Write a JSON file whole (see _files.replacing); False (logged with the path and errno) on error."""
     try:
-        _replace_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     except OSError as exc:
         log.warning("cannot write %s: %s", path, os_error(exc))
         return False

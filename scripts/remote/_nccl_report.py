@@ -8,10 +8,8 @@ file and the plot are optional, and a failure to write them never changes the pr
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from _contract import EXIT_FAILURE, PREFLIGHT_PLOT, REASON_PREFLIGHT_FAILED, FloorRule
+from _files import os_error, replacing
 from _nccl_bandwidth import format_size
 from _nccl_checks import Finding, first_line, verdict_of
 
@@ -88,12 +87,6 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def os_error_text(err: OSError, path: Path | None) -> str:
-    """`PATH: ENOSPC (No space left on device)`: the path and the errno's name and text."""
-    name = errno.errorcode.get(err.errno, f"errno {err.errno}") if err.errno else type(err).__name__
-    return f"{path if path is not None else err.filename}: {name} ({err.strerror or err})"
-
-
 def discard_stale_report(path: Path) -> None:
     """Delete an earlier attempt's report, so no old verdict is ever read as this one's. A report that
     cannot be deleted (read-only, not a folder) is left: writing the new one fails too, and says so."""
@@ -109,26 +102,14 @@ def write_artifact(path: Path, write: Callable[[Path], object]) -> bool:
     when the file system refuses; the temporary file is removed. Never raises OSError: the report and
     the plot are optional, and a failure to write them never changes the preflight's exit code.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with contextlib.suppress(FileExistsError):  # a file where the folder should be: ENOTDIR below
-            path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            write(tmp)
     except OSError as err:
-        _remove(tmp)
         stale = " (an earlier one is still there)" if _exists(path) else ""
-        log.warning("%s not written: %s%s", path.name, os_error_text(err, path), stale)
+        log.warning("%s not written: %s%s", path.name, os_error(err, path), stale)
         return False
-    except BaseException:
-        _remove(tmp)
-        raise
     return True
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def _exists(path: Path) -> bool:
@@ -203,7 +184,7 @@ def write_sweep_plot(
             with contextlib.suppress(OSError):
                 made.rmdir()
     except OSError as err:  # the temporary folder
-        log.warning("%s not written: %s", PLOT_NAME, os_error_text(err, path))
+        log.warning("%s not written: %s", PLOT_NAME, os_error(err, path))
     except Exception as err:  # matplotlib: an optional extra never fails the preflight
         log.warning("%s not written: %s: %s", PLOT_NAME, path, first_line(err))
     return None

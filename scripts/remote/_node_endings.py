@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import _contract
 from _contract import EXIT_OK, NOTIFY_CLAIMS
+from _files import os_error
 from _job_command import as_int
-from _ledger import os_error
 from _proctree import Supervisor
 from _sky_self import cancel_own_managed_job
 from _supervisor_config import Config

@@ -26,13 +26,13 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from _contract import EXIT_BAD_INPUT, EXIT_OK, KEY
 from _distributed import Distributed, InputError, derive, parse_node_ips
+from _files import write_atomic
 
 __all__ = ["Distributed", "InputError", "derive", "environment", "main", "parse_node_ips", "render"]
 
@@ -68,19 +68,6 @@ def environment(dist: Distributed, existing: Mapping[str, str]) -> dict[str, str
 def render(env: Mapping[str, str]) -> str:
     """`export KEY='value'` lines; bash `source` restores every value byte-identically."""
     return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Parser(argparse.ArgumentParser):
