@@ -33,6 +33,15 @@ os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 # UV_PYTHON); the jobs the tests run must build and use their own.
 for _key in ("UV_PROJECT_ENVIRONMENT", "UV_PYTHON"):
     os.environ.pop(_key, None)
+# Machines that set PYTHONDONTWRITEBYTECODE make every test process compile SkyPilot and torch again at
+# import (`import sky` 5.8 s without a bytecode cache, 2.4 s with). The test run caches bytecode, for
+# itself and the processes it starts, the first time each module is imported.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+# ... and never compiles whole environments: job.yaml's setup compiles each node's environments
+# (UV_COMPILE_BYTECODE, default 1), 23 s of CPU for a torch environment, and the tests' emulated nodes
+# build one per script, node slot and node rank (uv keys a script's environment by its path).
+os.environ["UV_COMPILE_BYTECODE"] = "0"
 #: SkyPilot 0.14.1's accelerator catalog (schema v8), enough for the resources the tests build offline.
 CATALOG_CSV = "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nH100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n"
 
@@ -55,7 +64,11 @@ os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")  # SkyPilot's te
 
 # The local backend's run state (job ids, run directories, default DATA_DIR) goes to a folder of this
 # test run, never into the repository's .skyops/: `make status` shows only the user's own jobs.
-STATE = Path(os.environ.setdefault("SKYOPS_STATE_DIR", tempfile.mkdtemp(prefix="skyops-test-state-")))
+# Under pytest-xdist each worker gets a folder of its own, so job ids and `jobs.py status` stay per worker.
+STATE = Path(os.environ.get("SKYOPS_STATE_DIR") or tempfile.mkdtemp(prefix="skyops-test-state-"))
+if os.environ.get("PYTEST_XDIST_WORKER") and STATE.name != os.environ["PYTEST_XDIST_WORKER"]:
+    STATE = STATE / os.environ["PYTEST_XDIST_WORKER"]
+os.environ["SKYOPS_STATE_DIR"] = str(STATE)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

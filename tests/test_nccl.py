@@ -313,14 +313,14 @@ def test_cpu_preflight_passes(tmp_path: Path, nproc: int, per_node: int) -> None
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", ["skip-rank=1", "hang-rank=1"])
 def test_missing_or_stuck_rank_fails_within_timeout_and_is_named(tmp_path: Path, fault: str) -> None:
-    deadlines = ("--init-timeout", "6", "--stage-timeout", "3", "--timeout", "30")
+    deadlines = ("--init-timeout", "6", "--stage-timeout", "3", "--timeout", "60")
     code, report, _, seconds = run_preflight(
         tmp_path, "--nproc", "2", "--size", "1M", *deadlines, "--inject-fault", fault
     )
     assert (code, report["verdict"], report["reason"]) == (EXIT_BAD_NODE, "fail", "preflight_failed")
     named = [f for f in report["failures"] if f["ranks"] == [1]]
     assert named and "rank 1 (node 0, local rank 1" in named[0]["message"]
-    assert seconds < 30  # well inside --timeout: the stage's own deadline ended it
+    assert seconds < 60  # inside --timeout (startup included, on a loaded machine): the stage's deadline ended it
 
 
 @pytest.mark.slow

@@ -337,8 +337,10 @@ def test_stale_heartbeat_file_from_before(node: Node) -> None:
 
 
 def test_job_ignores_sigterm(node: Node) -> None:
+    # One beat once the handler is in place: the timeout counts from it, however slowly Python starts.
     body = """
         signal.signal(signal.SIGTERM, lambda *a: note("sigterm"))
+        beat()
         time.sleep(300)
     """
     out = node(body, "--startup-grace", "0.5", "--heartbeat-timeout", "0.5", "--grace", "1")
@@ -456,7 +458,8 @@ def test_full_data_dir_optional_records_warn_and_job_failure_names_enospc(node: 
 
 
 def test_max_runtime_across_two_attempts(node: Node) -> None:
-    budget = ["--max-runtime-hours", str(3.0 / 3600), "--crash-loop-attempts", "0", "--grace", "2"]
+    # 5 s: attempt 1 spends 2 s and more, and attempt 2 has time left to put its handler in place.
+    budget = ["--max-runtime-hours", str(5.0 / 3600), "--crash-loop-attempts", "0", "--grace", "2"]
     first = node("beat()\ntime.sleep(2)\nsys.exit(1)\n", *budget)
     assert (first.code, first.reason()) == (1, "job_failed")
     body = """
@@ -474,7 +477,7 @@ def test_max_runtime_across_two_attempts(node: Node) -> None:
     assert out.of("checkpointed"), "the job got SIGTERM and time to checkpoint"
     runtimes = {r["attempt"]: r["runtime_s"] for r in out.ledger if r["event"] == "end"}
     assert runtimes[1] >= 2
-    assert runtimes[2] < 3 - 2 + 1.5, "only what was left of the 3 s budget"
+    assert runtimes[2] < 5 - runtimes[1] + 1.5, "only what was left of the 5 s budget"
     assert ends(out) == [(1, 1, "job_failed"), (2, 0, "max_runtime")]
     third = node("sys.exit(0)\n", *budget)  # budget spent: done without starting the job
     assert (third.code, third.reason()) == (0, "max_runtime") and not third.events
@@ -1567,12 +1570,12 @@ def test_third_party_ddp_script_runs_unchanged_on_two_nodes(
     """pytorch/examples' multigpu_torchrun.py, adapted only for CPU: no PEP 723 block, no heartbeat. On
     two emulated nodes (one supervisor each, as job.yaml's `run` starts them), after job.yaml's setup
     step: as a plain script it runs on the node's python3 (a torch-enabled one first on PATH); inside a
-    project, in the project's locked environment, with torchrun from it. HEARTBEAT_TIMEOUT=2: its
+    project, in the project's locked environment, with torchrun from it. HEARTBEAT_TIMEOUT=5: its
     progress lines keep it alive for the whole run, far longer than that."""
     work = tmp_path / "work"
     job, folder = third_party_job(work, layout)
     port = free_port()
-    common = supervisor_env(tmp_path, node_python, HEARTBEAT_TIMEOUT="2", STARTUP_GRACE="180")
+    common = supervisor_env(tmp_path, node_python, HEARTBEAT_TIMEOUT="5", STARTUP_GRACE="180")
     prepare = subprocess.run(  # job.yaml's setup, on the one machine both nodes share
         [sys.executable, str(JOB_COMMAND), "prepare", job],
         env=common,
@@ -1617,7 +1620,8 @@ def test_third_party_ddp_script_that_hangs_silently_is_stopped(tmp_path: Path, n
     86) HEARTBEAT_TIMEOUT after its last line, or at the end of STARTUP_GRACE if that comes later."""
     # Startup here (torch imports, rendezvous) is 5-17 s with silent stretches longer than 2 s after a
     # first warning line: STARTUP_GRACE covers it. 300 epochs of ~0.05 s put the hang after the grace.
-    timeout_s, grace_s = 2.0, 20.0
+    # HEARTBEAT_TIMEOUT 5 s: an epoch line every ~0.05 s, with room for a machine loaded by other tests.
+    timeout_s, grace_s = 5.0, 20.0
     work = tmp_path / "work"
     job, _ = third_party_job(work, "plain", hang=True)
     env = supervisor_env(
