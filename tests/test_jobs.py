@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _atomic
 import jobs
 import pytest
 from _fake_services import CANARY, CANARY_TOKEN, SHA, Channels
@@ -239,6 +240,23 @@ def test_local_commands_never_import_skypilot() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "scripts/local"), "SKYOPS_BACKEND": "local"}
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False 0", proc.stderr
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    """job.json and the reasons cache are written through _atomic: the old file stays whole when a
+    write fails, and no temporary file is left either way."""
+    path = tmp_path / "job.json"
+    _atomic.write_json(path, {"state": "RUNNING"})
+    assert path.read_text() == '{\n  "state": "RUNNING"\n}\n'
+    with pytest.raises(TypeError):
+        _atomic.write_json(path, {"state": object()})
+    _atomic.write_json(tmp_path / "cache.json", {"b": 1, "a": 2}, indent=1, sort_keys=True)
+    assert (tmp_path / "cache.json").read_text() == '{\n "a": 2,\n "b": 1\n}\n'
+    with pytest.raises(IsADirectoryError):
+        _atomic.write_text(tmp_path, "x")  # the temporary file is written, the replace fails
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
+    assert json.loads(path.read_text()) == {"state": "RUNNING"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json", "job.json"]
 
 
 # ------------------------------------------------------------- cancel when the launcher is gone

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _atomic
 import _config
 import _contract
 import _progress
@@ -329,18 +330,8 @@ def allocate_job_id(state_dir: Path) -> int:
         fcntl.flock(fh, fcntl.LOCK_EX)
         path = state_dir / "last_job_id"
         last = int(path.read_text().strip() or 0) if path.exists() else 0
-        path.write_text(f"{last + 1}\n")
+        _atomic.write_text(path, f"{last + 1}\n")
         return last + 1
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file in the same folder, then os.replace(). Raises OSError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def exit_code_of(returncode: int) -> int:
@@ -844,7 +835,7 @@ class _LocalJob:
     progress: _progress.Progress = field(default_factory=lambda: _progress.Progress("", quiet=True))
 
     def save(self) -> None:
-        write_json(self.job_dir / "job.json", self.status)
+        _atomic.write_json(self.job_dir / "job.json", self.status)
 
     def node_env(self, rank: int, *, setup: bool, disk: NodeDisk) -> dict[str, str]:
         env = node_env(

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+import _atomic
 import _config
 import _git
 import _task
@@ -833,17 +834,12 @@ def _read_reasons(path: Path) -> dict[str, Any]:
 
 
 def _write_reasons(path: Path, jobs: Mapping[str, Any]) -> None:
-    """Atomic: a temp file in the same folder and os.replace(); a failure is only logged (a cache)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Atomic (`_atomic.write_json`); a failure is only logged (a cache)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": 1, "jobs": dict(jobs)}, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        _atomic.write_json(path, {"version": 1, "jobs": dict(jobs)}, indent=1, sort_keys=True)
     except OSError as exc:
         log.debug("cannot write %s: %s", path, exc)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def supervisor_reasons(

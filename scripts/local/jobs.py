@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import _atomic
 import _config
 from _config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError, OneLineParser
 
@@ -436,7 +437,7 @@ def settle(job: LocalJob) -> tuple[LocalJob, int]:
     if attempts and isinstance(attempts[-1], dict):
         attempts[-1].setdefault("ended_at", time.time())
     with contextlib.suppress(OSError):
-        lb.write_json(job.dir / "job.json", record)
+        _atomic.write_json(job.dir / "job.json", record)
     return LocalJob(job.job_id, job.run, job.dir, record), 0
 
 
@@ -564,7 +565,7 @@ def local_cancel(
     wait = grace + lb.STOP_GRACE_EXTRA + 20 if wait is None else wait
     by = "jobs.py cancel --force" if force else "jobs.py cancel"
     with contextlib.suppress(OSError):
-        lb.write_json(job.dir / lb.CANCEL_REQUEST, {"by": by, "time": time.time()})
+        _atomic.write_json(job.dir / lb.CANCEL_REQUEST, {"by": by, "time": time.time()})
     if not launcher_alive(job.record):
         return cancel_orphaned(job, force, notify)
     os.kill(int(job.record["launcher_pid"]), signal.SIGTERM)
@@ -592,7 +593,6 @@ def cancel_orphaned(job: LocalJob, force: bool = False, notify: Mapping[str, str
     stop every process of the job (found by marker, in any session, re-parented or not) with the job's
     GRACE, or at once with `force`, then record the end in job.json (FAILED_CONTROLLER, atomic write).
     0, or 1 when a process survived SIGKILL."""
-    import _local_backend as lb
     import _teardown
 
     what = f"job {job.job_id} ({job.run})"
@@ -619,7 +619,7 @@ def cancel_orphaned(job: LocalJob, force: bool = False, notify: Mapping[str, str
     attempts = record.get("attempts")
     if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict):
         attempts[-1].setdefault("ended_at", time.time())
-    lb.write_json(path, record)
+    _atomic.write_json(path, record)
     if result.survivors:
         print(f"{what}: FAILED_CONTROLLER, but pid(s) {result.survivors} survived SIGKILL", file=sys.stderr)
         return EXIT_FAILED
