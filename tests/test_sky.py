@@ -39,6 +39,7 @@ import _sky_backend as sb  # noqa: E402
 import _task  # noqa: E402
 import launch  # noqa: E402
 from _config import ConfigError  # noqa: E402
+from _job_state import LIVE, TERMINAL, JobState  # noqa: E402
 from conftest import N1_INVALID_NAMES, seed_runtime_dir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -1195,6 +1196,22 @@ def test_task_keys_copy_is_skypilots_schema() -> None:
         f" drop {sorted(_config.TASK_KEYS - skypilots)}"
     )
     assert _config.task_keys() == skypilots
+
+
+def test_job_states_copy_is_skypilots() -> None:
+    """_job_state.JobState, the copy for the paths that never import SkyPilot, is the installed
+    SkyPilot's ManagedJobStatus (sky/jobs/state.py), state for state, and TERMINAL its
+    terminal_statuses(): this fails the day SkyPilot adds, drops or renames a managed-job state."""
+    from sky.jobs.state import ManagedJobStatus
+
+    skypilots = {status.value for status in ManagedJobStatus}
+    ours = {state.value for state in JobState}
+    assert ours == skypilots, (
+        f"update JobState: add {sorted(skypilots - ours)}, drop {sorted(ours - skypilots)}"
+    )
+    assert all(state.name == state.value for state in JobState)
+    assert {status.value for status in ManagedJobStatus.terminal_statuses()} == TERMINAL
+    assert {status.value for status in ManagedJobStatus if not status.is_terminal()} == LIVE
 
 
 def test_task_keys_come_from_skypilot_once_it_is_imported(

@@ -50,6 +50,7 @@ import _progress
 import _teardown
 from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from _contract import REASON_CRASH_LOOP, REASON_MAX_RUNTIME, REASON_MAX_RUNTIME_BEFORE_JOB
+from _job_state import LIVE, JobState
 
 log = logging.getLogger("skyops.local")
 
@@ -500,10 +501,6 @@ def nodes_dir(repo: Path, env: Mapping[str, str]) -> Path:
     return cache / "skyops" / "nodes" / hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:12]
 
 
-#: Job states after which the job's nodes are gone: its launcher wrote them at the very end.
-_LIVE_STATES = frozenset({"PENDING", "SUBMITTED", "STARTING", "RUNNING", "RECOVERING", "CANCELLING"})
-
-
 def workdir_files(repo: Path, skip: Sequence[Path] = ()) -> list[str]:
     """The repository's files a node's ~/sky_workdir receives, relative paths, sorted: its tracked and
     untracked files that git does not ignore (`git ls-files --cached --others --exclude-standard`; a
@@ -601,7 +598,7 @@ def _job_lives(job_dir: Path) -> bool:
     """Whether a process of the job in `job_dir` may still run: its job.json shows no final state and
     a process carries its marker (a launcher killed with SIGKILL leaves its nodes running)."""
     with contextlib.suppress(OSError, ValueError):
-        if json.loads((job_dir / "job.json").read_text()).get("state") not in _LIVE_STATES:
+        if json.loads((job_dir / "job.json").read_text()).get("state") not in LIVE:
             return False
     return bool(_teardown.marked(_teardown.JOB_MARKER, str(job_dir)))
 
@@ -872,12 +869,12 @@ class _LocalJob:
         env = self.node_env(rank, setup=phase == "setup", disk=disk)
         return NodeCommand((*SKY_BASH, str(script)), env, disk.home)
 
-    def end(self, state: str, reason: str | None, code: int, message: str, kind: str = "") -> int:
+    def end(self, state: JobState, reason: str | None, code: int, message: str, kind: str = "") -> int:
         """Record the job's end in job.json, tell the notification channels (`kind`: the short reason,
         e.g. job_failed), and say it in the launcher's last stderr line."""
         self.status.update(
             state=state,
-            failure_reason=reason if state != "SUCCEEDED" else None,
+            failure_reason=reason if state != JobState.SUCCEEDED else None,
             reason=reason,
             exit_code=code,
         )
@@ -955,7 +952,7 @@ def _launch_locked(
         "job_id": job_id,
         "run": cfg.run,
         "backend": "local",
-        "state": "STARTING",
+        "state": JobState.STARTING,
         "launcher_pid": os.getpid(),
         "num_nodes": cfg.nodes,
         "recovery_count": 0,
@@ -1022,7 +1019,7 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
         job.save()
 
     def stopping() -> None:
-        job.status["state"] = "CANCELLING"
+        job.status["state"] = JobState.CANCELLING
         job.save()
         job.progress.phase(
             f"stopping {n} node(s): each process gets GRACE={job.grace - STOP_GRACE_EXTRA:g} s"
@@ -1038,7 +1035,7 @@ def _run_attempt(job: _LocalJob, attempt_dir: Path, record: dict[str, Any]) -> t
         for phase, commands in (("setup", cfg.task.config.get("setup")), ("run", cfg.task.config["run"])):
             if not commands:
                 continue
-            job.status["state"] = "STARTING" if phase == "setup" else "RUNNING"
+            job.status["state"] = JobState.STARTING if phase == "setup" else JobState.RUNNING
             job.save()
             what = "setup" if phase == "setup" else "running"
             job.progress.phase(
@@ -1098,20 +1095,20 @@ def _recovery_loop(job: _LocalJob) -> int:
             cause = cancel_cause(job.job_dir, job.interrupt.signum)
             code = EXIT_INTERRUPTED if job.interrupt.signum == signal.SIGINT else 128 + job.interrupt.signum
             return job.end(
-                "CANCELLED", f"cancelled: {cause}", code, f"CANCELLED ({cause}); every node stopped"
+                JobState.CANCELLED, f"cancelled: {cause}", code, f"CANCELLED ({cause}); every node stopped"
             )
         if not any(codes):
             budget = next((r for r in results if r.get("reason") in BUDGET_REASONS), None)
             if budget is None:
-                return job.end("SUCCEEDED", None, EXIT_OK, f"SUCCEEDED (attempt {attempt})")
+                return job.end(JobState.SUCCEEDED, None, EXIT_OK, f"SUCCEEDED (attempt {attempt})")
             reason = f"{budget['reason']}: {budget.get('cause') or 'the runtime budget ran out'}"
             return job.end(
-                "SUCCEEDED",
+                JobState.SUCCEEDED,
                 reason,
                 BUDGET_REASONS[budget["reason"]],
                 f"SUCCEEDED, stopped by its budget: {reason}",
             )
-        failed = "FAILED_SETUP" if phase == "setup" else "FAILED"
+        failed = JobState.FAILED_SETUP if phase == "setup" else JobState.FAILED
         _show_failure(cfg.run, attempt_dir, phase, codes)
         first = first_cause(results)
         detail = f"{phase} failed with node exit codes {codes}" + (f": {first}" if first else "")
@@ -1119,7 +1116,7 @@ def _recovery_loop(job: _LocalJob) -> int:
             # A node that declares a crash loop cancels its own managed job through SkyPilot's API server
             # (run.py, docs/decisions/endings.md); the local backend does what SkyPilot then does.
             reason = f"crash_loop: {detail}; the node cancelled the managed job (no further attempt)"
-            return job.end("CANCELLED", reason, EXIT_FAILED, f"CANCELLED: {reason}")
+            return job.end(JobState.CANCELLED, reason, EXIT_FAILED, f"CANCELLED: {reason}")
         decision, restarts_on_errors = recovery_decision(
             codes, recover_codes, restarts_on_errors, max_restarts
         )
@@ -1129,10 +1126,10 @@ def _recovery_loop(job: _LocalJob) -> int:
                 failed, reason, EXIT_FAILED, f"{failed} ({reason})", first_reason(results) or "failed"
             )
         status["recovery_count"] += 1
-        status["state"] = "RECOVERING"
+        status["state"] = JobState.RECOVERING
         status["reason"] = detail
         job.save()
-        job.notify("attempt_ended", "RECOVERING", first_reason(results) or "failed", detail)
+        job.notify("attempt_ended", JobState.RECOVERING, first_reason(results) or "failed", detail)
         if decision == "recover":
             log.warning(
                 "run %s: %s; a recover_on_exit_codes code: recovering onto fresh nodes (not counted)",

@@ -68,6 +68,7 @@ import _config
 import _git
 import _task
 from _config import EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError
+from _job_state import TERMINAL, JobState
 
 log = logging.getLogger("skyops.sky")
 
@@ -77,9 +78,6 @@ REDACTED = _task.REDACTED
 #: 0.14.1 returns None instead (sky/jobs/client/sdk.py tail_logs: `get_result=follow`): the outcome
 #: then comes from the job's status (`tail_code_of_status`).
 TAIL_SUCCEEDED, TAIL_FAILED, TAIL_NOT_FINISHED, TAIL_NOT_FOUND, TAIL_CANCELLED = 0, 100, 101, 102, 103
-#: Managed-job statuses that never change again (sky/jobs/state.py ManagedJobStatus.terminal_statuses).
-FINISHED = frozenset({"SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
-                      "FAILED_NO_RESOURCE", "FAILED_CONTROLLER"})  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
 #: The supervisor's reason per finished job id (`supervisor_reasons`) when no path is given;
 #: `jobs.py` passes the one in its state folder ($SKYOPS_STATE_DIR, else <repo>/.skyops).
@@ -663,11 +661,11 @@ def tail_code_of_status(status: str | None) -> int:
     from_job_status)."""
     if status is None:
         return TAIL_NOT_FOUND
-    if status == "SUCCEEDED":
+    if status == JobState.SUCCEEDED:
         return TAIL_SUCCEEDED
-    if status == "CANCELLED":
+    if status == JobState.CANCELLED:
         return TAIL_CANCELLED
-    if status in FINISHED:
+    if status in TERMINAL:
         return TAIL_FAILED
     return TAIL_NOT_FINISHED
 
@@ -683,7 +681,9 @@ def ended_line(
     `launch.py --follow`): `job N (run R) ended STATUS: failure_reason (supervisor: reason)`, from
     the API server's record (`record`, else `sdk.queue`) and the supervisor's summary line
     (`parse_summary`); from the tail_logs code alone when the record cannot be read."""
-    fallback = {TAIL_FAILED: "FAILED", TAIL_CANCELLED: "CANCELLED"}.get(code, f"(tail_logs code {code})")
+    fallback = {TAIL_FAILED: JobState.FAILED, TAIL_CANCELLED: JobState.CANCELLED}.get(
+        code, f"(tail_logs code {code})"
+    )
     why = f" (supervisor: {summary['reason']})" if summary and summary.get("reason") else ""
     if record is None:
         try:
@@ -865,7 +865,7 @@ def supervisor_reasons(
     answers: dict[int, dict[str, Any] | None] = {}
     todo: list[tuple[int, Any]] = []
     for record in records:
-        if status_of(record) not in FINISHED or record.get("job_id") is None:
+        if status_of(record) not in TERMINAL or record.get("job_id") is None:
             continue
         job_id, submitted = int(record["job_id"]), record.get("submitted_at")
         entry = cached.get(str(job_id))
@@ -1107,15 +1107,15 @@ def _fail(exc: BaseException, verbose: bool, err: IO[str], prefix: str = "") -> 
 NODE_ENDING_SENT_RE = re.compile(r"notify: ended sent for job (?P<job_id>\d+)\b")
 #: The notification `reason` of an ending SkyPilot decides, not a node's supervisor
 #: (docs/notifications.md); CANCELLED keeps a node's `crash_loop` (the node cancelled its own job).
-STATUS_REASONS = {
-    "FAILED_NO_RESOURCE": "no_resource",
-    "FAILED_PRECHECKS": "failed_prechecks",
-    "FAILED_CONTROLLER": "controller_failed",
-    "FAILED_SETUP": "setup_failed",
-    "CANCELLED": "cancelled",
+STATUS_REASONS: dict[str, str] = {
+    JobState.FAILED_NO_RESOURCE: "no_resource",
+    JobState.FAILED_PRECHECKS: "failed_prechecks",
+    JobState.FAILED_CONTROLLER: "controller_failed",
+    JobState.FAILED_SETUP: "setup_failed",
+    JobState.CANCELLED: "cancelled",
 }
 #: Endings before any node ran the job's setup or run: no node can have sent them, no log holds a line.
-NO_NODE_ENDINGS = frozenset({"FAILED_NO_RESOURCE", "FAILED_PRECHECKS"})
+NO_NODE_ENDINGS = frozenset({JobState.FAILED_NO_RESOURCE, JobState.FAILED_PRECHECKS})
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
@@ -1147,13 +1147,14 @@ def ending_reason(status: str, summary: Mapping[str, Any] | None) -> str:
     `setup_failed`, `cancelled` (a crash loop stays `crash_loop`). Without a summary: `completed` for
     SUCCEEDED, `recovering` for an attempt that ended, `failed` otherwise."""
     told = summary.get("reason") if summary else None
-    if status == "CANCELLED" and told == "crash_loop":
+    if status == JobState.CANCELLED and told == "crash_loop":
         return "crash_loop"
     if status in STATUS_REASONS:
         return STATUS_REASONS[status]
     if told:
         return str(told)
-    return {"SUCCEEDED": "completed", "RECOVERING": "recovering"}.get(status, "failed")
+    ending: dict[str, str] = {JobState.SUCCEEDED: "completed", JobState.RECOVERING: "recovering"}
+    return ending.get(status, "failed")
 
 
 def job_commit(envs: Mapping[str, str]) -> tuple[dict[str, str], str]:
@@ -1179,19 +1180,21 @@ def watch_event(
     status = status_of(record) or "UNKNOWN"
     job_id = int(record["job_id"])
     count = int(record.get("recovery_count") or 0)
-    ran = summary is not None or status == "FAILED_SETUP" or float(record.get("job_duration") or 0) > 0
+    ran = summary is not None or status == JobState.FAILED_SETUP or float(record.get("job_duration") or 0) > 0
     attempts = max(count + 1 if ran else count, int(summary["attempt"]) if summary else 0)
     recoveries = count
     if event == "attempt_ended":
         attempts = recoveries = attempt if attempt is not None else count + 1
     failure = record.get("failure_reason") or None
     told = summary.get("cause") if summary else None
-    node_decided = status in ("FAILED", "RECOVERING", "SUCCEEDED") or event == "attempt_ended"
+    node_decided = (
+        status in (JobState.FAILED, JobState.RECOVERING, JobState.SUCCEEDED) or event == "attempt_ended"
+    )
     cause = (told or failure) if node_decided else (failure or told)
     return {
         "event": event, "run_id": str(record.get("job_name") or record.get("task_name") or f"job-{job_id}"),
-        "job_id": str(job_id), "backend": "sky", "state": "RECOVERING" if event == "attempt_ended" else status,
-        "reason": ending_reason("RECOVERING" if event == "attempt_ended" else status, summary),
+        "job_id": str(job_id), "backend": "sky", "state": JobState.RECOVERING if event == "attempt_ended" else status,
+        "reason": ending_reason(JobState.RECOVERING if event == "attempt_ended" else status, summary),
         "cause": " ".join(str(cause).split()) if cause else None, "attempts": attempts, "recoveries": recoveries,
         "runtime_s": round(max(0.0, float(record.get("job_duration") or 0)), 3), "commit": commit,
         "logs_hint": f"make logs ID={job_id} BACKEND=sky", "time": now,

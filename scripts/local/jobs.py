@@ -79,20 +79,10 @@ from typing import IO, Any
 import _atomic
 import _config
 from _config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError, OneLineParser
+from _job_state import TERMINAL, JobState
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
-TERMINAL = frozenset(
-    {
-        "SUCCEEDED",
-        "CANCELLED",
-        "FAILED",
-        "FAILED_SETUP",
-        "FAILED_PRECHECKS",
-        "FAILED_NO_RESOURCE",
-        "FAILED_CONTROLLER",
-    }
-)
 
 #: failure_reason of a local job whose launcher died without tearing it down (killed with SIGKILL).
 LAUNCHER_GONE_REASON = "launcher killed without tearing the job down"
@@ -428,7 +418,7 @@ def settle(job: LocalJob) -> tuple[LocalJob, int]:
     results = lb.node_results(Path(record["run_data"]), nodes, since) if record.get("run_data") else []
     done = len(results) == nodes and all(r.get("exit_code") == 0 for r in results)
     cause = lb.first_cause(results)
-    record["state"] = "SUCCEEDED" if done else "FAILED_CONTROLLER"
+    record["state"] = JobState.SUCCEEDED if done else JobState.FAILED_CONTROLLER
     record["reason"] = f"{LAUNCHER_GONE_REASON}; no process of the job is left" + (
         f"; {cause}" if cause else ""
     )
@@ -521,7 +511,7 @@ def local_outcome(job: LocalJob, left: int = 0) -> tuple[int, str | None]:
     state, what = job.state, f"job {job.job_id} (run {job.run})"
     reason = job.record.get("reason") or job.record.get("failure_reason")
     if state in TERMINAL:
-        ok = state == "SUCCEEDED" and job.record.get("exit_code", EXIT_OK) == EXIT_OK
+        ok = state == JobState.SUCCEEDED and job.record.get("exit_code", EXIT_OK) == EXIT_OK
         if ok and not reason:
             return EXIT_OK, None
         return (EXIT_OK if ok else EXIT_FAILED), f"{what} ended {state}{f': {reason}' if reason else ''}"
@@ -580,7 +570,7 @@ def local_cancel(
             return EXIT_OK
         if not launcher_alive(current.record):  # it died without recording the end
             return cancel_orphaned(current, force, notify)
-        if not killed and current.state == "CANCELLING":
+        if not killed and current.state == JobState.CANCELLING:
             _teardown.stop(lambda: job_processes(job), 0, force=True)
             killed = True
         time.sleep(0.1)
@@ -614,7 +604,7 @@ def cancel_orphaned(job: LocalJob, force: bool = False, notify: Mapping[str, str
         return EXIT_OK
     stopped = f"cancelled afterwards by jobs.py cancel{' --force' if force else ''}"
     stopped += f": {result.signalled or len(result.killed)} process(es) stopped"
-    record.update(state="FAILED_CONTROLLER", failure_reason=f"{LAUNCHER_GONE_REASON}; {stopped}")
+    record.update(state=JobState.FAILED_CONTROLLER, failure_reason=f"{LAUNCHER_GONE_REASON}; {stopped}")
     record.update(reason=record["failure_reason"], exit_code=EXIT_FAILED)
     attempts = record.get("attempts")
     if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict):
@@ -656,7 +646,7 @@ def local_reason(record: Mapping[str, Any]) -> str:
         found = _NODE_REASON_RE.match(str(why))
         if found and found["code"] not in ("0", "130", "143", "None"):
             return found["reason"]
-    return "completed" if record.get("state") == "SUCCEEDED" else "failed"
+    return "completed" if record.get("state") == JobState.SUCCEEDED else "failed"
 
 
 def local_event(job: LocalJob, now: float) -> dict[str, Any]:
@@ -847,12 +837,12 @@ def sky_watch_step(
     name = record.get("job_name") or record.get("task_name")
     what = f"job {w.job_id}{f' (run {name})' if name else ''}"
     count = int(record.get("recovery_count") or 0)
-    if status not in sb.FINISHED:
+    if status not in TERMINAL:
         if w.shown != status:
             print(f"{what}: {status}", file=sys.stderr, flush=True)
             w.shown = status
         ended = 0  # the attempt that ended since the last poll, if one did
-        if status == "RECOVERING":
+        if status == JobState.RECOVERING:
             ended = count + 1
         elif w.recoveries is not None and count > w.recoveries:
             ended = count
@@ -876,14 +866,14 @@ def sky_watch_step(
     summary = sb.parse_summary(logs) if logs else None
     if logs is not None and sb.node_sent_ending(logs, w.job_id):
         print(f"{what}: its node sent the ending", file=sys.stderr, flush=True)
-    elif logs is None and status == "SUCCEEDED":
+    elif logs is None and status == JobState.SUCCEEDED:
         log.warning(
             "%s: its logs cannot be read; a node sends every success it sees, so the watcher does not", what
         )
     elif channels(env):
         keys, commit = _sky_commit(sdk, w)
         send_event(sb.watch_event(record, "ended", summary, commit, time.time()), {**env, **keys}, claims)
-    ok = status == "SUCCEEDED" and (summary or {}).get("reason") != "max_runtime_before_job"
+    ok = status == JobState.SUCCEEDED and (summary or {}).get("reason") != "max_runtime_before_job"
     w.code = EXIT_OK if ok else EXIT_FAILED
     reason = record.get("failure_reason") or (summary or {}).get("reason")
     print(ended_text(what, status, reason if reason != "completed" else None), file=sys.stderr, flush=True)
