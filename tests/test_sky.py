@@ -183,7 +183,7 @@ run: echo hi
 
 
 def make_cfg(tmp_path: Path, *argv: str, env_file: str | None = f"WANDB_API_KEY={CANARY}\n", task: str = JOB_YAML,
-             environ: dict[str, str] | None = None, repo: Path | None = None) -> launch.LaunchConfig:  # fmt: skip
+             environ: dict[str, str] | None = None, repo: Path | None = None) -> _config.LaunchConfig:  # fmt: skip
     """A LaunchConfig through the real parser and loader, with skip-git unless a repo is given."""
     (tmp_path / "job.yaml").write_text(task)
     args = ["--backend", "sky", "--task", str(tmp_path / "job.yaml"), "--run", "r1"]
@@ -197,7 +197,7 @@ def make_cfg(tmp_path: Path, *argv: str, env_file: str | None = f"WANDB_API_KEY=
     return dataclasses.replace(cfg, repo=repo) if repo is not None else cfg
 
 
-def run_launch(cfg: launch.LaunchConfig, sdk: Any = None, ask: Any = None) -> tuple[int, str, str]:
+def run_launch(cfg: _config.LaunchConfig, sdk: Any = None, ask: Any = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     kwargs = {"ask": ask} if ask else {}
     code = sb.launch(cfg, sdk=sdk or FakeSkyJobsSDK(), stdout=out, stderr=err, **kwargs)

@@ -48,7 +48,7 @@ import _config
 import _contract
 import _progress
 import _teardown
-from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from _config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchConfig
 from _contract import REASON_CRASH_LOOP, REASON_MAX_RUNTIME, REASON_MAX_RUNTIME_BEFORE_JOB
 from _job_state import LIVE, JobState
 
@@ -636,8 +636,8 @@ def node_slot(nodes_dir: Path, job_dir: Path) -> Iterator[Path]:
         fh.close()
 
 
-def prepare(cfg: Any) -> Any:
-    """`cfg` (a launch.LaunchConfig) with the local backend's defaults applied, so that --dry-run
+def prepare(cfg: LaunchConfig) -> LaunchConfig:
+    """`cfg` with the local backend's defaults applied, so that --dry-run
     shows what the nodes will get: GPUs 0 unless --gpus; DATA_DIR `.skyops/data` unless the user
     set one (a relative path is relative to the repository); a free MASTER_PORT unless set; no NCCL
     preflight on CPU unless NCCL_PREFLIGHT is set.
@@ -755,8 +755,8 @@ def run_lock(run_data: Path, run: str, job_dir: Callable[[], Path]) -> Iterator[
         yield
 
 
-def launch(cfg: Any, task_yaml: str) -> int:
-    """Run the task of `cfg` (a launch.LaunchConfig, after `prepare`) on `cfg.nodes` emulated nodes;
+def launch(cfg: LaunchConfig, task_yaml: str) -> int:
+    """Run the task of `cfg` (after `prepare`) on `cfg.nodes` emulated nodes;
     block until done. `task_yaml` is the resolved task (secrets redacted), kept in the run directory.
 
     Returns 0 if the job succeeded, 1 if it failed (or its runtime budget ran out before it started),
@@ -816,7 +816,7 @@ NOTIFY_CAP_S = 35.0
 class _LocalJob:
     """One local managed job while its launcher runs: its cluster, job.json, and the signal queue."""
 
-    cfg: Any
+    cfg: LaunchConfig
     envs: dict[str, str]
     cluster: Cluster
     job_dir: Path
@@ -923,9 +923,8 @@ class _LocalJob:
 
 
 def _launch_locked(
-    cfg: Any, task_yaml: str, state_dir: Path, job_id: int, run_data: Path, files: Sequence[str]
+    cfg: LaunchConfig, task_yaml: str, state_dir: Path, job_id: int, run_data: Path, files: Sequence[str]
 ) -> int:
-    assert cfg.task is not None
     job_dir = state_dir / "runs" / cfg.run / f"job-{job_id}"
     job_dir.mkdir(parents=True)
     if cfg.print_id:

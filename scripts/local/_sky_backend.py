@@ -67,7 +67,7 @@ import _atomic
 import _config
 import _git
 import _task
-from _config import EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError
+from _config import EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, REPO, ConfigError, LaunchConfig
 from _job_state import TERMINAL, JobState
 
 log = logging.getLogger("skyops.sky")
@@ -78,7 +78,6 @@ REDACTED = _task.REDACTED
 #: 0.14.1 returns None instead (sky/jobs/client/sdk.py tail_logs: `get_result=follow`): the outcome
 #: then comes from the job's status (`tail_code_of_status`).
 TAIL_SUCCEEDED, TAIL_FAILED, TAIL_NOT_FINISHED, TAIL_NOT_FOUND, TAIL_CANCELLED = 0, 100, 101, 102, 103
-REPO = Path(__file__).resolve().parents[2]
 #: The supervisor's reason per finished job id (`supervisor_reasons`) when no path is given;
 #: `jobs.py` passes the one in its state folder ($SKYOPS_STATE_DIR, else <repo>/.skyops).
 REASONS_CACHE = REPO / ".skyops" / "sky-reasons.json"
@@ -141,8 +140,10 @@ def skypilot_git_envs() -> tuple[str, ...]:
             sky_git.GIT_TAG_ENV_VAR)  # fmt: skip
 
 
-def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None, dirty: bool = False) -> Plan:
-    """The Plan of one copy of `cfg` (a launch.LaunchConfig): job.yaml with name, num_nodes, workdir
+def plan_copy(
+    cfg: LaunchConfig, name: str, pin: _git.GitPin | None, commit: str | None, dirty: bool = False
+) -> Plan:
+    """The Plan of one copy of `cfg`: job.yaml with name, num_nodes, workdir
     (`{url, ref}` with a pin, else the working tree) and resource patches; envs = resolved envs +
     RUN_ID + GIT_COMMIT + GIT_DIRTY. `dirty`: the uploaded code is not exactly `commit`; then GIT_DIRTY
     is "1" and GIT_COMMIT is `<commit>-dirty` (never a bare commit the code does not match). SkyPilot's
@@ -152,7 +153,6 @@ def plan_copy(cfg: Any, name: str, pin: _git.GitPin | None, commit: str | None, 
     Raises ConfigError when the user set, by flag or .env, an env the launcher (LAUNCHER_ENVS) or
     SkyPilot (`skypilot_git_envs`) sets.
     """
-    assert cfg.task is not None
     for keys, who in ((LAUNCHER_ENVS, "the launcher from the git state (--git-ref, --skip-git-check)"),
                       (skypilot_git_envs(), "SkyPilot for its clone of the git workdir (--git-ref)")):  # fmt: skip
         owned = [k for k in keys if k in cfg.envs and cfg.sources.get(k) != "job.yaml"]
@@ -893,7 +893,7 @@ def supervisor_reasons(
 # --------------------------------------------------------------------------------------- launch
 
 
-def resolve_git(cfg: Any) -> tuple[_git.GitPin | None, str | None, bool]:
+def resolve_git(cfg: LaunchConfig) -> tuple[_git.GitPin | None, str | None, bool]:
     """The git pin, the commit and whether the code is dirty, for a launch (see `plan_copy`).
 
     Through the gate: the pin, its commit, not dirty. With --skip-git-check: no pin (the working tree
@@ -947,7 +947,7 @@ def check_task_keys(task: _config.TaskFile) -> None:
         raise ConfigError(f"{task.path}: {'; '.join(problems)}")
 
 
-def summary(cfg: Any, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
+def summary(cfg: LaunchConfig, plans: Sequence[Plan], pin: _git.GitPin | None) -> str:
     """What will be launched, for people (stderr): names, nodes, resources, code, secrets by name."""
     first = plans[0].config
     lines = [
@@ -989,14 +989,14 @@ def confirm(question: str, ask: Callable[[str], str]) -> bool | None:
 
 
 def launch(
-    cfg: Any,
+    cfg: LaunchConfig,
     *,
     sdk: Any = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     ask: Callable[[str], str] | None = None,
 ) -> int:
-    """Launch `cfg` (a launch.LaunchConfig with backend sky) as `cfg.copies` managed jobs.
+    """Launch `cfg` (backend sky) as `cfg.copies` managed jobs.
 
     `ask` asks the --confirm question (default: `ask_stdin` on stderr/stdin).
     Returns 0 (launched; or the followed job succeeded; or a dry run), 1 (the followed job failed, or

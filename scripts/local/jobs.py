@@ -78,10 +78,9 @@ from typing import IO, Any
 
 import _atomic
 import _config
-from _config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, ConfigError, OneLineParser
+from _config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, REPO, ConfigError, OneLineParser
 from _job_state import TERMINAL, JobState
 
-REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
 
 #: failure_reason of a local job whose launcher died without tearing it down (killed with SIGKILL).

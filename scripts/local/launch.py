@@ -43,7 +43,7 @@ import sys
 import tomllib
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,12 @@ from _config import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    REPO,
     ConfigError,
+    LaunchConfig,
     OneLineParser,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
 
 log = logging.getLogger("skyops.launch")
@@ -72,44 +73,6 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SKYOPS_USE_SPOT": ("--spot/--no-spot", "use_spot"),
     "SKYOPS_MAX_RESTARTS": ("--max-restarts", "max_restarts"),
 }
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Everything one launch needs, resolved once in main() and passed down."""
-
-    backend: str
-    run: str
-    job: str  # path relative to the repository root; "" when the task runs no JOB
-    job_args: tuple[str, ...]
-    nodes: int
-    gpus: int | None  # None: keep job.yaml's accelerators (sky); 0 on the local backend
-    cpus: str | None
-    use_spot: bool | None
-    max_restarts: int | None
-    envs: dict[str, str]
-    secrets: dict[str, str] = field(repr=False)
-    missing_secrets: tuple[str, ...] = ()
-    sources: dict[str, str] = field(default_factory=dict)
-    task: _config.TaskFile | None = field(default=None, repr=False)
-    dry_run: bool = False
-    print_id: bool = False
-    follow: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    # --backend sky only (scripts/local/_sky_backend.py)
-    copies: int = 1
-    git_ref: str | None = None
-    skip_git_check: bool = False
-    confirm: bool = False
-    dump_config: str | None = None  # "yaml" | "json"
-    repo: Path = REPO
-    base_env: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def state_dir(self) -> Path:
-        """The local backend's run state: `$SKYOPS_STATE_DIR`, else `<repo>/.skyops`."""
-        return Path(self.base_env.get("SKYOPS_STATE_DIR") or self.repo / ".skyops")
 
 
 def _positive(text: str) -> int:
@@ -503,7 +466,6 @@ def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
     """The resolved task as a SkyPilot YAML config (a plain dict): job.yaml with the resolved envs,
     secrets (values shown as `<redacted>` unless `redact` is False; null when nobody supplied one),
     node count and the resource patches of the launch flags."""
-    assert cfg.task is not None
     config = dict(cfg.task.config)
     config["name"] = cfg.run
     config["num_nodes"] = cfg.nodes
