@@ -403,7 +403,7 @@ def settle(job: LocalJob) -> tuple[LocalJob, int]:
     A job not finished whose launcher is gone (killed with SIGKILL) is still running while any of its
     processes lives; once none does, its end is recorded in job.json: SUCCEEDED when every node's last
     result says exit 0, else FAILED_CONTROLLER with LAUNCHER_GONE_REASON and the nodes' causes."""
-    import _local_backend as lb
+    from _local_results import first_cause, node_results
 
     if job.state in TERMINAL or launcher_alive(job.record):
         return job, 0
@@ -414,9 +414,9 @@ def settle(job: LocalJob) -> tuple[LocalJob, int]:
     attempts = record.get("attempts") or [{}]
     since = float(attempts[-1].get("started_at") or record.get("submitted_at") or 0)
     nodes = int(record.get("num_nodes") or 1)
-    results = lb.node_results(Path(record["run_data"]), nodes, since) if record.get("run_data") else []
+    results = node_results(Path(record["run_data"]), nodes, since) if record.get("run_data") else []
     done = len(results) == nodes and all(r.get("exit_code") == 0 for r in results)
-    cause = lb.first_cause(results)
+    cause = first_cause(results)
     record["state"] = JobState.SUCCEEDED if done else JobState.FAILED_CONTROLLER
     record["reason"] = f"{LAUNCHER_GONE_REASON}; no process of the job is left" + (
         f"; {cause}" if cause else ""
@@ -534,8 +534,9 @@ def local_cancel(
     seconds (default GRACE + 30) for job.json to show the end. `force`: SIGKILL every process of the job
     as soon as the launcher has started stopping (no grace). When the launcher is gone, stop the job's
     processes directly (cancel_orphaned). 0 when cancelled or already finished, 1 when it did not end."""
-    import _local_backend as lb
     import _teardown
+    from _local_nodes import STOP_GRACE_EXTRA
+    from _local_results import CANCEL_REQUEST
 
     what = f"job {job.job_id} ({job.run})"
     job, _ = settle(job)
@@ -551,10 +552,10 @@ def local_cancel(
         print(f"{what}: already {job.state}", file=sys.stderr)
         return EXIT_OK
     grace = float(job.record.get("grace_s") or 60)
-    wait = grace + lb.STOP_GRACE_EXTRA + 20 if wait is None else wait
+    wait = grace + STOP_GRACE_EXTRA + 20 if wait is None else wait
     by = "jobs.py cancel --force" if force else "jobs.py cancel"
     with contextlib.suppress(OSError):
-        _atomic.write_json(job.dir / lb.CANCEL_REQUEST, {"by": by, "time": time.time()})
+        _atomic.write_json(job.dir / CANCEL_REQUEST, {"by": by, "time": time.time()})
     if not launcher_alive(job.record):
         return cancel_orphaned(job, force, notify)
     os.kill(int(job.record["launcher_pid"]), signal.SIGTERM)

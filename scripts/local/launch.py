@@ -526,8 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return _sky_backend.launch(cfg)
         import _local_backend
+        import _local_run
 
-        cfg = _local_backend.prepare(cfg)  # local defaults, so --dry-run shows what nodes get
+        cfg = _local_run.prepare(cfg)  # local defaults, so --dry-run shows what nodes get
         rendered = _task.dump_yaml(task_config(cfg))
         if cfg.dry_run:
             sys.stdout.write(rendered)
