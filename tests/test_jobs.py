@@ -159,7 +159,7 @@ def test_backend_precedence(tmp_path: Path) -> None:
 
 
 class FakeSkyJobsSDK:
-    """A fake of _sky_backend.SkyJobsSDK (the API server boundary)."""
+    """A fake of _sky_sdk.SkyJobsSDK (the API server boundary)."""
 
     def __init__(self) -> None:
         self.records = [
@@ -185,11 +185,12 @@ class FakeSkyJobsSDK:
 
 
 def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import _sky_backend
+    import _sky_logs
+    import _sky_sdk
 
     fake = FakeSkyJobsSDK()
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
-    monkeypatch.setattr(_sky_backend.time, "sleep", lambda s: None)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_logs.time, "sleep", lambda s: None)
     code, out, _ = call(["--backend", "sky", "status", "--active"], capsys)
     assert code == 0 and fake.queries[-1] == (None, True)
     header, first, second = out.splitlines()
@@ -221,7 +222,7 @@ def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 def test_sky_error_is_one_line_exit_3(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import _sky_backend
+    import _sky_sdk
 
     class DownSDK(FakeSkyJobsSDK):
         def queue(self, *a: Any) -> list[dict[str, Any]]:
@@ -229,7 +230,7 @@ def test_sky_error_is_one_line_exit_3(
 
             raise exceptions.ApiServerConnectionError("http://127.0.0.1:1")
 
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", DownSDK)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", DownSDK)
     code, out, err = call(["--backend", "sky", "status"], capsys)
     assert code == 3 and out == "" and err.startswith("jobs.py: error: no SkyPilot API server reachable")
     assert len(err.strip().splitlines()) == 1
@@ -389,7 +390,7 @@ def test_watch_local_sends_the_ending_of_a_job_whose_launcher_died(
 
 
 class ScriptedSkyJobsSDK(FakeSkyJobsSDK):
-    """A fake of _sky_backend.SkyJobsSDK (the API server boundary; no server or cloud here) whose jobs
+    """A fake of _sky_sdk.SkyJobsSDK (the API server boundary; no server or cloud here) whose jobs
     go through scripted states: `script[job_id]` is its queue_v2 record at each poll (the last one
     stays); `logs[job_id]` the end of its logs, `envs[job_id]` its task's envs (task_envs)."""
 
@@ -427,7 +428,7 @@ def summary_line(attempt: int, reason: str, code: int, cause: str = "") -> str:
 def test_watch_sky_sends_each_ending_once_and_none_a_node_sent(
     monkeypatch: pytest.MonkeyPatch, channels: Channels, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import _sky_backend
+    import _sky_sdk
 
     run = {"status": "RUNNING", "job_duration": 30.0}
     script = {
@@ -450,7 +451,7 @@ def test_watch_sky_sends_each_ending_once_and_none_a_node_sent(
     envs = {8: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"}, 9: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"},
             7: {"GIT_COMMIT": SHA + "-dirty", "GIT_DIRTY": "1"}}  # fmt: skip
     fake = ScriptedSkyJobsSDK(script, logs, envs)
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
     monkeypatch.setenv("NOTIFY_ON", "ended,attempt_ended")
     runs = tmp_path / "state" / "runs"
     argv = ["--backend", "sky", "--env-file", os.devnull, "--runs-dir", str(runs), "watch", "--interval", "0"]
@@ -505,7 +506,7 @@ def test_watch_sky_exit_code_and_unknown_id(
 ) -> None:
     """Every job succeeded: 0 (a budget that ran out before the job started is no success); an id the
     API server does not know: 2. With no channel configured, watch only follows."""
-    import _sky_backend
+    import _sky_sdk
 
     for key in jobs.NOTIFY_SECRETS:
         monkeypatch.delenv(key, raising=False)
@@ -513,7 +514,7 @@ def test_watch_sky_exit_code_and_unknown_id(
     fake = ScriptedSkyJobsSDK(
         script, {1: summary_line(1, "completed", 0), 2: summary_line(1, "max_runtime", 0)}, {}
     )
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
     argv = [
         "--backend",
         "sky",
@@ -555,9 +556,9 @@ def test_watch_sky_exit_code_and_unknown_id(
     ],
 )
 def test_sky_ending_reasons(status: str, summary: dict | None, reason: str) -> None:
-    import _sky_backend
+    import _sky_logs
 
-    assert _sky_backend.ending_reason(status, summary) == reason
+    assert _sky_logs.ending_reason(status, summary) == reason
 
 
 def test_watch_reads_channels_as_the_launcher_does(tmp_path: Path) -> None:

@@ -118,7 +118,8 @@ class NodeDisk:
         shutil.copytree(snapshot, self.workdir, symlinks=True)
 
     def write_script(self, name: str, text: str) -> Path:
-        """A job script in the node's folder (owner-only; it never holds a secret: `_local_backend._LocalJob.command`)."""
+        """A job script in the node's folder (owner-only; it never holds a secret:
+        `_local_backend._LocalJob.command`)."""
         path = self.root / name
         path.write_text(text)
         path.chmod(0o600)

@@ -738,7 +738,7 @@ def sky_rows(
     reasons: Mapping[int, Mapping[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Status rows of queue_v2 records; `reasons` (job id -> the supervisor's summary, see
-    _sky_backend.supervisor_reasons) adds `reason` (e.g. max_runtime for a SUCCEEDED job whose
+    _sky_logs.supervisor_reasons) adds `reason` (e.g. max_runtime for a SUCCEEDED job whose
     runtime budget ran out) and `cause`, None where unknown."""
     rows = []
     for r in records:
@@ -794,19 +794,19 @@ class _Watched:
     job_id: int
     shown: str | None = None
     recoveries: int | None = None  # recovery_count when first seen, then as last seen
-    commit: tuple[dict[str, str], str] | None = None  # _sky_backend.job_commit of its task, once read
+    commit: tuple[dict[str, str], str] | None = None  # _sky_logs.job_commit of its task, once read
     announced: int = 0  # the last attempt whose attempt_ended this watcher sent (or found claimed)
     log_tries: int = 0
     code: int | None = None  # the exit code once it ended
 
 
 def _sky_commit(sdk: Any, w: _Watched) -> tuple[dict[str, str], str]:
-    """The job's GIT_COMMIT and GIT_DIRTY (its task's envs, read once), see _sky_backend.job_commit."""
-    import _sky_backend
+    """The job's GIT_COMMIT and GIT_DIRTY (its task's envs, read once), see _sky_logs.job_commit."""
+    import _sky_logs
 
     if w.commit is None:
         try:
-            w.commit = _sky_backend.job_commit(sdk.task_envs(w.job_id))
+            w.commit = _sky_logs.job_commit(sdk.task_envs(w.job_id))
         except Exception as exc:  # a notification without a commit beats none
             log.warning("job %d: its task's GIT_COMMIT cannot be read (%s): no GitHub status", w.job_id, exc)
             w.commit = ({}, "")
@@ -814,11 +814,11 @@ def _sky_commit(sdk: Any, w: _Watched) -> tuple[dict[str, str], str]:
 
 
 def _sky_log(sdk: Any, job_id: int) -> str | None:
-    """The end of a managed job's logs (_sky_backend.SUMMARY_TAIL_LINES lines), None if unreadable."""
-    import _sky_backend
+    """The end of a managed job's logs (_sky_logs.SUMMARY_TAIL_LINES lines), None if unreadable."""
+    import _sky_logs
 
     try:
-        return str(sdk.log_tail(job_id, _sky_backend.SUMMARY_TAIL_LINES))
+        return str(sdk.log_tail(job_id, _sky_logs.SUMMARY_TAIL_LINES))
     except Exception as exc:
         log.debug("job %d: cannot read the end of its logs: %s", job_id, exc)
         return None
@@ -831,9 +831,9 @@ def sky_watch_step(
     `attempt_ended` when it recovers (RECOVERING, or a recovery_count that grew between two polls:
     attempt recovery_count + 1 ended while it is RECOVERING); on a final state send `ended` unless its
     logs show that its node sent it, and set `w.code`. Every send is claimed in `claims`."""
-    import _sky_backend as sb
+    import _sky_logs
 
-    status = sb.status_of(record) or "UNKNOWN"
+    status = _sky_logs.status_of(record) or "UNKNOWN"
     name = record.get("job_name") or record.get("task_name")
     what = f"job {w.job_id}{f' (run {name})' if name else ''}"
     count = int(record.get("recovery_count") or 0)
@@ -849,22 +849,24 @@ def sky_watch_step(
         if ended > w.announced and channels(env):
             w.announced = ended
             text = _sky_log(sdk, w.job_id) or ""
-            found = [x for x in map(sb.summary_of_line, text.splitlines()) if x is not None]
+            found = [x for x in map(_sky_logs.summary_of_line, text.splitlines()) if x is not None]
             # the summary of the attempt that ended; recovery_count skips SkyPilot's own restarts, so
             # without one, the latest attempt's
-            summary = sb.pick_summary([x for x in found if x["attempt"] == ended]) or sb.pick_summary(found)
+            summary = _sky_logs.pick_summary(
+                [x for x in found if x["attempt"] == ended]
+            ) or _sky_logs.pick_summary(found)
             keys, commit = _sky_commit(sdk, w)
-            doc = sb.watch_event(record, "attempt_ended", summary, commit, time.time(), attempt=ended)
+            doc = _sky_logs.watch_event(record, "attempt_ended", summary, commit, time.time(), attempt=ended)
             send_event(doc, {**env, **keys}, claims)
         w.recoveries = count
         return
-    logs = None if status in sb.NO_NODE_ENDINGS else _sky_log(sdk, w.job_id)
+    logs = None if status in _sky_logs.NO_NODE_ENDINGS else _sky_log(sdk, w.job_id)
     ran = float(record.get("job_duration") or 0) > 0
     if ran and not (logs or "").strip() and w.log_tries < LOG_TRIES:
         w.log_tries += 1  # logs not synced yet, or the server is busy: look again at the next poll
         return
-    summary = sb.parse_summary(logs) if logs else None
-    if logs is not None and sb.node_sent_ending(logs, w.job_id):
+    summary = _sky_logs.parse_summary(logs) if logs else None
+    if logs is not None and _sky_logs.node_sent_ending(logs, w.job_id):
         print(f"{what}: its node sent the ending", file=sys.stderr, flush=True)
     elif logs is None and status == JobState.SUCCEEDED:
         log.warning(
@@ -872,7 +874,9 @@ def sky_watch_step(
         )
     elif channels(env):
         keys, commit = _sky_commit(sdk, w)
-        send_event(sb.watch_event(record, "ended", summary, commit, time.time()), {**env, **keys}, claims)
+        send_event(
+            _sky_logs.watch_event(record, "ended", summary, commit, time.time()), {**env, **keys}, claims
+        )
     ok = status == JobState.SUCCEEDED and (summary or {}).get("reason") != "max_runtime_before_job"
     w.code = EXIT_OK if ok else EXIT_FAILED
     reason = record.get("failure_reason") or (summary or {}).get("reason")
@@ -885,7 +889,7 @@ def sky_watch(cfg: JobsConfig, sdk: Any, state_dir: Path) -> int:
     so a watcher started again sends nothing it sent before. 0 when every job succeeded, else 1.
     Raises what the SDK raises on the first poll, or after WATCH_MAX_ERRORS failed polls in a row;
     ConfigError for an unknown ID."""
-    import _sky_backend as sb
+    import _sky_sdk
 
     watched = {i: _Watched(i) for i in sky_job_ids(sdk, cfg.ids)}
     interval = cfg.interval if cfg.interval is not None else WATCH_INTERVAL_S["sky"]
@@ -903,7 +907,7 @@ def sky_watch(cfg: JobsConfig, sdk: Any, state_dir: Path) -> int:
             errors += 1
             if not polled or errors >= WATCH_MAX_ERRORS:
                 raise
-            log.warning("watch: %s; polling again in %g s", sb.describe_sky_error(exc), interval)
+            log.warning("watch: %s; polling again in %g s", _sky_sdk.describe_sky_error(exc), interval)
             time.sleep(interval)
             continue
         for job_id in todo:
@@ -922,18 +926,19 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
     """The sky backend's commands. status: queue_v2 records, with the supervisor's reason of each
     finished job (from the end of its logs, cached in `reasons_cache`, default `sky-reasons.json`
     next to the runs directory: `$SKYOPS_STATE_DIR/`, else `<repo>/.skyops/`). logs:
-    _sky_backend.show_logs (the outcome from the job's status when SkyPilot's tail_logs answers
+    _sky_logs.show_logs (the outcome from the job's status when SkyPilot's tail_logs answers
     None, as it does without --follow)."""
-    import _sky_backend
+    import _sky_logs
+    import _sky_sdk
 
     reasons_cache = reasons_cache if reasons_cache is not None else cfg.runs_dir.parent / "sky-reasons.json"
 
-    sdk = sdk if sdk is not None else _sky_backend.SkyJobsSDK()
+    sdk = sdk if sdk is not None else _sky_sdk.SkyJobsSDK()
     try:
         if cfg.command == "status":
             ids = sky_job_ids(sdk, cfg.ids) if cfg.ids else None
             records = sdk.queue(ids, cfg.active and not ids, False)
-            reasons = _sky_backend.supervisor_reasons(sdk, records, reasons_cache)
+            reasons = _sky_logs.supervisor_reasons(sdk, records, reasons_cache)
             rows = sky_rows(records, time.time(), reasons)
             out.write(
                 json.dumps(rows, indent=2, default=str) + "\n" if cfg.json else table(rows, sky_columns(rows))
@@ -941,7 +946,7 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
             return EXIT_OK
         if cfg.command == "logs":
             (job_id,) = sky_job_ids(sdk, cfg.ids)
-            code, line = _sky_backend.show_logs(sdk, job_id, out, cfg.follow)
+            code, line = _sky_logs.show_logs(sdk, job_id, out, cfg.follow)
             if line:  # logs exits with the job's outcome: say which
                 out.flush()
                 print(line, file=sys.stderr, flush=True)
@@ -955,7 +960,7 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        sky_exceptions = _sky_backend.sky_exceptions()
+        sky_exceptions = _sky_sdk.sky_exceptions()
         if sky_exceptions is not None and isinstance(exc, sky_exceptions.ClusterNotUpError):
             # No jobs controller yet (sky/jobs/server/core.py): no managed jobs at all.
             if cfg.command == "status":
@@ -966,7 +971,7 @@ def run_sky(cfg: JobsConfig, out: IO[str], sdk: Any = None, reasons_cache: Path 
             ) from None
         if cfg.verbose:
             log.error("SkyPilot error", exc_info=exc)
-        print(f"jobs.py: error: {_sky_backend.describe_sky_error(exc)}", file=sys.stderr)
+        print(f"jobs.py: error: {_sky_sdk.describe_sky_error(exc)}", file=sys.stderr)
         return EXIT_SKY_ERROR
 
 
