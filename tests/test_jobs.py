@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import _atomic
+import _jobs_local
+import _jobs_notify
 import jobs
 import pytest
 from _fake_services import CANARY, CANARY_TOKEN, SHA, Channels
@@ -133,7 +135,7 @@ def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.Capt
     rows = {r["name"]: r for r in json.loads(out)}
     # a's launcher is gone and no process of it is left: a final state with the reason, never RUNNING
     assert rows["a"]["status"] == "FAILED_CONTROLLER" and rows["a"]["reason"].startswith(
-        jobs.LAUNCHER_GONE_REASON
+        _jobs_local.LAUNCHER_GONE_REASON
     )
     assert rows["b"]["failure_reason"].endswith("[3]")
     assert rows["b"]["duration"] == "1m00s"
@@ -142,7 +144,9 @@ def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.Capt
     assert err.strip() == "job 2 (run b) ended FAILED: run failed with node exit codes [3]"
     code, out, err = call([*base, "logs", "a"], capsys)
     assert code == 1 and out == ""
-    assert err.strip().startswith(f"job 1 (run a) ended FAILED_CONTROLLER: {jobs.LAUNCHER_GONE_REASON}")
+    assert err.strip().startswith(
+        f"job 1 (run a) ended FAILED_CONTROLLER: {_jobs_local.LAUNCHER_GONE_REASON}"
+    )
     code, _, err = call([*base, "logs", "9"], capsys)
     assert code == 2 and err.strip() == "jobs.py: error: ID '9': no such local job (see jobs.py status)"
     assert call([*base, "bogus"], capsys)[0] == 2
@@ -291,7 +295,7 @@ def test_cancel_after_launcher_sigkill_stops_nodes_and_marks_failed_controller(
         after = json.loads(job_json.read_text())
         assert after["state"] == "FAILED_CONTROLLER"
         assert after["failure_reason"].startswith(
-            f"{jobs.LAUNCHER_GONE_REASON}; cancelled afterwards by jobs.py cancel"
+            f"{_jobs_local.LAUNCHER_GONE_REASON}; cancelled afterwards by jobs.py cancel"
         )
         assert after["attempts"][-1]["ended_at"] >= after["attempts"][-1]["started_at"]
         assert not list(job_json.parent.glob(".job.json.*"))  # the temp file of the atomic write
@@ -312,7 +316,7 @@ def test_cancel_orphaned_without_node_pids(tmp_path: Path, capsys: pytest.Captur
     code, _, err = call(["--runs-dir", str(tmp_path), "cancel", "a"], capsys)
     assert code == 0 and "already FAILED_CONTROLLER" in err
     record = json.loads((tmp_path / "a/job-1/job.json").read_text())
-    reason = f"{jobs.LAUNCHER_GONE_REASON}; no process of the job is left"
+    reason = f"{_jobs_local.LAUNCHER_GONE_REASON}; no process of the job is left"
     assert (record["state"], record["failure_reason"]) == ("FAILED_CONTROLLER", reason)
     assert record["attempts"][-1]["ended_at"] == 160.0  # kept as recorded
     code, _, err = call(["--runs-dir", str(tmp_path), "logs", "a"], capsys)
@@ -368,13 +372,16 @@ def test_watch_local_sends_the_ending_of_a_job_whose_launcher_died(
     job_id = record["job_id"]
     assert result["code"] == 1, err
     assert f"job {job_id} (run {run}): RUNNING (launcher gone)" in err
-    assert f"job {job_id} (run {run}) ended FAILED_CONTROLLER: {jobs.LAUNCHER_GONE_REASON}" in err
+    assert f"job {job_id} (run {run}) ended FAILED_CONTROLLER: {_jobs_local.LAUNCHER_GONE_REASON}" in err
     assert channels.counts() == {"discord": 1, "slack": 1, "github": 0, "webhook": 1}
     doc = channels.webhook.seen[0].body
     assert (doc["event"], doc["state"], doc["reason"], doc["job_id"], doc["run_id"], doc["backend"]) == (
         "ended", "FAILED_CONTROLLER", "launcher_gone", str(job_id), run, "local"
     )  # fmt: skip
-    assert doc["cause"].startswith(jobs.LAUNCHER_GONE_REASON) and doc["logs_hint"] == f"make logs ID={job_id}"
+    assert (
+        doc["cause"].startswith(_jobs_local.LAUNCHER_GONE_REASON)
+        and doc["logs_hint"] == f"make logs ID={job_id}"
+    )
     assert (
         channels.slack.seen[0].body["text"].splitlines()[0]
         == f"❌ *FAILED_CONTROLLER* · `{run}` · job {job_id}"
@@ -508,7 +515,7 @@ def test_watch_sky_exit_code_and_unknown_id(
     API server does not know: 2. With no channel configured, watch only follows."""
     import _sky_sdk
 
-    for key in jobs.NOTIFY_SECRETS:
+    for key in _jobs_notify.NOTIFY_SECRETS:
         monkeypatch.delenv(key, raising=False)
     script = {1: [{"status": "RUNNING"}, {"status": "SUCCEEDED"}], 2: [{"status": "SUCCEEDED"}]}
     fake = ScriptedSkyJobsSDK(
@@ -573,11 +580,11 @@ def test_watch_reads_channels_as_the_launcher_does(tmp_path: Path) -> None:
         "GIT_COMMIT": SHA,
         "GIT_DIRTY": "0",
     }
-    env = jobs.notify_env(environ, env_file, REPO)
+    env = _jobs_notify.notify_env(environ, env_file, REPO)
     assert env["SLACK_WEBHOOK_URL"].endswith("from-env") and env["NOTIFY_ON"] == "ended,attempt_ended"
     assert env["GITHUB_API_URL"] == "https://api.github.com"  # job.yaml
     assert "DISCORD_WEBHOOK_URL" not in env and "GIT_COMMIT" not in env and "GIT_DIRTY" not in env
-    assert jobs.channels(env) == ["SLACK_WEBHOOK_URL"]
+    assert _jobs_notify.channels(env) == ["SLACK_WEBHOOK_URL"]
     env_file.write_text("NOTIFY_ON=${LATER}\nLATER=x\n")
     with pytest.raises(jobs.ConfigError, match=r"\.env:1: NOTIFY_ON uses \$\{LATER\}"):
-        jobs.notify_env({}, env_file, REPO)
+        _jobs_notify.notify_env({}, env_file, REPO)

@@ -744,12 +744,15 @@ def test_stdout_is_data_only_while_the_sdk_prints(fake_sky_env: dict[str, str]) 
     """QA finding: SkyPilot's start-up messages of a local API server landed on stdout, so
     `jobs.py --backend sky status --json` printed them before `[]`. With a fake SDK that writes to
     sys.stdout's original object, sys.__stdout__ and fd 1, stdout is exactly the data."""
-    import jobs
+    import _jobs_sky
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
     assert proc.returncode == 0, proc.stderr
     reasons = {7: _sky_logs.parse_summary(SUMMARY_7), 8: _sky_logs.parse_summary(SUMMARY_8)}
-    assert proc.stdout == json.dumps(jobs.sky_rows(FAKE_RECORDS, 0.0, reasons), indent=2, default=str) + "\n"
+    assert (
+        proc.stdout
+        == json.dumps(_jobs_sky.sky_rows(FAKE_RECORDS, 0.0, reasons), indent=2, default=str) + "\n"
+    )
     assert_chatter_on_stderr(proc, "get", "queue", "tail")
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "logs", "7")  # streamed data
@@ -1091,11 +1094,11 @@ def test_supervisor_reasons_never_fail_status_and_never_cache_a_miss(tmp_path: P
 
 
 def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import jobs
+    import _jobs_sky
 
     sdk, cache = _sdk_with_logs(), tmp_path / "sky-reasons.json"
-    cfg = jobs.JobsConfig(backend="sky", command="status")
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    cfg = _config.JobsConfig(backend="sky", command="status")
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
         "ID",
@@ -1110,7 +1113,9 @@ def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.Capt
     by_id = {line.split()[0]: line for line in lines[1:]}
     assert by_id["6"].split()[1:3] == ["budget", "SUCCEEDED"] and "max_runtime" in by_id["6"]
     assert "crash_loop" in by_id["5"] and "Job exited with exit codes [143, 87]" in by_id["5"]
-    assert jobs.run_sky(dataclasses.replace(cfg, json=True), sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    assert (
+        _jobs_sky.run_sky(dataclasses.replace(cfg, json=True), sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert {r["job_id"]: (r["status"], r["reason"]) for r in rows} == {
         4: ("RUNNING", None), 5: ("FAILED", "crash_loop"), 6: ("SUCCEEDED", "max_runtime"), 7: ("FAILED_NO_RESOURCE", None)
@@ -1118,7 +1123,7 @@ def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.Capt
     assert rows[1]["cause"] == "the last 3 failed attempts started within 60 min"
     assert len(sdk.log_tails) == 3  # the second status read the cache
     sdk.records = [r for r in sdk.records if r["job_id"] == 4]  # nothing finished: no REASON column
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
     assert "REASON " not in capsys.readouterr().out.splitlines()[0]
 
 
@@ -1136,25 +1141,25 @@ def test_logs_ends_with_how_the_job_ended(
     job_id: int, follow: bool, code: int, last_line: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without --follow SkyPilot answers None (not a code): the outcome comes from the job's status."""
-    import jobs
+    import _jobs_sky
 
     sdk = _sdk_with_logs()
     sdk.tail_codes = [
         _sky_logs.tail_code_of_status(r["status"]) for r in sdk.records if r["job_id"] == job_id
     ]
-    cfg = jobs.JobsConfig(backend="sky", command="logs", ids=(str(job_id),), follow=follow)
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk) == code
+    cfg = _config.JobsConfig(backend="sky", command="logs", ids=(str(job_id),), follow=follow)
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk) == code
     out, err = capsys.readouterr()
     assert out == sdk.logs[job_id]
     assert (err.strip().splitlines() or [None])[-1] == last_line
 
 
 def test_logs_of_an_unknown_job_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    import jobs
+    import _jobs_sky
 
     sdk = _sdk_with_logs()
     with pytest.raises(ConfigError, match=r"^ID 99: no such managed job$"):
-        jobs.run_sky(jobs.JobsConfig(backend="sky", command="logs", ids=("99",)), sys.stdout, sdk=sdk)
+        _jobs_sky.run_sky(_config.JobsConfig(backend="sky", command="logs", ids=("99",)), sys.stdout, sdk=sdk)
 
 
 def test_launch_follow_ends_with_the_supervisors_reason(

@@ -680,3 +680,23 @@ class LaunchConfig:
     def state_dir(self) -> Path:
         """The local backend's run state: `$SKYOPS_STATE_DIR`, else `<repo>/.skyops`."""
         return Path(self.base_env.get("SKYOPS_STATE_DIR") or self.repo / ".skyops")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """What one `jobs.py` command needs, resolved once in jobs.py main()."""
+
+    backend: str
+    command: str
+    ids: tuple[str, ...] = ()
+    active: bool = False
+    json: bool = False
+    follow: bool = False
+    wait: float | None = None
+    force: bool = False
+    verbose: bool = False
+    runs_dir: Path = REPO / ".skyops" / "runs"
+    #: watch: seconds between polls (None: WATCH_INTERVAL_S of the backend).
+    interval: float | None = None
+    #: watch, notify-test: the environment notify.py runs with (see _jobs_notify.notify_env); holds secrets.
+    notify_env: Mapping[str, str] = field(default_factory=dict, repr=False)
