@@ -375,9 +375,8 @@ def test_workdir_files_are_what_git_does_not_ignore(tmp_path: Path) -> None:
     subprocess.run(["git", "-C", str(repo), "add", "tracked.py"], check=True)
     files = _local_disk.workdir_files(repo)
     assert files == [".gitignore", "link", "sub/x.sh", "tracked.py", "untracked.py"]
-    _local_disk.copy_files(
-        repo, [*files, "gone.swp"], tmp_path / "copy"
-    )  # a file deleted since it was listed
+    # gone.swp: a file deleted since it was listed
+    _local_disk.copy_files(repo, [*files, "gone.swp"], tmp_path / "copy")
     assert os.readlink(tmp_path / "copy" / "link") == "tracked.py"
     assert os.access(tmp_path / "copy" / "sub" / "x.sh", os.X_OK)
     assert (tmp_path / "copy" / "tracked.py").stat().st_ino != (repo / "tracked.py").stat().st_ino
@@ -553,9 +552,8 @@ def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFi
     task = task_file(tmp_path, "exit 0")
     data = tmp_path / "data"
     other = lambda: STATE / "runs" / "locked-run" / "job-99"  # noqa: E731
-    with _local_run.run_lock(
-        data / "locked-run", "locked-run", other
-    ):  # e.g. a job launched from another clone
+    # e.g. a job launched from another clone
+    with _local_run.run_lock(data / "locked-run", "locked-run", other):
         code = launch.main(
             ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "--set", f"DATA_DIR={data}",
              "examples/train.py"]
