@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-import jobs
+import _jobs_local
 import psutil
 import pytest
 from conftest import REPO, STATE, clean_env
@@ -165,7 +165,7 @@ def test_after_a_launcher_sigkill_the_run_stays_owned_and_cancel_leaves_nothing(
     assert took >= GRACE, "the descendant that ignores SIGTERM was SIGKILLed only after GRACE"
     assert sorted(p.name for p in tmp_path.glob("saved-*")) == ["saved-0", "saved-1"]
     row = status_row(run)
-    assert row["status"] == "FAILED_CONTROLLER" and row["reason"].startswith(jobs.LAUNCHER_GONE_REASON)
+    assert row["status"] == "FAILED_CONTROLLER" and row["reason"].startswith(_jobs_local.LAUNCHER_GONE_REASON)
 
 
 def test_nodes_that_end_after_a_launcher_sigkill_show_a_final_state(tmp_path: Path) -> None:

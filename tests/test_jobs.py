@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _atomic
+import _jobs_local
+import _jobs_notify
 import jobs
 import pytest
 from _fake_services import CANARY, CANARY_TOKEN, SHA, Channels
@@ -132,7 +135,7 @@ def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.Capt
     rows = {r["name"]: r for r in json.loads(out)}
     # a's launcher is gone and no process of it is left: a final state with the reason, never RUNNING
     assert rows["a"]["status"] == "FAILED_CONTROLLER" and rows["a"]["reason"].startswith(
-        jobs.LAUNCHER_GONE_REASON
+        _jobs_local.LAUNCHER_GONE_REASON
     )
     assert rows["b"]["failure_reason"].endswith("[3]")
     assert rows["b"]["duration"] == "1m00s"
@@ -141,7 +144,9 @@ def test_local_stale_launcher_and_unknown_id(tmp_path: Path, capsys: pytest.Capt
     assert err.strip() == "job 2 (run b) ended FAILED: run failed with node exit codes [3]"
     code, out, err = call([*base, "logs", "a"], capsys)
     assert code == 1 and out == ""
-    assert err.strip().startswith(f"job 1 (run a) ended FAILED_CONTROLLER: {jobs.LAUNCHER_GONE_REASON}")
+    assert err.strip().startswith(
+        f"job 1 (run a) ended FAILED_CONTROLLER: {_jobs_local.LAUNCHER_GONE_REASON}"
+    )
     code, _, err = call([*base, "logs", "9"], capsys)
     assert code == 2 and err.strip() == "jobs.py: error: ID '9': no such local job (see jobs.py status)"
     assert call([*base, "bogus"], capsys)[0] == 2
@@ -158,7 +163,7 @@ def test_backend_precedence(tmp_path: Path) -> None:
 
 
 class FakeSkyJobsSDK:
-    """A fake of _sky_backend.SkyJobsSDK (the API server boundary)."""
+    """A fake of _sky_sdk.SkyJobsSDK (the API server boundary)."""
 
     def __init__(self) -> None:
         self.records = [
@@ -184,11 +189,12 @@ class FakeSkyJobsSDK:
 
 
 def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import _sky_backend
+    import _sky_logs
+    import _sky_sdk
 
     fake = FakeSkyJobsSDK()
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
-    monkeypatch.setattr(_sky_backend.time, "sleep", lambda s: None)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_logs.time, "sleep", lambda s: None)
     code, out, _ = call(["--backend", "sky", "status", "--active"], capsys)
     assert code == 0 and fake.queries[-1] == (None, True)
     header, first, second = out.splitlines()
@@ -220,7 +226,7 @@ def test_sky_status_logs_cancel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 def test_sky_error_is_one_line_exit_3(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import _sky_backend
+    import _sky_sdk
 
     class DownSDK(FakeSkyJobsSDK):
         def queue(self, *a: Any) -> list[dict[str, Any]]:
@@ -228,7 +234,7 @@ def test_sky_error_is_one_line_exit_3(
 
             raise exceptions.ApiServerConnectionError("http://127.0.0.1:1")
 
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", DownSDK)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", DownSDK)
     code, out, err = call(["--backend", "sky", "status"], capsys)
     assert code == 3 and out == "" and err.startswith("jobs.py: error: no SkyPilot API server reachable")
     assert len(err.strip().splitlines()) == 1
@@ -239,6 +245,23 @@ def test_local_commands_never_import_skypilot() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "scripts/local"), "SKYOPS_BACKEND": "local"}
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False 0", proc.stderr
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    """job.json and the reasons cache are written through _atomic: the old file stays whole when a
+    write fails, and no temporary file is left either way."""
+    path = tmp_path / "job.json"
+    _atomic.write_json(path, {"state": "RUNNING"})
+    assert path.read_text() == '{\n  "state": "RUNNING"\n}\n'
+    with pytest.raises(TypeError):
+        _atomic.write_json(path, {"state": object()})
+    _atomic.write_json(tmp_path / "cache.json", {"b": 1, "a": 2}, indent=1, sort_keys=True)
+    assert (tmp_path / "cache.json").read_text() == '{\n "a": 2,\n "b": 1\n}\n'
+    with pytest.raises(IsADirectoryError):
+        _atomic.write_text(tmp_path, "x")  # the temporary file is written, the replace fails
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
+    assert json.loads(path.read_text()) == {"state": "RUNNING"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json", "job.json"]
 
 
 # ------------------------------------------------------------- cancel when the launcher is gone
@@ -272,7 +295,7 @@ def test_cancel_after_launcher_sigkill_stops_nodes_and_marks_failed_controller(
         after = json.loads(job_json.read_text())
         assert after["state"] == "FAILED_CONTROLLER"
         assert after["failure_reason"].startswith(
-            f"{jobs.LAUNCHER_GONE_REASON}; cancelled afterwards by jobs.py cancel"
+            f"{_jobs_local.LAUNCHER_GONE_REASON}; cancelled afterwards by jobs.py cancel"
         )
         assert after["attempts"][-1]["ended_at"] >= after["attempts"][-1]["started_at"]
         assert not list(job_json.parent.glob(".job.json.*"))  # the temp file of the atomic write
@@ -293,7 +316,7 @@ def test_cancel_orphaned_without_node_pids(tmp_path: Path, capsys: pytest.Captur
     code, _, err = call(["--runs-dir", str(tmp_path), "cancel", "a"], capsys)
     assert code == 0 and "already FAILED_CONTROLLER" in err
     record = json.loads((tmp_path / "a/job-1/job.json").read_text())
-    reason = f"{jobs.LAUNCHER_GONE_REASON}; no process of the job is left"
+    reason = f"{_jobs_local.LAUNCHER_GONE_REASON}; no process of the job is left"
     assert (record["state"], record["failure_reason"]) == ("FAILED_CONTROLLER", reason)
     assert record["attempts"][-1]["ended_at"] == 160.0  # kept as recorded
     code, _, err = call(["--runs-dir", str(tmp_path), "logs", "a"], capsys)
@@ -349,13 +372,16 @@ def test_watch_local_sends_the_ending_of_a_job_whose_launcher_died(
     job_id = record["job_id"]
     assert result["code"] == 1, err
     assert f"job {job_id} (run {run}): RUNNING (launcher gone)" in err
-    assert f"job {job_id} (run {run}) ended FAILED_CONTROLLER: {jobs.LAUNCHER_GONE_REASON}" in err
+    assert f"job {job_id} (run {run}) ended FAILED_CONTROLLER: {_jobs_local.LAUNCHER_GONE_REASON}" in err
     assert channels.counts() == {"discord": 1, "slack": 1, "github": 0, "webhook": 1}
     doc = channels.webhook.seen[0].body
     assert (doc["event"], doc["state"], doc["reason"], doc["job_id"], doc["run_id"], doc["backend"]) == (
         "ended", "FAILED_CONTROLLER", "launcher_gone", str(job_id), run, "local"
     )  # fmt: skip
-    assert doc["cause"].startswith(jobs.LAUNCHER_GONE_REASON) and doc["logs_hint"] == f"make logs ID={job_id}"
+    assert (
+        doc["cause"].startswith(_jobs_local.LAUNCHER_GONE_REASON)
+        and doc["logs_hint"] == f"make logs ID={job_id}"
+    )
     assert (
         channels.slack.seen[0].body["text"].splitlines()[0]
         == f"❌ *FAILED_CONTROLLER* · `{run}` · job {job_id}"
@@ -371,7 +397,7 @@ def test_watch_local_sends_the_ending_of_a_job_whose_launcher_died(
 
 
 class ScriptedSkyJobsSDK(FakeSkyJobsSDK):
-    """A fake of _sky_backend.SkyJobsSDK (the API server boundary; no server or cloud here) whose jobs
+    """A fake of _sky_sdk.SkyJobsSDK (the API server boundary; no server or cloud here) whose jobs
     go through scripted states: `script[job_id]` is its queue_v2 record at each poll (the last one
     stays); `logs[job_id]` the end of its logs, `envs[job_id]` its task's envs (task_envs)."""
 
@@ -409,7 +435,7 @@ def summary_line(attempt: int, reason: str, code: int, cause: str = "") -> str:
 def test_watch_sky_sends_each_ending_once_and_none_a_node_sent(
     monkeypatch: pytest.MonkeyPatch, channels: Channels, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import _sky_backend
+    import _sky_sdk
 
     run = {"status": "RUNNING", "job_duration": 30.0}
     script = {
@@ -432,7 +458,7 @@ def test_watch_sky_sends_each_ending_once_and_none_a_node_sent(
     envs = {8: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"}, 9: {"GIT_COMMIT": SHA, "GIT_DIRTY": "0"},
             7: {"GIT_COMMIT": SHA + "-dirty", "GIT_DIRTY": "1"}}  # fmt: skip
     fake = ScriptedSkyJobsSDK(script, logs, envs)
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
     monkeypatch.setenv("NOTIFY_ON", "ended,attempt_ended")
     runs = tmp_path / "state" / "runs"
     argv = ["--backend", "sky", "--env-file", os.devnull, "--runs-dir", str(runs), "watch", "--interval", "0"]
@@ -487,15 +513,15 @@ def test_watch_sky_exit_code_and_unknown_id(
 ) -> None:
     """Every job succeeded: 0 (a budget that ran out before the job started is no success); an id the
     API server does not know: 2. With no channel configured, watch only follows."""
-    import _sky_backend
+    import _sky_sdk
 
-    for key in jobs.NOTIFY_SECRETS:
+    for key in _jobs_notify.NOTIFY_SECRETS:
         monkeypatch.delenv(key, raising=False)
     script = {1: [{"status": "RUNNING"}, {"status": "SUCCEEDED"}], 2: [{"status": "SUCCEEDED"}]}
     fake = ScriptedSkyJobsSDK(
         script, {1: summary_line(1, "completed", 0), 2: summary_line(1, "max_runtime", 0)}, {}
     )
-    monkeypatch.setattr(_sky_backend, "SkyJobsSDK", lambda: fake)
+    monkeypatch.setattr(_sky_sdk, "SkyJobsSDK", lambda: fake)
     argv = [
         "--backend",
         "sky",
@@ -537,9 +563,9 @@ def test_watch_sky_exit_code_and_unknown_id(
     ],
 )
 def test_sky_ending_reasons(status: str, summary: dict | None, reason: str) -> None:
-    import _sky_backend
+    import _sky_logs
 
-    assert _sky_backend.ending_reason(status, summary) == reason
+    assert _sky_logs.ending_reason(status, summary) == reason
 
 
 def test_watch_reads_channels_as_the_launcher_does(tmp_path: Path) -> None:
@@ -554,11 +580,11 @@ def test_watch_reads_channels_as_the_launcher_does(tmp_path: Path) -> None:
         "GIT_COMMIT": SHA,
         "GIT_DIRTY": "0",
     }
-    env = jobs.notify_env(environ, env_file, REPO)
+    env = _jobs_notify.notify_env(environ, env_file, REPO)
     assert env["SLACK_WEBHOOK_URL"].endswith("from-env") and env["NOTIFY_ON"] == "ended,attempt_ended"
     assert env["GITHUB_API_URL"] == "https://api.github.com"  # job.yaml
     assert "DISCORD_WEBHOOK_URL" not in env and "GIT_COMMIT" not in env and "GIT_DIRTY" not in env
-    assert jobs.channels(env) == ["SLACK_WEBHOOK_URL"]
+    assert _jobs_notify.channels(env) == ["SLACK_WEBHOOK_URL"]
     env_file.write_text("NOTIFY_ON=${LATER}\nLATER=x\n")
     with pytest.raises(jobs.ConfigError, match=r"\.env:1: NOTIFY_ON uses \$\{LATER\}"):
-        jobs.notify_env({}, env_file, REPO)
+        _jobs_notify.notify_env({}, env_file, REPO)

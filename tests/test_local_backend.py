@@ -19,7 +19,10 @@ import uuid
 from pathlib import Path
 
 import _ledger
-import _local_backend as lb
+import _local_disk
+import _local_results
+import _local_run
+import _local_sky
 import _policy
 import launch
 import psutil
@@ -63,12 +66,12 @@ def launch_local(
     return code, run, status
 
 
-CLUSTER = lb.Cluster(
+CLUSTER = _local_sky.Cluster(
     job_id=7,
     run="demo",
     num_nodes=3,
     gpus_per_node=2,
-    task_id=lb.managed_task_id("demo", 7, dt.datetime(2026, 1, 2, 3, 4, 5, 6)),
+    task_id=_local_sky.managed_task_id("demo", 7, dt.datetime(2026, 1, 2, 3, 4, 5, 6)),
     user="me",
 )
 #: Every variable SkyPilot 0.14.1 sets for a one-task managed job's `run`, and for its `setup`.
@@ -84,7 +87,7 @@ SKY_SETUP_VARS = SKY_RUN_VARS - {"SKYPILOT_NODE_IPS", "SKYPILOT_NUM_GPUS_PER_NOD
 
 def test_node_env_follows_skypilot_contract() -> None:
     base = {"PATH": "/usr/bin", "SKYPILOT_NODE_RANK": "9", "RANK": "3", "HOME": "/h", "GIT_DIR": "/r/.git"}
-    env = lb.node_env(base, {"A": "1"}, {"S": "secret"}, CLUSTER, 1, setup=False)
+    env = _local_sky.node_env(base, {"A": "1"}, {"S": "secret"}, CLUSTER, 1, setup=False)
     assert {k for k in env if k.startswith("SKYPILOT_")} == SKY_RUN_VARS
     assert env["SKYPILOT_NODE_RANK"] == "1"
     assert env["SKYPILOT_NODE_IPS"] == "127.0.0.1\n127.0.0.2\n127.0.0.3"
@@ -98,7 +101,7 @@ def test_node_env_follows_skypilot_contract() -> None:
     assert json.loads(env["SKYPILOT_CLUSTER_INFO"]).keys() == {"cluster_name", "cloud", "region", "zone"}
     assert (env["A"], env["S"], env["HOME"], env["SKYPILOT_USER"]) == ("1", "secret", "/h", "me")
     assert "RANK" not in env and "GIT_DIR" not in env
-    setup_env = lb.node_env(base, {}, {}, CLUSTER, 2, setup=True)
+    setup_env = _local_sky.node_env(base, {}, {}, CLUSTER, 2, setup=True)
     assert {k for k in setup_env if k.startswith("SKYPILOT_")} == SKY_SETUP_VARS
     assert (setup_env["SKYPILOT_SETUP_NODE_RANK"], setup_env["SKYPILOT_SETUP_NUM_GPUS_PER_NODE"]) == (
         "2",
@@ -116,7 +119,9 @@ def test_a_node_with_its_own_home_shares_uv_and_nothing_else() -> None:
         "HISTFILE": "/u/.h",
         "PATH": "/b",
     }
-    env = lb.node_env(base, {}, {}, CLUSTER, 0, setup=False, home="/n/node0/home", tmpdir="/n/node0/tmp")
+    env = _local_sky.node_env(
+        base, {}, {}, CLUSTER, 0, setup=False, home="/n/node0/home", tmpdir="/n/node0/tmp"
+    )
     assert (env["HOME"], env["TMPDIR"], env["GIT_CEILING_DIRECTORIES"]) == (
         "/n/node0/home",
         "/n/node0/tmp",
@@ -124,7 +129,7 @@ def test_a_node_with_its_own_home_shares_uv_and_nothing_else() -> None:
     )
     assert (env["UV_CACHE_DIR"], env["UV_PYTHON_INSTALL_DIR"]) == ("/u/.c/uv", "/u/.local/share/uv/python")
     assert not {"XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HISTFILE"} & env.keys()
-    assert lb.shared_uv_dirs({"HOME": "/u", "UV_CACHE_DIR": "/c"})["UV_CACHE_DIR"] == "/c"
+    assert _local_sky.shared_uv_dirs({"HOME": "/u", "UV_CACHE_DIR": "/c"})["UV_CACHE_DIR"] == "/c"
 
 
 def test_the_job_script_is_skypilots() -> None:
@@ -135,17 +140,19 @@ def test_the_job_script_is_skypilots() -> None:
     from sky.skylet import constants
 
     exports = {"A": "1 2", "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.2", "Q": "it's"}
-    assert lb.sky_script("echo hi", exports) == log_lib.make_task_bash_script("echo hi", env_vars=exports)
+    assert _local_sky.sky_script("echo hi", exports) == log_lib.make_task_bash_script(
+        "echo hi", env_vars=exports
+    )
     theirs = task_codegen.TaskCodeGen.build_task_bash_script(
         "python x.py", env_prefix=" && ".join(f"unset {v}" for v in task_codegen.UNSET_RAY_ENV_VARS)
     )
-    ours = lb.sky_run_commands("python x.py")
+    ours = _local_sky.sky_run_commands("python x.py")
     head, _, tail = ours.partition("\n__skypilot_user_exit_code=$?\n")
     assert theirs.startswith(f"{head}\n__skypilot_user_exit_code=$?\n") and theirs.endswith(f"\n{tail}")
-    assert lb.sky_setup_commands(Path("/n/sky_setup")).startswith(
+    assert _local_sky.sky_setup_commands(Path("/n/sky_setup")).startswith(
         "unset CUDA_VISIBLE_DEVICES; " + " && ".join(f"unset {v}" for v in task_codegen.UNSET_RAY_ENV_VARS)
     )
-    assert f"~/{lb.SKY_WORKDIR}" == constants.SKY_REMOTE_WORKDIR
+    assert f"~/{_local_sky.SKY_WORKDIR}" == constants.SKY_REMOTE_WORKDIR
 
 
 def test_the_variables_are_those_skypilots_code_sets() -> None:
@@ -182,7 +189,7 @@ def test_the_variables_are_those_skypilots_code_sets() -> None:
 def test_recovery_decision_follows_skypilot(
     codes: list[int], recover: list[int], count: int, limit: int, expected: tuple[str, int]
 ) -> None:
-    assert lb.recovery_decision(codes, recover, count, limit) == expected
+    assert _local_results.recovery_decision(codes, recover, count, limit) == expected
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -366,15 +373,16 @@ def test_workdir_files_are_what_git_does_not_ignore(tmp_path: Path) -> None:
     (repo / "sub" / "x.sh").chmod(0o755)
     (repo / "link").symlink_to("tracked.py")
     subprocess.run(["git", "-C", str(repo), "add", "tracked.py"], check=True)
-    files = lb.workdir_files(repo)
+    files = _local_disk.workdir_files(repo)
     assert files == [".gitignore", "link", "sub/x.sh", "tracked.py", "untracked.py"]
-    lb.copy_files(repo, [*files, "gone.swp"], tmp_path / "copy")  # a file deleted since it was listed
+    # gone.swp: a file deleted since it was listed
+    _local_disk.copy_files(repo, [*files, "gone.swp"], tmp_path / "copy")
     assert os.readlink(tmp_path / "copy" / "link") == "tracked.py"
     assert os.access(tmp_path / "copy" / "sub" / "x.sh", os.X_OK)
     assert (tmp_path / "copy" / "tracked.py").stat().st_ino != (repo / "tracked.py").stat().st_ino
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "a.txt").write_text("a")
-    assert lb.workdir_files(tmp_path / "plain") == ["a.txt"]  # not a git work tree: every file
+    assert _local_disk.workdir_files(tmp_path / "plain") == ["a.txt"]  # not a git work tree: every file
 
 
 def test_node_slots_are_held_by_one_job_at_a_time(tmp_path: Path) -> None:
@@ -382,20 +390,20 @@ def test_node_slots_are_held_by_one_job_at_a_time(tmp_path: Path) -> None:
     but whose processes live (found by their marker) keeps its slot."""
     first_job, second_job = tmp_path / "job-1", tmp_path / "job-2"
     with (
-        lb.node_slot(tmp_path / "nodes", first_job) as first,
-        lb.node_slot(tmp_path / "nodes", second_job) as second,
+        _local_disk.node_slot(tmp_path / "nodes", first_job) as first,
+        _local_disk.node_slot(tmp_path / "nodes", second_job) as second,
     ):
         assert (first.name, second.name) == ("slot0", "slot1")
     orphan = subprocess.Popen(["sleep", "30"], env={**os.environ, "SKYOPS_LOCAL_JOB": str(first_job)})
     try:
         first_job.mkdir()
         (first_job / "job.json").write_text('{"state": "RUNNING"}')  # its launcher died mid-job
-        with lb.node_slot(tmp_path / "nodes", second_job) as slot:
+        with _local_disk.node_slot(tmp_path / "nodes", second_job) as slot:
             assert slot.name == "slot1"
     finally:
         orphan.kill()
         orphan.wait()
-    with lb.node_slot(tmp_path / "nodes", second_job) as slot:
+    with _local_disk.node_slot(tmp_path / "nodes", second_job) as slot:
         assert slot.name == "slot0"
 
 
@@ -454,7 +462,7 @@ def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
 
 
 def test_job_ids_are_unique_and_increasing(tmp_path: Path) -> None:
-    ids = [lb.allocate_job_id(tmp_path) for _ in range(3)]
+    ids = [_local_run.allocate_job_id(tmp_path) for _ in range(3)]
     assert ids == [1, 2, 3]
 
 
@@ -544,7 +552,8 @@ def test_one_job_per_run_name_at_a_time(tmp_path: Path, capsys: pytest.CaptureFi
     task = task_file(tmp_path, "exit 0")
     data = tmp_path / "data"
     other = lambda: STATE / "runs" / "locked-run" / "job-99"  # noqa: E731
-    with lb.run_lock(data / "locked-run", "locked-run", other):  # e.g. a job launched from another clone
+    # e.g. a job launched from another clone
+    with _local_run.run_lock(data / "locked-run", "locked-run", other):
         code = launch.main(
             ["--env-file", "/dev/null", "--task", str(task), "--run", "locked-run", "--set", f"DATA_DIR={data}",
              "examples/train.py"]

@@ -36,9 +36,13 @@ os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"  # SkyPilot's telemetry go
 import _config  # noqa: E402
 import _git  # noqa: E402
 import _sky_backend as sb  # noqa: E402
+import _sky_logs  # noqa: E402
+import _sky_plan  # noqa: E402
+import _sky_sdk  # noqa: E402
 import _task  # noqa: E402
 import launch  # noqa: E402
 from _config import ConfigError  # noqa: E402
+from _job_state import LIVE, TERMINAL, JobState  # noqa: E402
 from conftest import N1_INVALID_NAMES, seed_runtime_dir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -48,7 +52,7 @@ pytestmark = pytest.mark.skipif(
 
 
 class FakeSkyJobsSDK:
-    """A fake of sb.SkyJobsSDK, the boundary to the API server (no server or cloud here). Like
+    """A fake of _sky_sdk.SkyJobsSDK, the boundary to the API server (no server or cloud here). Like
     SkyPilot 0.14.1's sky.jobs.tail_logs, `tail_logs` answers a code only when following and None
     without follow (sky/jobs/client/sdk.py: `get_result=follow`); `log_tail` gives the last lines."""
 
@@ -182,7 +186,7 @@ run: echo hi
 
 
 def make_cfg(tmp_path: Path, *argv: str, env_file: str | None = f"WANDB_API_KEY={CANARY}\n", task: str = JOB_YAML,
-             environ: dict[str, str] | None = None, repo: Path | None = None) -> launch.LaunchConfig:  # fmt: skip
+             environ: dict[str, str] | None = None, repo: Path | None = None) -> _config.LaunchConfig:  # fmt: skip
     """A LaunchConfig through the real parser and loader, with skip-git unless a repo is given."""
     (tmp_path / "job.yaml").write_text(task)
     args = ["--backend", "sky", "--task", str(tmp_path / "job.yaml"), "--run", "r1"]
@@ -196,7 +200,7 @@ def make_cfg(tmp_path: Path, *argv: str, env_file: str | None = f"WANDB_API_KEY=
     return dataclasses.replace(cfg, repo=repo) if repo is not None else cfg
 
 
-def run_launch(cfg: launch.LaunchConfig, sdk: Any = None, ask: Any = None) -> tuple[int, str, str]:
+def run_launch(cfg: _config.LaunchConfig, sdk: Any = None, ask: Any = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     kwargs = {"ask": ask} if ask else {}
     code = sb.launch(cfg, sdk=sdk or FakeSkyJobsSDK(), stdout=out, stderr=err, **kwargs)
@@ -274,8 +278,8 @@ def test_task_built_with_all_patches(tmp_path: Path) -> None:
     cfg = make_cfg(
         tmp_path, "--gpus", "4", "--nodes", "3", "--cpus", "16+", "--no-spot", "--max-restarts", "7"
     )
-    plan = sb.plan_copy(cfg, "r1", None, "a" * 40)
-    task = sb.build_task(plan)
+    plan = _sky_plan.plan_copy(cfg, "r1", None, "a" * 40)
+    task = _sky_plan.build_task(plan)
     assert task.name == "r1" and task.num_nodes == 3
     for r in task.resources:
         assert r.accelerators == {"H100": 4} and not r.use_spot and r.cpus == "16+"
@@ -290,7 +294,7 @@ def test_task_built_with_all_patches(tmp_path: Path) -> None:
 
 
 def test_y1_env_values_reach_the_task_as_written(tmp_path: Path) -> None:
-    task = sb.build_task(sb.plan_copy(make_cfg(tmp_path), "r1", None, None))
+    task = _sky_plan.build_task(_sky_plan.plan_copy(make_cfg(tmp_path), "r1", None, None))
     assert (task.envs["COMMIT"], task.envs["DEBUG"], task.envs["VERSION"], task.envs["START"]) == (
         "0123456",
         "true",
@@ -301,8 +305,8 @@ def test_y1_env_values_reach_the_task_as_written(tmp_path: Path) -> None:
 
 def test_y3_secrets_only_as_secrets(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
-    plan = sb.plan_copy(cfg, "r1", None, None)
-    task = sb.build_task(plan)
+    plan = _sky_plan.plan_copy(cfg, "r1", None, None)
+    task = _sky_plan.build_task(plan)
     assert task.secrets["WANDB_API_KEY"].get_secret_value() == CANARY
     assert task.secrets["OPTIONAL_TOKEN"].get_secret_value() == ""  # a valid empty secret
     assert "WANDB_API_KEY" not in task.envs and CANARY not in json.dumps(task.envs)
@@ -410,16 +414,16 @@ def test_y4_structural_mistakes_exit_2_listing_each(
 
 @pytest.mark.parametrize("name", ["train-run-01", "run_01", "Run.A", "a"])
 def test_n1_valid_names_and_copies(name: str) -> None:
-    assert sb.copy_names(name, 1) == [name]
-    assert sb.copy_names(name, 3) == [f"{name}-1", f"{name}-2", f"{name}-3"]
-    for n in sb.copy_names(name, 2):
+    assert _sky_plan.copy_names(name, 1) == [name]
+    assert _sky_plan.copy_names(name, 3) == [f"{name}-1", f"{name}-2", f"{name}-3"]
+    for n in _sky_plan.copy_names(name, 2):
         assert _config.CLUSTER_NAME_RE.match(n) and _config.TASK_NAME_RE.match(n)
 
 
 @pytest.mark.parametrize(("name", "reason"), N1_INVALID_NAMES)
 def test_n1_invalid_names(name: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
-        sb.copy_names(name, 2)
+        _sky_plan.copy_names(name, 2)
 
 
 # --------------------------------------------------------------------------------------- launch path
@@ -462,11 +466,11 @@ def test_partial_copies_say_which_launched_and_exit_3(tmp_path: Path) -> None:
 
 
 def test_normalise_job_ids() -> None:
-    assert sb.normalise_job_ids(7) == [7]
-    assert sb.normalise_job_ids([7, 8]) == [7, 8]
-    assert sb.normalise_job_ids(None) == []
-    with pytest.raises(sb.SkyError):
-        sb.normalise_job_ids("x")
+    assert _sky_sdk.normalise_job_ids(7) == [7]
+    assert _sky_sdk.normalise_job_ids([7, 8]) == [7, 8]
+    assert _sky_sdk.normalise_job_ids(None) == []
+    with pytest.raises(_sky_sdk.SkyError):
+        _sky_sdk.normalise_job_ids("x")
 
 
 def _exc(module: str, name: str, *args: Any) -> Exception:
@@ -480,9 +484,9 @@ def _local_server_refusal() -> Exception:
     (sky/server/common.py check_local_api_server_enabled_or_raise), with its traceback."""
     from sky.server import common
 
-    os.environ[sb.NO_LOCAL_API_SERVER_ENV] = "1"  # this module sets it for every test already
+    os.environ[_sky_sdk.NO_LOCAL_API_SERVER_ENV] = "1"  # this module sets it for every test already
     try:
-        with sb.stdout_to_stderr():  # as every SkyPilot call of the launcher
+        with _sky_sdk.stdout_to_stderr():  # as every SkyPilot call of the launcher
             common.check_local_api_server_enabled_or_raise()
     except RuntimeError as exc:
         return exc
@@ -523,16 +527,18 @@ def test_errors_are_told_apart_by_class() -> None:
     class Quota(sky.exceptions.ResourcesUnavailableError):  # a subclass is still that error
         pass
 
-    assert sb.describe_sky_error(Quota("out of quota")).startswith(
+    assert _sky_sdk.describe_sky_error(Quota("out of quota")).startswith(
         "no resources match the task: out of quota"
     )
     catalog = requests.exceptions.ConnectionError("Failed to fetch common catalog")
-    assert sb.describe_sky_error(catalog, building=True).startswith(
+    assert _sky_sdk.describe_sky_error(catalog, building=True).startswith(
         "cannot reach the network for SkyPilot's catalog"
     )
     limit = getattr(sys, "tracebacklimit", None)
     refusal = RuntimeError(str(_local_server_refusal()))  # the same words, raised elsewhere
-    assert sb.describe_sky_error(refusal).startswith("SkyPilot error (RuntimeError): No SkyPilot API server")
+    assert _sky_sdk.describe_sky_error(refusal).startswith(
+        "SkyPilot error (RuntimeError): No SkyPilot API server"
+    )
     assert getattr(sys, "tracebacklimit", None) == limit  # SkyPilot's raise leaves it at 0; restored
 
 
@@ -540,7 +546,10 @@ def test_follow_treats_101_as_still_running(tmp_path: Path) -> None:
     sdk = FakeSkyJobsSDK(ids=[[5]])
     sdk.tail_codes = [101, 101, 100]
     sleeps: list[float] = []
-    assert sb.exit_code_of_tail(5, sb.tail_until_done(sdk, 5, io.StringIO(), sleep=sleeps.append)) == 1
+    assert (
+        _sky_logs.exit_code_of_tail(5, _sky_logs.tail_until_done(sdk, 5, io.StringIO(), sleep=sleeps.append))
+        == 1
+    )
     assert sdk.tails == [5, 5, 5] and len(sleeps) == 2
     sdk.tail_codes = [0]
     code, _, err = run_launch(make_cfg(tmp_path, "--follow"), FakeSkyJobsSDK(ids=[[5]]))
@@ -735,12 +744,15 @@ def test_stdout_is_data_only_while_the_sdk_prints(fake_sky_env: dict[str, str]) 
     """QA finding: SkyPilot's start-up messages of a local API server landed on stdout, so
     `jobs.py --backend sky status --json` printed them before `[]`. With a fake SDK that writes to
     sys.stdout's original object, sys.__stdout__ and fd 1, stdout is exactly the data."""
-    import jobs
+    import _jobs_sky
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
     assert proc.returncode == 0, proc.stderr
-    reasons = {7: sb.parse_summary(SUMMARY_7), 8: sb.parse_summary(SUMMARY_8)}
-    assert proc.stdout == json.dumps(jobs.sky_rows(FAKE_RECORDS, 0.0, reasons), indent=2, default=str) + "\n"
+    reasons = {7: _sky_logs.parse_summary(SUMMARY_7), 8: _sky_logs.parse_summary(SUMMARY_8)}
+    assert (
+        proc.stdout
+        == json.dumps(_jobs_sky.sky_rows(FAKE_RECORDS, 0.0, reasons), indent=2, default=str) + "\n"
+    )
     assert_chatter_on_stderr(proc, "get", "queue", "tail")
 
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "logs", "7")  # streamed data
@@ -791,12 +803,12 @@ def test_stdout_to_stderr_restores_fd_1_and_nests() -> None:
     """fd 1 points at stderr inside the block, is restored after (also on an exception), and the
     yielded stream (the outer one, in a nested block) writes to the real stdout."""
     probe = (
-        "import os, sys, _sky_backend as sb\n"
+        "import os, sys, _sky_sdk\n"
         "print('before', flush=True)\n"
         "try:\n"
-        "    with sb.stdout_to_stderr() as data:\n"
+        "    with _sky_sdk.stdout_to_stderr() as data:\n"
         "        print('chatter1')\n"
-        "        with sb.stdout_to_stderr() as inner:\n"
+        "        with _sky_sdk.stdout_to_stderr() as inner:\n"
         "            os.write(1, b'chatter2\\n')\n"
         "            inner.write('data-inner\\n')\n"
         "        data.write('data\\n')\n"
@@ -1019,14 +1031,14 @@ FAILED_LOG = (
 
 
 def test_parse_summary_picks_the_line_that_says_how_the_job_ended() -> None:
-    summary = sb.parse_summary(FAILED_LOG)
+    summary = _sky_logs.parse_summary(FAILED_LOG)
     assert summary == {"node": 1, "attempt": 3, "reason": "crash_loop", "exit_code": 87, "runtime_s": 2.5,
                        "cause": "the last 3 failed attempts started within 60 min"}  # fmt: skip
     earlier = "run.py: INFO: summary: node=0 attempt=2 reason=job_failed exit_code=1 runtime_s=1.0\n"
-    assert sb.parse_summary(earlier + FAILED_LOG)["attempt"] == 3  # the last attempt counts
-    assert sb.parse_summary("run.py: INFO: summary: node=0 attempt=1 reason=max_runtime exit_code=0 runtime_s=7.0\r\n") == {
+    assert _sky_logs.parse_summary(earlier + FAILED_LOG)["attempt"] == 3  # the last attempt counts
+    assert _sky_logs.parse_summary("run.py: INFO: summary: node=0 attempt=1 reason=max_runtime exit_code=0 runtime_s=7.0\r\n") == {
         "node": 0, "attempt": 1, "reason": "max_runtime", "exit_code": 0, "runtime_s": 7.0, "cause": None}  # fmt: skip
-    assert sb.parse_summary("no summary: here\nsummary: node=x\n") is None
+    assert _sky_logs.parse_summary("no summary: here\nsummary: node=x\n") is None
 
 
 def _records() -> list[dict[str, Any]]:
@@ -1056,35 +1068,37 @@ def _sdk_with_logs() -> FakeSkyJobsSDK:
 
 def test_supervisor_reasons_are_fetched_once_per_finished_job(tmp_path: Path) -> None:
     sdk, cache = _sdk_with_logs(), tmp_path / "state" / "sky-reasons.json"
-    reasons = sb.supervisor_reasons(sdk, sdk.records, cache)
+    reasons = _sky_logs.supervisor_reasons(sdk, sdk.records, cache)
     assert {k: v and v["reason"] for k, v in reasons.items()} == {5: "crash_loop", 6: "max_runtime", 7: None}
     assert sdk.log_tails == [(7, 200), (6, 200), (5, 200)]  # finished jobs only, newest first, by tail
-    assert sb.supervisor_reasons(sdk, sdk.records, cache) == reasons and len(sdk.log_tails) == 3  # cached
+    assert (
+        _sky_logs.supervisor_reasons(sdk, sdk.records, cache) == reasons and len(sdk.log_tails) == 3
+    )  # cached
     moved = [{**r, "submitted_at": 9.0} if r["job_id"] == 6 else r for r in sdk.records]
-    sb.supervisor_reasons(sdk, moved, cache)  # same id, another job (another API server): read again
+    _sky_logs.supervisor_reasons(sdk, moved, cache)  # same id, another job (another API server): read again
     assert sdk.log_tails[3:] == [(6, 200)]
 
 
 def test_supervisor_reasons_never_fail_status_and_never_cache_a_miss(tmp_path: Path) -> None:
     sdk, cache = _sdk_with_logs(), tmp_path / "sky-reasons.json"
     sdk.log_tail_error = RuntimeError("controller is stopped")
-    assert sb.supervisor_reasons(sdk, sdk.records, cache) == {}
+    assert _sky_logs.supervisor_reasons(sdk, sdk.records, cache) == {}
     assert sdk.log_tails == [(7, 200)] and not cache.exists()  # the first failure stops the fetching
     sdk.log_tail_error = None
     sdk.logs[6] = ""  # logs not synced yet: asked again next time
-    assert sb.supervisor_reasons(sdk, sdk.records, cache, max_fetches=2) == {7: None, 6: None}
+    assert _sky_logs.supervisor_reasons(sdk, sdk.records, cache, max_fetches=2) == {7: None, 6: None}
     assert sorted(json.loads(cache.read_text())["jobs"]) == ["7"]
     cache.write_text("{corrupt")  # a broken cache is a cache miss, and rewritten
-    assert sb.supervisor_reasons(sdk, sdk.records, cache)[5]["reason"] == "crash_loop"
+    assert _sky_logs.supervisor_reasons(sdk, sdk.records, cache)[5]["reason"] == "crash_loop"
     assert sorted(json.loads(cache.read_text())["jobs"]) == ["5", "7"]
 
 
 def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import jobs
+    import _jobs_sky
 
     sdk, cache = _sdk_with_logs(), tmp_path / "sky-reasons.json"
-    cfg = jobs.JobsConfig(backend="sky", command="status")
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    cfg = _config.JobsConfig(backend="sky", command="status")
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
         "ID",
@@ -1099,7 +1113,9 @@ def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.Capt
     by_id = {line.split()[0]: line for line in lines[1:]}
     assert by_id["6"].split()[1:3] == ["budget", "SUCCEEDED"] and "max_runtime" in by_id["6"]
     assert "crash_loop" in by_id["5"] and "Job exited with exit codes [143, 87]" in by_id["5"]
-    assert jobs.run_sky(dataclasses.replace(cfg, json=True), sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    assert (
+        _jobs_sky.run_sky(dataclasses.replace(cfg, json=True), sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert {r["job_id"]: (r["status"], r["reason"]) for r in rows} == {
         4: ("RUNNING", None), 5: ("FAILED", "crash_loop"), 6: ("SUCCEEDED", "max_runtime"), 7: ("FAILED_NO_RESOURCE", None)
@@ -1107,7 +1123,7 @@ def test_status_shows_the_supervisors_reason(tmp_path: Path, capsys: pytest.Capt
     assert rows[1]["cause"] == "the last 3 failed attempts started within 60 min"
     assert len(sdk.log_tails) == 3  # the second status read the cache
     sdk.records = [r for r in sdk.records if r["job_id"] == 4]  # nothing finished: no REASON column
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk, reasons_cache=cache) == 0
     assert "REASON " not in capsys.readouterr().out.splitlines()[0]
 
 
@@ -1125,29 +1141,31 @@ def test_logs_ends_with_how_the_job_ended(
     job_id: int, follow: bool, code: int, last_line: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without --follow SkyPilot answers None (not a code): the outcome comes from the job's status."""
-    import jobs
+    import _jobs_sky
 
     sdk = _sdk_with_logs()
-    sdk.tail_codes = [sb.tail_code_of_status(r["status"]) for r in sdk.records if r["job_id"] == job_id]
-    cfg = jobs.JobsConfig(backend="sky", command="logs", ids=(str(job_id),), follow=follow)
-    assert jobs.run_sky(cfg, sys.stdout, sdk=sdk) == code
+    sdk.tail_codes = [
+        _sky_logs.tail_code_of_status(r["status"]) for r in sdk.records if r["job_id"] == job_id
+    ]
+    cfg = _config.JobsConfig(backend="sky", command="logs", ids=(str(job_id),), follow=follow)
+    assert _jobs_sky.run_sky(cfg, sys.stdout, sdk=sdk) == code
     out, err = capsys.readouterr()
     assert out == sdk.logs[job_id]
     assert (err.strip().splitlines() or [None])[-1] == last_line
 
 
 def test_logs_of_an_unknown_job_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    import jobs
+    import _jobs_sky
 
     sdk = _sdk_with_logs()
     with pytest.raises(ConfigError, match=r"^ID 99: no such managed job$"):
-        jobs.run_sky(jobs.JobsConfig(backend="sky", command="logs", ids=("99",)), sys.stdout, sdk=sdk)
+        _jobs_sky.run_sky(_config.JobsConfig(backend="sky", command="logs", ids=("99",)), sys.stdout, sdk=sdk)
 
 
 def test_launch_follow_ends_with_the_supervisors_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sb.time, "sleep", lambda s: None)
+    monkeypatch.setattr(_sky_logs.time, "sleep", lambda s: None)
     sdk = FakeSkyJobsSDK(ids=[[5]])
     sdk.records = _records()
     sdk.logs = {5: FAILED_LOG}
@@ -1174,7 +1192,7 @@ def test_status_reasons_are_cached_across_real_processes(fake_sky_env: dict[str,
     first = calls.read_text().splitlines()
     assert sorted(first) == ["tail_logs 7 follow=False tail=200", "tail_logs 8 follow=False tail=200"]
     cache = json.loads((Path(fake_sky_env["SKYOPS_STATE_DIR"]) / "sky-reasons.json").read_text())
-    assert cache["jobs"]["8"] == {"submitted_at": 1100.0, "summary": sb.parse_summary(SUMMARY_8)}
+    assert cache["jobs"]["8"] == {"submitted_at": 1100.0, "summary": _sky_logs.parse_summary(SUMMARY_8)}
     proc = run_script(fake_sky_env, "jobs.py", "--backend", "sky", "status", "--json")
     assert proc.returncode == 0 and calls.read_text().splitlines() == first, proc.stderr
     assert [r["reason"] for r in json.loads(proc.stdout)] == ["crash_loop", "max_runtime", None]
@@ -1195,6 +1213,22 @@ def test_task_keys_copy_is_skypilots_schema() -> None:
         f" drop {sorted(_config.TASK_KEYS - skypilots)}"
     )
     assert _config.task_keys() == skypilots
+
+
+def test_job_states_copy_is_skypilots() -> None:
+    """_job_state.JobState, the copy for the paths that never import SkyPilot, is the installed
+    SkyPilot's ManagedJobStatus (sky/jobs/state.py), state for state, and TERMINAL its
+    terminal_statuses(): this fails the day SkyPilot adds, drops or renames a managed-job state."""
+    from sky.jobs.state import ManagedJobStatus
+
+    skypilots = {status.value for status in ManagedJobStatus}
+    ours = {state.value for state in JobState}
+    assert ours == skypilots, (
+        f"update JobState: add {sorted(skypilots - ours)}, drop {sorted(ours - skypilots)}"
+    )
+    assert all(state.name == state.value for state in JobState)
+    assert {status.value for status in ManagedJobStatus.terminal_statuses()} == TERMINAL
+    assert {status.value for status in ManagedJobStatus if not status.is_terminal()} == LIVE
 
 
 def test_task_keys_come_from_skypilot_once_it_is_imported(
@@ -1220,7 +1254,7 @@ def test_task_keys_come_from_skypilot_once_it_is_imported(
         _config.load_task_file(tmp_path / "b.yaml")
     task = dataclasses.replace(make_cfg(tmp_path).task, config={"run": "echo", "pool": {}, "brand_new": "x"})
     with pytest.raises(ConfigError, match=r"job\.yaml: pool unknown$"):
-        sb.check_task_keys(task)
+        _sky_plan.check_task_keys(task)
 
 
 REFS_YAML = JOB_YAML.replace(

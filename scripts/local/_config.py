@@ -37,6 +37,9 @@ if _REMOTE not in sys.path:
     sys.path.append(_REMOTE)
 import _contract  # noqa: E402
 
+#: The repository root: what the nodes receive, and where job.yaml, .env and .skyops/ are by default.
+REPO = Path(__file__).resolve().parents[2]
+
 #: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the one place they live.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -635,3 +638,65 @@ def secret_like_keys(keys: Iterable[str], declared_secrets: Iterable[str]) -> li
     plaintext envs, shown in SkyPilot's dashboard)."""
     declared = set(declared_secrets)
     return sorted(k for k in keys if k not in declared and SECRET_LIKE_RE.search(k.upper()))
+
+
+# --------------------------------------------------------------------------------------- the launch
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Everything one launch needs, resolved once in launch.py main() (`load_config`) and passed
+    down to the backends."""
+
+    backend: str
+    run: str
+    job: str  # path relative to the repository root; "" when the task runs no JOB
+    job_args: tuple[str, ...]
+    nodes: int
+    gpus: int | None  # None: keep job.yaml's accelerators (sky); 0 on the local backend
+    cpus: str | None
+    use_spot: bool | None
+    max_restarts: int | None
+    envs: dict[str, str]
+    secrets: dict[str, str] = field(repr=False)
+    task: TaskFile = field(repr=False)
+    missing_secrets: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    print_id: bool = False
+    follow: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    # --backend sky only (scripts/local/_sky_backend.py)
+    copies: int = 1
+    git_ref: str | None = None
+    skip_git_check: bool = False
+    confirm: bool = False
+    dump_config: str | None = None  # "yaml" | "json"
+    repo: Path = REPO
+    base_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def state_dir(self) -> Path:
+        """The local backend's run state: `$SKYOPS_STATE_DIR`, else `<repo>/.skyops`."""
+        return Path(self.base_env.get("SKYOPS_STATE_DIR") or self.repo / ".skyops")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """What one `jobs.py` command needs, resolved once in jobs.py main()."""
+
+    backend: str
+    command: str
+    ids: tuple[str, ...] = ()
+    active: bool = False
+    json: bool = False
+    follow: bool = False
+    wait: float | None = None
+    force: bool = False
+    verbose: bool = False
+    runs_dir: Path = REPO / ".skyops" / "runs"
+    #: watch: seconds between polls (None: WATCH_INTERVAL_S of the backend).
+    interval: float | None = None
+    #: watch, notify-test: the environment notify.py runs with (see _jobs_notify.notify_env); holds secrets.
+    notify_env: Mapping[str, str] = field(default_factory=dict, repr=False)

@@ -43,9 +43,9 @@ import sys
 import tomllib
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import _config
 import _task
@@ -53,11 +53,12 @@ from _config import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    REPO,
     ConfigError,
+    LaunchConfig,
     OneLineParser,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "sky")
 
 log = logging.getLogger("skyops.launch")
@@ -72,44 +73,6 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SKYOPS_USE_SPOT": ("--spot/--no-spot", "use_spot"),
     "SKYOPS_MAX_RESTARTS": ("--max-restarts", "max_restarts"),
 }
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Everything one launch needs, resolved once in main() and passed down."""
-
-    backend: str
-    run: str
-    job: str  # path relative to the repository root; "" when the task runs no JOB
-    job_args: tuple[str, ...]
-    nodes: int
-    gpus: int | None  # None: keep job.yaml's accelerators (sky); 0 on the local backend
-    cpus: str | None
-    use_spot: bool | None
-    max_restarts: int | None
-    envs: dict[str, str]
-    secrets: dict[str, str] = field(repr=False)
-    missing_secrets: tuple[str, ...] = ()
-    sources: dict[str, str] = field(default_factory=dict)
-    task: _config.TaskFile | None = field(default=None, repr=False)
-    dry_run: bool = False
-    print_id: bool = False
-    follow: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    # --backend sky only (scripts/local/_sky_backend.py)
-    copies: int = 1
-    git_ref: str | None = None
-    skip_git_check: bool = False
-    confirm: bool = False
-    dump_config: str | None = None  # "yaml" | "json"
-    repo: Path = REPO
-    base_env: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def state_dir(self) -> Path:
-        """The local backend's run state: `$SKYOPS_STATE_DIR`, else `<repo>/.skyops`."""
-        return Path(self.base_env.get("SKYOPS_STATE_DIR") or self.repo / ".skyops")
 
 
 def _positive(text: str) -> int:
@@ -129,6 +92,36 @@ def _type(fn: Any, name: str) -> Any:
 
     convert.__name__ = name
     return convert
+
+
+def _add_sky_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of --backend sky only (load_config refuses them on the local backend)."""
+    sky = p.add_argument_group("--backend sky only")
+    sky.add_argument(
+        "--copies",
+        type=_type(_positive, "copies"),
+        default=1,
+        help="launch N managed jobs named RUN-1 .. RUN-N",
+    )
+    sky.add_argument(
+        "--git-ref",
+        default=None,
+        help="commit, tag or branch the nodes run, cloned from the git remote (None: HEAD)",
+    )
+    sky.add_argument(
+        "--skip-git-check", action="store_true", help="skip the git gate: upload the working tree as it is"
+    )
+    sky.add_argument(
+        "--confirm",
+        action="store_true",
+        help="show a summary on stderr and ask (answer on stdin); declining exits 1, no answer exits 2",
+    )
+    sky.add_argument(
+        "--dump-config",
+        choices=("yaml", "json"),
+        default=None,
+        help="print the final task (secrets redacted) and exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,32 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress lines on stderr (the last line still says how it ended)",
     )
-    sky = p.add_argument_group("--backend sky only")
-    sky.add_argument(
-        "--copies",
-        type=_type(_positive, "copies"),
-        default=1,
-        help="launch N managed jobs named RUN-1 .. RUN-N",
-    )
-    sky.add_argument(
-        "--git-ref",
-        default=None,
-        help="commit, tag or branch the nodes run, cloned from the git remote (None: HEAD)",
-    )
-    sky.add_argument(
-        "--skip-git-check", action="store_true", help="skip the git gate: upload the working tree as it is"
-    )
-    sky.add_argument(
-        "--confirm",
-        action="store_true",
-        help="show a summary on stderr and ask (answer on stdin); declining exits 1, no answer exits 2",
-    )
-    sky.add_argument(
-        "--dump-config",
-        choices=("yaml", "json"),
-        default=None,
-        help="print the final task (secrets redacted) and exit",
-    )
+    _add_sky_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument(
         "job",
@@ -343,26 +311,25 @@ def task_uses_job(task: _config.TaskFile) -> bool:
     return "JOB" in task.envs or bool(_JOB_REF_RE.search(commands))
 
 
-def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
-    """Resolve flags, environment, .env and the task file into one LaunchConfig. Raises ConfigError."""
-    repo = REPO
-    task = _config.load_task_file(args.task)
-    task_name = task.path.name
+class _Settings(NamedTuple):
+    """The launcher settings of one launch (SETTINGS), resolved: flag > environment > .env > the task."""
 
-    if args.env_file is not None:
-        env_path: Path | None = args.env_file
-    else:
-        env_path = repo / ".env" if (repo / ".env").is_file() else None  # never a parent folder (E7)
-    entries = _config.read_env_file(env_path) if env_path else []
-    file_label = str(env_path) if env_path else ".env"
-    flags = _config.parse_set_flags(args.sets)
+    backend: str
+    nodes: int
+    gpus: int | None
+    cpus: str | None
+    use_spot: bool | None
+    max_restarts: int | None
 
-    # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
-    file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
-    env_entries = [e for e in entries if e.key not in SETTINGS]
-    bad_set = sorted(set(flags) & set(SETTINGS))
-    if bad_set:
-        raise ConfigError(f"--set {bad_set[0]}: a launcher setting; use {SETTINGS[bad_set[0]][0]}")
+
+def _settings(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    file_settings: Mapping[str, str],
+    task: _config.TaskFile,
+) -> _Settings:
+    """The launcher settings from the flags, the environment, .env's SKYOPS_* lines (`file_settings`) and
+    the task's num_nodes. Raises ConfigError naming where a bad value came from."""
 
     def setting(key: str, flag_value: Any) -> tuple[Any, str] | None:
         return _setting(key, flag_value, environ, file_settings)
@@ -389,47 +356,15 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     max_restarts = None
     if found := setting("SKYOPS_MAX_RESTARTS", args.max_restarts):
         max_restarts = found[0] if isinstance(found[0], int) else _config.parse_int(found[0], found[1], 0)
+    return _Settings(backend, nodes, gpus, cpus, use_spot, max_restarts)
 
-    sky_only = {"--copies": args.copies != 1, "--git-ref": args.git_ref is not None, "--skip-git-check": args.skip_git_check,
-                "--confirm": args.confirm, "--dump-config": args.dump_config is not None}  # fmt: skip
-    if backend != "sky" and any(sky_only.values()):
-        raise ConfigError(f"{next(k for k, v in sky_only.items() if v)}: only with --backend sky")
-    if args.job is None and task_uses_job(task):
-        raise ConfigError(
-            f"JOB: missing; {task_name} runs $JOB (usage: launch.py [options] JOB [JOB_ARGS...])"
-        )
-    job = "" if args.job is None else relative_job_path(args.job, repo)
-    # Checked here for both backends, so the message names the task file (the sky backend patches
-    # the same resources again when it builds the task).
-    _task.patch_resources(
-        task.config.get("resources"), gpus=gpus, cpus=cpus, use_spot=use_spot, max_restarts=max_restarts,
-        task=task_name,
-    )  # fmt: skip
-    stamp = now.strftime("%Y%m%d-%H%M%S")
-    run = args.run if args.run is not None else _config.default_run_name(job or str(task.path), stamp)
-    _config.validate_run_name(run)
-    launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(args.job_args)} if job else {}
-    launcher_flags["RUN_ID"] = run
-    for key in launcher_flags:
-        origin = "--run" if key == "RUN_ID" else "JOB"
-        if key in flags:
-            raise ConfigError(f"--set {key}: set by the launcher from {origin}")
-        in_file = next((e for e in env_entries if e.key == key), None)
-        if in_file is not None:
-            raise ConfigError(
-                f"{file_label}:{in_file.line}: {key} is set by the launcher from {origin}; remove it"
-            )
 
-    defaults: dict[str, str | None] = {**task.envs, **task.secrets}
-    resolved = _config.resolve_values(
-        defaults=defaults,
-        file_entries=env_entries,
-        environ=environ,
-        flags={**flags, **launcher_flags},
-        file_label=file_label,
-    )
-    # Where each value came from, for messages: the task's own values are named by the task file.
-    shown = {k: task_name if s == "job.yaml" else s for k, s in resolved.sources.items()}
+def _check_values(resolved: _config.Resolved, task: _config.TaskFile, shown: Mapping[str, str]) -> None:
+    """Refuse resolved values the nodes must never get or could not take: a credential-like key not
+    declared a secret, a secret expanded into a plaintext env, a typed env the node side would reject,
+    a key the nodes set themselves, and envs too large for a process environment. `shown` names where
+    each value came from. Raises ConfigError."""
+    task_name = task.path.name
     leaked = _config.secret_like_keys(resolved.values, task.secrets)
     if leaked:
         where = shown[leaked[0]]
@@ -462,6 +397,84 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
                 f"{key} (from {shown[key]}): {len(value.encode())} bytes is too long for an"
                 f" environment variable (limit {_config.MAX_ENV_ENTRY - 1} bytes with its name); pass a file path instead"
             )
+
+
+def _launcher_envs(
+    job: str,
+    job_args: Sequence[str],
+    run: str,
+    flags: Mapping[str, str],
+    env_entries: Sequence[_config.EnvLine],
+    file_label: str,
+) -> dict[str, str]:
+    """The envs the launcher sets from JOB and --run (JOB, JOB_ARGS, RUN_ID). Raises ConfigError when a
+    --set flag or a .env line sets one of them too."""
+    launcher_flags = {"JOB": job, "JOB_ARGS": shlex.join(job_args)} if job else {}
+    launcher_flags["RUN_ID"] = run
+    for key in launcher_flags:
+        origin = "--run" if key == "RUN_ID" else "JOB"
+        if key in flags:
+            raise ConfigError(f"--set {key}: set by the launcher from {origin}")
+        in_file = next((e for e in env_entries if e.key == key), None)
+        if in_file is not None:
+            raise ConfigError(
+                f"{file_label}:{in_file.line}: {key} is set by the launcher from {origin}; remove it"
+            )
+    return launcher_flags
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
+    """Resolve flags, environment, .env and the task file into one LaunchConfig. Raises ConfigError."""
+    repo = REPO
+    task = _config.load_task_file(args.task)
+    task_name = task.path.name
+
+    if args.env_file is not None:
+        env_path: Path | None = args.env_file
+    else:
+        env_path = repo / ".env" if (repo / ".env").is_file() else None  # never a parent folder (E7)
+    entries = _config.read_env_file(env_path) if env_path else []
+    file_label = str(env_path) if env_path else ".env"
+    flags = _config.parse_set_flags(args.sets)
+
+    # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
+    file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
+    env_entries = [e for e in entries if e.key not in SETTINGS]
+    bad_set = sorted(set(flags) & set(SETTINGS))
+    if bad_set:
+        raise ConfigError(f"--set {bad_set[0]}: a launcher setting; use {SETTINGS[bad_set[0]][0]}")
+
+    settings = _settings(args, environ, file_settings, task)
+    sky_only = {"--copies": args.copies != 1, "--git-ref": args.git_ref is not None, "--skip-git-check": args.skip_git_check,
+                "--confirm": args.confirm, "--dump-config": args.dump_config is not None}  # fmt: skip
+    if settings.backend != "sky" and any(sky_only.values()):
+        raise ConfigError(f"{next(k for k, v in sky_only.items() if v)}: only with --backend sky")
+    if args.job is None and task_uses_job(task):
+        raise ConfigError(
+            f"JOB: missing; {task_name} runs $JOB (usage: launch.py [options] JOB [JOB_ARGS...])"
+        )
+    job = "" if args.job is None else relative_job_path(args.job, repo)
+    # Checked here for both backends, so the message names the task file (the sky backend patches
+    # the same resources again when it builds the task).
+    _task.patch_resources(
+        task.config.get("resources"), gpus=settings.gpus, cpus=settings.cpus, use_spot=settings.use_spot,
+        max_restarts=settings.max_restarts, task=task_name,
+    )  # fmt: skip
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    run = args.run if args.run is not None else _config.default_run_name(job or str(task.path), stamp)
+    _config.validate_run_name(run)
+    launcher_flags = _launcher_envs(job, args.job_args, run, flags, env_entries, file_label)
+    defaults: dict[str, str | None] = {**task.envs, **task.secrets}
+    resolved = _config.resolve_values(
+        defaults=defaults,
+        file_entries=env_entries,
+        environ=environ,
+        flags={**flags, **launcher_flags},
+        file_label=file_label,
+    )
+    # Where each value came from, for messages: the task's own values are named by the task file.
+    shown = {k: task_name if s == "job.yaml" else s for k, s in resolved.sources.items()}
+    _check_values(resolved, task, shown)
     known = [*task.envs, *task.secrets, *SETTINGS]
     for key in resolved.values:
         if key not in known and (close := difflib.get_close_matches(key, known, n=1, cutoff=0.85)):
@@ -470,15 +483,10 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     secrets = {k: v for k, v in resolved.values.items() if k in task.secrets}
     envs = {k: v for k, v in resolved.values.items() if k not in task.secrets}
     return LaunchConfig(
-        backend=backend,
+        **settings._asdict(),
         run=run,
         job=job,
         job_args=tuple(args.job_args),
-        nodes=nodes,
-        gpus=gpus,
-        cpus=cpus,
-        use_spot=use_spot,
-        max_restarts=max_restarts,
         envs=envs,
         secrets=secrets,
         missing_secrets=resolved.missing,
@@ -503,7 +511,6 @@ def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
     """The resolved task as a SkyPilot YAML config (a plain dict): job.yaml with the resolved envs,
     secrets (values shown as `<redacted>` unless `redact` is False; null when nobody supplied one),
     node count and the resource patches of the launch flags."""
-    assert cfg.task is not None
     config = dict(cfg.task.config)
     config["name"] = cfg.run
     config["num_nodes"] = cfg.nodes
@@ -564,8 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return _sky_backend.launch(cfg)
         import _local_backend
+        import _local_run
 
-        cfg = _local_backend.prepare(cfg)  # local defaults, so --dry-run shows what nodes get
+        cfg = _local_run.prepare(cfg)  # local defaults, so --dry-run shows what nodes get
         rendered = _task.dump_yaml(task_config(cfg))
         if cfg.dry_run:
             sys.stdout.write(rendered)
