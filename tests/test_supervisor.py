@@ -1570,12 +1570,12 @@ def test_third_party_ddp_script_runs_unchanged_on_two_nodes(
     """pytorch/examples' multigpu_torchrun.py, adapted only for CPU: no PEP 723 block, no heartbeat. On
     two emulated nodes (one supervisor each, as job.yaml's `run` starts them), after job.yaml's setup
     step: as a plain script it runs on the node's python3 (a torch-enabled one first on PATH); inside a
-    project, in the project's locked environment, with torchrun from it. HEARTBEAT_TIMEOUT=5: its
+    project, in the project's locked environment, with torchrun from it. HEARTBEAT_TIMEOUT=2: its
     progress lines keep it alive for the whole run, far longer than that."""
     work = tmp_path / "work"
     job, folder = third_party_job(work, layout)
     port = free_port()
-    common = supervisor_env(tmp_path, node_python, HEARTBEAT_TIMEOUT="5", STARTUP_GRACE="180")
+    common = supervisor_env(tmp_path, node_python, HEARTBEAT_TIMEOUT="2", STARTUP_GRACE="180")
     prepare = subprocess.run(  # job.yaml's setup, on the one machine both nodes share
         [sys.executable, str(JOB_COMMAND), "prepare", job],
         env=common,
