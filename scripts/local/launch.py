@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import _config
+import _env_file
 import _task
 from _config import (
     EXIT_BAD_INPUT,
@@ -359,7 +360,7 @@ def _settings(
     return _Settings(backend, nodes, gpus, cpus, use_spot, max_restarts)
 
 
-def _check_values(resolved: _config.Resolved, task: _config.TaskFile, shown: Mapping[str, str]) -> None:
+def _check_values(resolved: _env_file.Resolved, task: _config.TaskFile, shown: Mapping[str, str]) -> None:
     """Refuse resolved values the nodes must never get or could not take: a credential-like key not
     declared a secret, a secret expanded into a plaintext env, a typed env the node side would reject,
     a key the nodes set themselves, and envs too large for a process environment. `shown` names where
@@ -404,7 +405,7 @@ def _launcher_envs(
     job_args: Sequence[str],
     run: str,
     flags: Mapping[str, str],
-    env_entries: Sequence[_config.EnvLine],
+    env_entries: Sequence[_env_file.EnvLine],
     file_label: str,
 ) -> dict[str, str]:
     """The envs the launcher sets from JOB and --run (JOB, JOB_ARGS, RUN_ID). Raises ConfigError when a
@@ -429,13 +430,10 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     task = _config.load_task_file(args.task)
     task_name = task.path.name
 
-    if args.env_file is not None:
-        env_path: Path | None = args.env_file
-    else:
-        env_path = repo / ".env" if (repo / ".env").is_file() else None  # never a parent folder (E7)
-    entries = _config.read_env_file(env_path) if env_path else []
+    env_path = _env_file.env_file_path(args.env_file, repo)
+    entries = _env_file.read_env_file(env_path) if env_path else []
     file_label = str(env_path) if env_path else ".env"
-    flags = _config.parse_set_flags(args.sets)
+    flags = _env_file.parse_set_flags(args.sets)
 
     # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
     file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
@@ -465,7 +463,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.da
     _config.validate_run_name(run)
     launcher_flags = _launcher_envs(job, args.job_args, run, flags, env_entries, file_label)
     defaults: dict[str, str | None] = {**task.envs, **task.secrets}
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults=defaults,
         file_entries=env_entries,
         environ=environ,
