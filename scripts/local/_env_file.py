@@ -1,5 +1,5 @@
-"""The .env layer of the laptop-side configuration (_config.py has the precedence): reading the file
-and merging it with the other layers.
+"""The .env layer of the laptop-side configuration (_config.py has the precedence): reading the file,
+merging it with the other layers, and refusing merged values the nodes must not get (check_values).
 
 The .env file is read with python-dotenv (`dotenv.parser.parse_stream`) plus small, tested corrections
 for the cases where python-dotenv is known to be wrong or silent (docs/field-cases.md E1-E9):
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _config
 from _config import ENV_KEY_RE, ConfigError
 
 
@@ -254,3 +255,43 @@ def resolve_values(
             if above[key][1]:
                 expanded_from[key] = list(above[key][1])
     return Resolved(values, sources, tuple(missing), expanded_from)
+
+
+def check_values(resolved: Resolved, task: _config.TaskFile, shown: Mapping[str, str]) -> None:
+    """Refuse resolved values the nodes must never get or could not take: a credential-like key not
+    declared a secret, a secret expanded into a plaintext env, a typed env the node side would reject,
+    a key the nodes set themselves, and envs too large for a process environment. `shown` names where
+    each value came from. Raises ConfigError."""
+    task_name = task.path.name
+    leaked = _config.secret_like_keys(resolved.values, task.secrets)
+    if leaked:
+        where = shown[leaked[0]]
+        raise ConfigError(
+            f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task_name}"
+            " so it is never sent as a plaintext env"
+        )
+    for key, names in resolved.expanded_from.items():
+        exposed = [n for n in names if n in task.secrets and key not in task.secrets]
+        if exposed:
+            raise ConfigError(
+                f"{shown[key]}: {key} expands the secret {exposed[0]} into a plaintext env;"
+                f" declare {key} under secrets: in {task_name} or drop the reference"
+            )
+    _config.check_typed_envs(resolved.values, shown)
+    owned = sorted(k for k in resolved.values if k in _config.NODE_OWNED_ENVS)
+    if owned:
+        raise ConfigError(
+            f"{shown[owned[0]]}: {', '.join(owned)} is set on each node (by SkyPilot, configure_environment.py"
+            " or run.py) and would be replaced there; remove it"
+        )
+    total = sum(len(k) + 2 + len(v.encode()) for k, v in resolved.values.items())
+    if total > _config.MAX_ENV_TOTAL:
+        raise ConfigError(
+            f"envs and secrets total {total} bytes (limit {_config.MAX_ENV_TOTAL}): pass large data as a file path"
+        )
+    for key, value in resolved.values.items():
+        if len(key) + 1 + len(value.encode()) >= _config.MAX_ENV_ENTRY:
+            raise ConfigError(
+                f"{key} (from {shown[key]}): {len(value.encode())} bytes is too long for an"
+                f" environment variable (limit {_config.MAX_ENV_ENTRY - 1} bytes with its name); pass a file path instead"
+            )
