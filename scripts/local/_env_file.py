@@ -173,6 +173,65 @@ class Resolved:
     expanded_from: dict[str, list[str]] = field(default_factory=dict)  # key -> ${VARS} it expanded
 
 
+def _layer_value(
+    key: str,
+    entry: EnvLine | None,
+    *,
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    defaults: Mapping[str, str | None],
+    file_label: str,
+) -> tuple[str, str] | None:
+    """`key`'s value and the layer it comes from, before any `${VAR}` is expanded: its flag, else the
+    environment, else its last .env line (`entry`), else job.yaml; None when no layer has one (a secret
+    nobody supplied). Raises ConfigError for a bare .env line that nothing above it supplies."""
+    if key in flags:
+        return flags[key], "flag"
+    if key in environ:
+        return environ[key], "environment"
+    if entry is not None:
+        if entry.value is None:
+            raise ConfigError(
+                f"{file_label}:{entry.line}: {key} has no value; set it in the environment or with"
+                f" --set {key}=..., or write {key}= for an empty value"
+            )
+        return entry.value, f"{file_label}:{entry.line}"
+    if (default := defaults.get(key)) is not None:
+        return default, "job.yaml"
+    return None
+
+
+def _expand_file(
+    file_entries: Sequence[EnvLine],
+    *,
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    defined_at: Mapping[str, Sequence[int]],
+    defaults: Mapping[str, str | None],
+    file_label: str,
+) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each key the file sets, and no flag or the environment does: its last line's value, expanded as the
+    file is read top to bottom (each line sees the lines above it, never those below), and the names it
+    came from (see _expand_line)."""
+    above: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for entry in file_entries:
+        if entry.key in flags or entry.key in environ or entry.value is None:
+            continue
+        if entry.interpolate and "$" in entry.value:
+            above[entry.key] = _expand_line(
+                entry,
+                flags=flags,
+                environ=environ,
+                above=above,
+                defined_at=defined_at,
+                defaults=defaults,
+                file_label=file_label,
+            )
+        else:
+            above[entry.key] = (entry.value, ())
+    return above
+
+
 def resolve_values(
     *,
     defaults: Mapping[str, str | None],
@@ -216,39 +275,20 @@ def resolve_values(
     missing: list[str] = []
     expanded_from: dict[str, list[str]] = {}
     for key in keys:
-        entry = file_map.get(key)
-        if key in flags:
-            values[key], sources[key] = flags[key], "flag"
-        elif key in environ:
-            values[key], sources[key] = environ[key], "environment"
-        elif entry is not None:
-            if entry.value is None:
-                raise ConfigError(
-                    f"{file_label}:{entry.line}: {key} has no value; set it in the environment or with"
-                    f" --set {key}=..., or write {key}= for an empty value"
-                )
-            values[key], sources[key] = entry.value, f"{file_label}:{entry.line}"
-        elif (default := defaults.get(key)) is not None:
-            values[key], sources[key] = default, "job.yaml"
-        else:
+        found = _layer_value(key, file_map.get(key), flags=flags, environ=environ, defaults=defaults,
+                             file_label=file_label)  # fmt: skip
+        if found is None:
             missing.append(key)
-    # Read the file top to bottom: each line sees the lines above it, never those below.
-    above: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for entry in file_entries:
-        if entry.key in flags or entry.key in environ or entry.value is None:
-            continue
-        if entry.interpolate and "$" in entry.value:
-            above[entry.key] = _expand_line(
-                entry,
-                flags=flags,
-                environ=environ,
-                above=above,
-                defined_at=defined_at,
-                defaults=defaults,
-                file_label=file_label,
-            )
         else:
-            above[entry.key] = (entry.value, ())
+            values[key], sources[key] = found
+    above = _expand_file(
+        file_entries,
+        flags=flags,
+        environ=environ,
+        defined_at=defined_at,
+        defaults=defaults,
+        file_label=file_label,
+    )
     for key in file_map:
         if key not in flags and key not in environ:  # the value is the key's last line (bare: raised)
             values[key] = above[key][0]
