@@ -118,6 +118,28 @@ def unknown_task_keys(config: Mapping[str, Any], keys: Iterable[str]) -> list[st
     return problems
 
 
+#: What in a user's environment would steer a launch or a jobs.py command: skyops', SkyPilot's and
+#: torch.distributed's settings, a virtual environment, a DATA_DIR or RUN_ID exported for a job.
+_USER_ENV_DROP_PREFIXES = ("SKYOPS_", "SKYPILOT_", "TORCHELASTIC_")
+_USER_ENV_DROP = frozenset(
+    {"VIRTUAL_ENV", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DATA_DIR", "RUN_ID"}
+)
+
+
+def isolated_env(environ: Mapping[str, str], state_dir: Path) -> dict[str, str]:
+    """`environ` for launch.py and jobs.py run apart from the user's own jobs (tests, benchmarks):
+    without the settings that would steer them (_USER_ENV_DROP), with `state_dir` as SKYOPS_STATE_DIR
+    and no local SkyPilot API server started."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in _USER_ENV_DROP and not k.startswith(_USER_ENV_DROP_PREFIXES)
+    }
+    env["SKYOPS_STATE_DIR"] = str(state_dir)
+    env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+    return env
+
+
 class ConfigError(Exception):
     """Bad user input: the message is one line naming the flag, key or file:line."""
 
