@@ -72,11 +72,15 @@ from typing import Any
 
 import psutil
 
-log = logging.getLogger("reliability")
-
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "scripts" / "local" / "launch.py"
 JOBS = REPO / "scripts" / "local" / "jobs.py"
+# The laptop side's own modules (stdlib and psutil only), found as the launcher finds them.
+sys.path.append(str(LAUNCH.parent))
+import _config  # noqa: E402
+import _teardown  # noqa: E402
+
+log = logging.getLogger("reliability")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 #: Seconds the test job's SIGTERM handler sleeps before it writes its file and exits.
@@ -306,20 +310,7 @@ def clean_env(environ: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     """The environment for launch.py and jobs.py: the user's, without skyops/SkyPilot/torch.distributed
     settings, with a private SKYOPS_STATE_DIR, the local API server off and uv pointed at the wheel
     folder pip uses (torch's CPU build)."""
-    drop = {
-        "VIRTUAL_ENV",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "DATA_DIR",
-        "RUN_ID",
-    }
-    env = {k: v for k, v in environ.items()
-           if k not in drop and not k.startswith(("SKYOPS_", "SKYPILOT_", "TORCHELASTIC_"))}  # fmt: skip
-    env["SKYOPS_STATE_DIR"] = str(state_dir)
-    env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+    env = _config.isolated_env(environ, state_dir)
     if "UV_FIND_LINKS" not in env:
         links = env.get("PIP_FIND_LINKS") or ("/opt/wheels" if Path("/opt/wheels").is_dir() else "")
         if links:
@@ -419,23 +410,13 @@ def read_pid(path: Path) -> int | None:
 def job_processes(job_dir: Path | None, needles: Sequence[str]) -> list[psutil.Process]:
     """Live processes (not zombies, not this one) of a job: SKYOPS_LOCAL_JOB=<job_dir> in their
     environment, or one of `needles` (folders) in their command line."""
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            hit = job_dir is not None and proc.environ().get("SKYOPS_LOCAL_JOB") == str(job_dir)
-            if not hit and needles:
-                cmd = " ".join(proc.cmdline())
-                hit = any(n in cmd for n in needles)
-            if hit:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+
+    def of_job(proc: psutil.Process) -> bool:
+        if job_dir is not None and proc.environ().get(_teardown.JOB_MARKER) == str(job_dir):
+            return True
+        return bool(needles) and any(n in " ".join(proc.cmdline()) for n in needles)
+
+    return _teardown.processes(of_job)
 
 
 def describe(proc: psutil.Process) -> str:
@@ -459,6 +440,13 @@ class Runner:
         log.debug("$ %s", " ".join(argv))
         return subprocess.run(argv, cwd=REPO, env=dict(self.cfg.env), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def jobs_started(self, *args: str) -> subprocess.Popen[str]:
+        """`jobs.py ARGS` started, not waited for; its stderr is piped."""
+        argv = [str(JOBS), *args]
+        log.debug("$ %s &", " ".join(argv))
+        return subprocess.Popen(argv, cwd=REPO, env=dict(self.cfg.env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     def launch(self, argv: Sequence[str], stderr: Path, *, via_uv: bool = False,
                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
@@ -730,6 +718,30 @@ class Bench:
             )
         rep.reason_ok = not failed
 
+    def node_dirs(self, job: Job) -> list[Path]:
+        """The folders the test job writes into, one a node."""
+        return [job.out / f"node{r}" for r in range(self.nodes)]
+
+    def stopped(self, rep: Rep, spec: Path_, proc: subprocess.Popen[bytes], t0: float, job_dir: Path | None,
+                timeout: float = END_TIMEOUT_S) -> int | None:  # fmt: skip
+        """After the ending that began at `t0`: the launcher's exit (timed), the survivors, its exit code."""
+        code = wait_exit(proc, timeout, rep)
+        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
+        self.survivors(rep, job_dir)
+        self.launcher_code(rep, code, spec)
+        return code
+
+    def ended(self, job: Job, spec: Path_, t0: float, *, handlers: Sequence[Path] = (),
+              others: Sequence[Path] = ()) -> None:  # fmt: skip
+        """The test job's end (see `stopped`), the grace its `handlers` and its `others` (folders whose
+        handler is not expected to be signalled) got, and the reason."""
+        self.stopped(job.rep, spec, job.proc, t0, job.job_dir)
+        if handlers:
+            self.grace_of(job, handlers, handlers=True)
+        if others:
+            self.grace_of(job, others, handlers=False)
+        self.reason(job.rep, job.job_dir, spec, last_line(job.stderr))
+
     def launcher_code(self, rep: Rep, code: int | None, spec: Path_) -> None:
         rep.exit_codes["launcher"] = code
         if code not in spec.codes:
@@ -745,12 +757,7 @@ class Bench:
             return
         t0 = time.monotonic()
         send(job)
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.grace_of(job, [job.out / f"node{r}" for r in range(self.nodes)], handlers=True)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, t0, handlers=self.node_dirs(job))
 
     def path_1(self, rep: Rep) -> None:
         self.signalled(rep, lambda job: os.killpg(job.proc.pid, signal.SIGINT), via_uv=True)
@@ -784,12 +791,7 @@ class Bench:
         rep.exit_codes["cancel"] = cancel.returncode
         if cancel.returncode != 0:
             rep.problem(f"jobs.py cancel exited {cancel.returncode}: {last_line_of(cancel.stderr)}")
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.grace_of(job, [job.out / f"node{r}" for r in range(self.nodes)], handlers=True)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, t0, handlers=self.node_dirs(job))
 
     def path_8c(self, rep: Rep) -> None:
         spec = PATHS[rep.path]
@@ -797,11 +799,9 @@ class Bench:
         if job is None:
             return
         t0 = time.monotonic()
-        argv = [str(JOBS), "cancel", str(rep.job_id)]
-        first = subprocess.Popen(argv, cwd=REPO, env=dict(self.cfg.env), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        first = self.r.jobs_started("cancel", str(rep.job_id))
         # The first teardown is waiting once the handlers have their SIGTERM (they need 3 s).
-        signalled = [job.out / f"node{r}" / "handler.signals" for r in range(self.nodes)]
+        signalled = [folder / "handler.signals" for folder in self.node_dirs(job)]
         if not wait_for(lambda: all(p.exists() for p in signalled), 60):
             rep.problem("the first cancel never reached the job's handlers")
         time.sleep(0.5)
@@ -818,28 +818,42 @@ class Bench:
         for name in ("cancel 1", "cancel 2"):
             if rep.exit_codes[name] != 0:
                 rep.problem(f"{name} exited {rep.exit_codes[name]}")
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.grace_of(job, [job.out / f"node{r}" for r in range(self.nodes)], handlers=True)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, t0, handlers=self.node_dirs(job))
 
     def path_6b(self, rep: Rep) -> None:
         self.path_6(rep, twice=True)
 
-    def path_6(self, rep: Rep, twice: bool = False) -> None:
-        spec = PATHS[rep.path]
-        job = self.start_test_job(rep)
+    def launcher_killed(
+        self, rep: Rep, spec: Path_, job_args: Sequence[str] = ()
+    ) -> tuple[Job, float] | None:
+        """Paths 6 and 7: the test job started and its launcher SIGKILLed (its exit code checked);
+        the job and when the SIGKILL was sent."""
+        job = self.start_test_job(rep, job_args=job_args)
         if job is None:
-            return
+            return None
         pid = job.launcher_pid
         if pid is None:
             rep.problem("job.json names no launcher_pid")
             self.kill(job)
-            return
+            return None
+        t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         self.launcher_code(rep, wait_exit(job.proc, 30, rep), spec)
+        return job, t0
+
+    def relaunch(self, job: Job, timeout: float) -> tuple[int | None, Path]:
+        """The job's launch command again (the same --run); its exit code, recorded as "relaunch", and
+        the file its stderr went to."""
+        stderr = self.rep_dir(job.rep) / "relaunch.stderr"
+        code = wait_exit(self.r.launch(job.argv, stderr), timeout, job.rep, "relaunch")
+        job.rep.exit_codes["relaunch"] = code
+        return code, stderr
+
+    def path_6(self, rep: Rep, twice: bool = False) -> None:
+        spec = PATHS[rep.path]
+        if (killed := self.launcher_killed(rep, spec)) is None:
+            return
+        job, _ = killed
         ident = str(rep.job_id)
         status = self.r.jobs("status", "--json", ident)
         with contextlib.suppress(ValueError, IndexError):
@@ -849,19 +863,15 @@ class Bench:
                 rep.problem(
                     f"status after kill -9 shows {row.get('status')!r}, expected 'RUNNING (launcher gone)'"
                 )
-        again = self.r.launch(job.argv, self.rep_dir(rep) / "relaunch.stderr")
-        code = wait_exit(again, 120, rep, "relaunch")
-        rep.exit_codes["relaunch"] = code
-        lines = [ln for ln in (self.rep_dir(rep) / "relaunch.stderr").read_text().splitlines() if ln.strip()]
+        code, said = self.relaunch(job, 120)
+        lines = [ln for ln in said.read_text().splitlines() if ln.strip()]
         rep.notes.append(f"relaunch said: {lines[-1] if lines else ''}")
         if code != 2 or len(lines) != 1 or f"job {ident}" not in lines[0] or "jobs.py cancel" not in lines[0]:
             rep.problem(f"relaunch exited {code} with {len(lines)} line(s): {lines[-3:]}")
         t0 = time.monotonic()
         second = None
         if twice:
-            argv = [str(JOBS), "cancel", ident]
-            second = subprocess.Popen(argv, cwd=REPO, env=dict(self.cfg.env), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            second = self.r.jobs_started("cancel", ident)
             time.sleep(1.0)
         cancel = self.r.jobs("cancel", ident, timeout=END_TIMEOUT_S)
         if second is not None:
@@ -876,7 +886,7 @@ class Bench:
         if cancel.returncode != 0:
             rep.problem(f"jobs.py cancel exited {cancel.returncode}: {last_line_of(cancel.stderr)}")
         self.survivors(rep, job.job_dir)
-        self.grace_of(job, [job.out / f"node{r}" for r in range(self.nodes)], handlers=True)
+        self.grace_of(job, self.node_dirs(job), handlers=True)
         self.reason(rep, job.job_dir, spec, None)
 
     def path_7b(self, rep: Rep) -> None:
@@ -884,17 +894,9 @@ class Bench:
 
     def path_7(self, rep: Rep, extra: Sequence[str] = ()) -> None:
         spec = PATHS[rep.path]
-        job = self.start_test_job(rep, job_args=["--exit-after", "5", *extra])
-        if job is None:
+        if (killed := self.launcher_killed(rep, spec, ["--exit-after", "5", *extra])) is None:
             return
-        pid = job.launcher_pid
-        if pid is None:
-            rep.problem("job.json names no launcher_pid")
-            self.kill(job)
-            return
-        t0 = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        self.launcher_code(rep, wait_exit(job.proc, 30, rep), spec)
+        job, t0 = killed
         seen: list[str] = []
         final = None
         end = time.monotonic() + END_TIMEOUT_S
@@ -917,7 +919,7 @@ class Bench:
         if final is None:
             rep.problem(f"status never showed a final state within {END_TIMEOUT_S:.0f} s")
         self.survivors(rep, job.job_dir)
-        self.grace_of(job, [job.out / f"node{r}" for r in range(self.nodes)], handlers=False)
+        self.grace_of(job, self.node_dirs(job), handlers=False)
         self.reason(rep, job.job_dir, spec, None)
 
     def path_8a(self, rep: Rep) -> None:
@@ -934,12 +936,7 @@ class Bench:
         time.sleep(1.0)
         t0 = time.monotonic()
         os.killpg(job.proc.pid, signal.SIGINT)
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.grace_of(job, [job.out / "setup-node0"], handlers=False)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, t0, others=[job.out / "setup-node0"])
 
     def path_14(self, rep: Rep) -> None:
         spec = PATHS[rep.path]
@@ -954,10 +951,8 @@ class Bench:
         self.reason(rep, job.job_dir, spec, last_line(job.stderr))
         cancel = self.r.jobs("cancel", str(rep.job_id))
         rep.notes.append(f"jobs.py cancel after the end said: {last_line_of(cancel.stderr)}")
-        again = self.r.launch(job.argv, self.rep_dir(rep) / "relaunch.stderr")
-        code = wait_exit(again, END_TIMEOUT_S, rep, "relaunch")
-        rep.exit_codes["relaunch"] = code
-        said = last_line(self.rep_dir(rep) / "relaunch.stderr")
+        code, stderr = self.relaunch(job, END_TIMEOUT_S)
+        said = last_line(stderr)
         rep.notes.append(f"relaunch of the same --run exited {code}: {said}")
         if code != 0:
             rep.problem(f"relaunching the finished run exited {code}: {said}")
@@ -970,25 +965,14 @@ class Bench:
             return
         t0 = time.monotonic()
         os.killpg(job.proc.pid, signal.SIGINT)
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, t0)
 
     def path_13(self, rep: Rep) -> None:
         spec = PATHS[rep.path]
         job = self.start_test_job(rep, job_args=["--fail-rank", "1"], grace=max(30.0, self.cfg.grace))
         if job is None:
             return
-        t0 = time.monotonic()
-        code = wait_exit(job.proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job.job_dir)
-        self.launcher_code(rep, code, spec)
-        self.grace_of(job, [job.out / "node0"], handlers=True)
-        self.grace_of(job, [job.out / "node1"], handlers=False)
-        self.reason(rep, job.job_dir, spec, last_line(job.stderr))
+        self.ended(job, spec, time.monotonic(), handlers=[job.out / "node0"], others=[job.out / "node1"])
 
     def repo_job(self, rep: Rep, job: str, args: Sequence[str], sets: Sequence[str], *, nodes: int = 2,
                  via_uv: bool = False) -> tuple[subprocess.Popen[bytes], Path, list[str]]:  # fmt: skip
@@ -1024,28 +1008,15 @@ class Bench:
         rep.job_id = int(job_dir.name[4:])  # type: ignore[union-attr]
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        code = wait_exit(proc, END_TIMEOUT_S, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        self.survivors(rep, job_dir)
-        self.launcher_code(rep, code, spec)
+        self.stopped(rep, spec, proc, t0, job_dir)
         self.reason(rep, job_dir, spec, last_line(stderr))
 
     def path_9b(self, rep: Rep) -> None:
         self.path_9(rep, hours="0.01")
 
     def path_9(self, rep: Rep, hours: str = "0.002") -> None:
-        spec = PATHS[rep.path]
-        t0 = time.monotonic()
-        proc, stderr, _ = self.repo_job(rep, "examples/train.py", ["--steps", "100000"],
-                                        [f"MAX_RUNTIME_HOURS={hours}", f"GRACE={self.cfg.grace:g}"])  # fmt: skip
-        code = wait_exit(proc, 600, rep)
-        rep.signal_to_end_s = round(time.monotonic() - t0, 3)
-        job_dir = self.r.job_dir(rep.run)
-        rep.job_id = int(job_dir.name[4:]) if job_dir else None
-        self.survivors(rep, job_dir)
-        self.launcher_code(rep, code, spec)
-        self.reason(rep, job_dir, spec, last_line(stderr))
-        self.node_reasons(rep, job_dir)
+        code = self.repo_job_to_end(rep, "examples/train.py", ["--steps", "100000"],
+                                    [f"MAX_RUNTIME_HOURS={hours}", f"GRACE={self.cfg.grace:g}"], 600)  # fmt: skip
         # README: 0 when the job itself ran (max_runtime), 1 when the budget ran out before it started.
         before = norm(rep.reason).startswith("max_runtime_before_job")
         rep.notes.append(
@@ -1057,10 +1028,17 @@ class Bench:
             )
 
     def path_10(self, rep: Rep) -> None:
+        self.repo_job_to_end(rep, "tests/jobs/exit_with.py", ["3"], [], 900)
+
+    def repo_job_to_end(
+        self, rep: Rep, job: str, args: Sequence[str], sets: Sequence[str], timeout: float
+    ) -> int | None:
+        """Launch a job of the repository (repo_job) and let it end by itself; check its end (see
+        `stopped`, timed from the launch) and reason, note every attempt's node reasons."""
         spec = PATHS[rep.path]
         t0 = time.monotonic()
-        proc, stderr, _ = self.repo_job(rep, "tests/jobs/exit_with.py", ["3"], [])
-        code = wait_exit(proc, 900, rep)
+        proc, stderr, _ = self.repo_job(rep, job, args, sets)
+        code = wait_exit(proc, timeout, rep)
         rep.signal_to_end_s = round(time.monotonic() - t0, 3)
         job_dir = self.r.job_dir(rep.run)
         rep.job_id = int(job_dir.name[4:]) if job_dir else None
@@ -1068,6 +1046,7 @@ class Bench:
         self.launcher_code(rep, code, spec)
         self.reason(rep, job_dir, spec, last_line(stderr))
         self.node_reasons(rep, job_dir)
+        return code
 
     def node_reasons(self, rep: Rep, job_dir: Path | None) -> list[str]:
         """Every attempt's node reasons (job.json), noted on the rep."""
@@ -1288,6 +1267,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_paths(cfg: Config) -> list[dict[str, Any]]:
+    """Every repetition of every selected path; a summary a path (`summarize`)."""
+    bench = Bench(cfg)
+    summaries = []
+    for ident in cfg.paths:
+        reps = []
+        for i in range(1, cfg.repeat + 1):
+            rep = Rep(ident, i)
+            log.info("path %s (%s), repetition %d of %d", ident, PATHS[ident].title, i, cfg.repeat)
+            t = time.monotonic()
+            try:
+                getattr(bench, f"path_{ident}")(rep)
+            except Exception as exc:  # a benchmark bug or an unexpected end: recorded, never hidden
+                log.exception("path %s rep %d", ident, i)
+                rep.problem(f"benchmark error: {type(exc).__name__}: {exc}")
+            log.info("  -> %.1f s, exit codes %s, %s", time.monotonic() - t, rep.exit_codes,
+                     "ok" if not rep.problems else f"{len(rep.problems)} problem(s)")  # fmt: skip
+            reps.append(rep)
+            if any(n.startswith("not run") for n in rep.notes):
+                break
+        summaries.append(summarize(ident, reps, cfg.grace))
+    return summaries
+
+
+def result(cfg: Config, started: dt.datetime, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything --json-out writes: the summaries, and what they were measured on."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "commit": commit.strip() or None,
+        "uncommitted_changes": [line[3:] for line in dirty.splitlines()],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "grace_s": cfg.grace,
+        "handler_s": HANDLER_S,
+        "tolerance_s": TOLERANCE_S,
+        "repeat": cfg.repeat,
+        "sky": "not run: no cloud account",
+        "paths": summaries,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -1313,54 +1342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = Config(repeat=args.repeat, paths=paths, grace=args.grace, json_out=args.json_out, state_dir=state_dir,
                  work=work, env=clean_env(os.environ, state_dir), keep=args.keep)  # fmt: skip
     (work / "reliability_job.py").write_text(TEST_JOB)
-    bench = Bench(cfg)
     started = dt.datetime.now(dt.UTC)
-    summaries = []
     try:
-        for ident in paths:
-            reps = []
-            for i in range(1, cfg.repeat + 1):
-                rep = Rep(ident, i)
-                log.info("path %s (%s), repetition %d of %d", ident, PATHS[ident].title, i, cfg.repeat)
-                t = time.monotonic()
-                try:
-                    getattr(bench, f"path_{ident}")(rep)
-                except Exception as exc:  # a benchmark bug or an unexpected end: recorded, never hidden
-                    log.exception("path %s rep %d", ident, i)
-                    rep.problem(f"benchmark error: {type(exc).__name__}: {exc}")
-                log.info("  -> %.1f s, exit codes %s, %s", time.monotonic() - t, rep.exit_codes,
-                         "ok" if not rep.problems else f"{len(rep.problems)} problem(s)")  # fmt: skip
-                reps.append(rep)
-                if any(n.startswith("not run") for n in rep.notes):
-                    break
-            summaries.append(summarize(ident, reps, cfg.grace))
+        summaries = run_paths(cfg)
     finally:
         if not cfg.keep:
             shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout
-    dirty = subprocess.run(
-        ["git", "status", "--short", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-    ).stdout
-    result = {
-        "started": started.isoformat(timespec="seconds"),
-        "commit": commit.strip() or None,
-        "uncommitted_changes": [line[3:] for line in dirty.splitlines()],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
-        "grace_s": cfg.grace,
-        "handler_s": HANDLER_S,
-        "tolerance_s": TOLERANCE_S,
-        "repeat": cfg.repeat,
-        "sky": "not run: no cloud account",
-        "paths": summaries,
-    }
     if cfg.json_out:
-        cfg.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        cfg.json_out.write_text(json.dumps(result(cfg, started, summaries), indent=2) + "\n")
     sys.stdout.write(markdown(summaries, cfg.grace))
     return EXIT_OK if all(not s["failed_reps"] and s["repetitions"] for s in summaries) else EXIT_FAILED
 

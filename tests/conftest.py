@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import _config
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,25 +72,16 @@ if os.environ.get("PYTEST_XDIST_WORKER") and STATE.name != os.environ["PYTEST_XD
 os.environ["SKYOPS_STATE_DIR"] = str(STATE)
 
 
+#: launch.py as a person starts it in the repository root (`uv run --script`), with no .env file.
+UV_LAUNCH = ("uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--env-file", os.devnull)
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without skyops/SkyPilot settings a developer may have exported,
     plus `extra`. Keeps PATH, HOME and the uv/pip settings that find torch's CPU wheel."""
-    drop_prefixes = ("SKYOPS_", "SKYPILOT_", "TORCHELASTIC_")
-    drop = {
-        "VIRTUAL_ENV",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "DATA_DIR",
-        "RUN_ID",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(drop_prefixes)}
-    env["SKYOPS_STATE_DIR"] = str(STATE)
+    env = _config.isolated_env(os.environ, STATE)
     if "UV_FIND_LINKS" not in env and env.get("PIP_FIND_LINKS"):
         env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"]
-    env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
     env.update(extra or {})
     return env
 

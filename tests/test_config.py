@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import _config
+import _env_file
 import pytest
-from _config import ConfigError, EnvLine
+from _config import ConfigError
+from _env_file import EnvLine
 from conftest import N1_INVALID_NAMES
 
 
@@ -26,9 +28,9 @@ def values(
     flags: dict[str, str] | None = None,
 ) -> dict[str, str]:
     path = env_file(tmp_path, content)
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults={},
-        file_entries=_config.read_env_file(path),
+        file_entries=_env_file.read_env_file(path),
         environ=environ or {},
         flags=flags or {},
         file_label=str(path),
@@ -81,7 +83,7 @@ def test_e4_crlf_leaves_no_carriage_return(tmp_path: Path) -> None:
 
 
 def test_e4_crlf_in_set_flags_is_normalised() -> None:
-    assert _config.parse_set_flags(["A=x\r\ny"]) == {"A": "x\ny"}
+    assert _env_file.parse_set_flags(["A=x\r\ny"]) == {"A": "x\ny"}
 
 
 # ---------------------------------------------------------------- E5 empty vs bare
@@ -96,9 +98,9 @@ def test_e5_empty_and_bare_keys(tmp_path: Path) -> None:
 
 def test_e5_none_is_never_a_value(tmp_path: Path) -> None:
     path = env_file(tmp_path, 'A=\nC=""\n')
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults={"S": None},
-        file_entries=_config.read_env_file(path),
+        file_entries=_env_file.read_env_file(path),
         environ={},
         flags={},
         file_label=".env",
@@ -123,9 +125,9 @@ def test_e6_precedence_also_inside_interpolation(tmp_path: Path) -> None:
 
 def test_e6_defaults_rank_last(tmp_path: Path) -> None:
     path = env_file(tmp_path, "B=file\n")
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults={"A": "yaml", "B": "yaml", "C": "yaml"},
-        file_entries=_config.read_env_file(path),
+        file_entries=_env_file.read_env_file(path),
         environ={"C": "env"},
         flags={},
         file_label=".env",
@@ -144,11 +146,11 @@ def resolve(
     defaults: dict[str, str | None] | None = None,
     environ: dict[str, str] | None = None,
     flags: dict[str, str] | None = None,
-) -> _config.Resolved:
+) -> _env_file.Resolved:
     path = env_file(tmp_path, content)
-    return _config.resolve_values(
+    return _env_file.resolve_values(
         defaults=defaults or {},
-        file_entries=_config.read_env_file(path),
+        file_entries=_env_file.read_env_file(path),
         environ=environ or {},
         flags=flags or {},
         file_label=".env",
@@ -295,7 +297,7 @@ def test_e7_unparseable_line_is_an_error_with_file_and_line(tmp_path: Path) -> N
 
 def test_e7_missing_env_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--env-file .*nope\.env: no such file"):
-        _config.read_env_file(tmp_path / "nope.env")
+        _env_file.read_env_file(tmp_path / "nope.env")
 
 
 # ---------------------------------------------------------------- E8 keys
@@ -313,9 +315,9 @@ def test_e8_invalid_keys_listed_in_one_error(tmp_path: Path) -> None:
 
 def test_e8_invalid_set_keys() -> None:
     with pytest.raises(ConfigError, match="--set: invalid keys my-key"):
-        _config.parse_set_flags(["my-key=1", "OK=2"])
+        _env_file.parse_set_flags(["my-key=1", "OK=2"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        _config.parse_set_flags(["NOEQUALS"])
+        _env_file.parse_set_flags(["NOEQUALS"])
 
 
 # ---------------------------------------------------------------- E9 typed values
@@ -455,4 +457,4 @@ def test_secret_like_keys_must_be_declared() -> None:
 
 def test_env_line_keeps_line_numbers(tmp_path: Path) -> None:
     path = env_file(tmp_path, "# comment\n\nA=1\nexport B=2\n")
-    assert _config.read_env_file(path) == [EnvLine("A", "1", 3), EnvLine("B", "2", 4)]
+    assert _env_file.read_env_file(path) == [EnvLine("A", "1", 3), EnvLine("B", "2", 4)]

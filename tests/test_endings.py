@@ -21,7 +21,7 @@ from pathlib import Path
 import _jobs_local
 import psutil
 import pytest
-from conftest import REPO, STATE, clean_env
+from conftest import REPO, STATE, UV_LAUNCH, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,17 +36,15 @@ def launcher(
     terminal's foreground job is), with stderr kept for the last line."""
     sets = [f"OUT={out}", f"GRACE={GRACE}", "NCCL_PREFLIGHT=0", *(f"{k}={v}" for k, v in env.items())]
     argv = [
-        "uv",
-        "run",
-        "--quiet",
-        "--script",
-        "scripts/local/launch.py",
-        "--env-file",
-        os.devnull,
+        *UV_LAUNCH,
         "--nodes",
         "2",
+        "--run",
+        run,
+        *(a for kv in sets for a in ("--set", kv)),
+        *args,
+        *job.split(),
     ]
-    argv += ["--run", run, *(a for kv in sets for a in ("--set", kv)), *args, *job.split()]
     return subprocess.Popen(
         argv, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,

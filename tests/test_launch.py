@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _job_path
 import _task
 import launch
 import pytest
@@ -326,33 +327,33 @@ def test_job_kinds_the_launcher_accepts(tmp_path: Path) -> None:
     (repo / "proj").mkdir()
     (repo / "proj" / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0"\n')
     (repo / "proj" / "train.py").write_text("print(1)\n")
-    assert launch.relative_job_path("-m pkg.train", repo) == "-m pkg.train"
-    assert launch.relative_job_path("-m  lib.cli", repo) == "-m lib.cli"
-    assert launch.relative_job_path("-mpkg.train", repo) == "-m pkg.train"
-    assert launch.relative_job_path(str(repo / "proj" / "train.py"), repo) == "proj/train.py"
+    assert _job_path.relative_job_path("-m pkg.train", repo) == "-m pkg.train"
+    assert _job_path.relative_job_path("-m  lib.cli", repo) == "-m lib.cli"
+    assert _job_path.relative_job_path("-mpkg.train", repo) == "-m pkg.train"
+    assert _job_path.relative_job_path(str(repo / "proj" / "train.py"), repo) == "proj/train.py"
     for job, message in [
         ("-m", 'as one word: "-m pkg.train"'),
         ("-m pkg/train", "expected -m and a module name"),
         ("-m pkg.missing", "none of pkg/missing.py, pkg/missing/__main__.py, src/pkg/missing.py"),
     ]:
         with pytest.raises(launch.ConfigError, match=message):
-            launch.relative_job_path(job, repo)
+            _job_path.relative_job_path(job, repo)
     (repo / "proj" / "pyproject.toml").write_text('[project]\nname = "p"\nversion = \n')
     with pytest.raises(launch.ConfigError, match=r"^proj/pyproject.toml:3: not valid TOML"):
-        launch.relative_job_path(str(repo / "proj" / "train.py"), repo)
+        _job_path.relative_job_path(str(repo / "proj" / "train.py"), repo)
 
 
 def test_the_launcher_finds_modules_where_the_nodes_do(tmp_path: Path) -> None:
-    """launch.py cannot import the node side's _job_command (docs/decisions/boundary.md): its copy of
+    """_job_path.py cannot import the node side's _job_command (docs/decisions/boundary.md): its copy of
     the module lookup is checked against the nodes' here."""
     import _job_command
 
     for name in ("a", "pkg.train", "pkg.sub.mod"):
-        assert launch.module_paths(name) == _job_command.module_paths(name)
+        assert _job_path.module_paths(name) == _job_command.module_paths(name)
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "train.py").write_text("")
     assert _job_command.module_file("pkg.train", tmp_path) == tmp_path / "pkg" / "train.py"
-    assert launch.relative_job_path("-m pkg.train", tmp_path) == "-m pkg.train"
+    assert _job_path.relative_job_path("-m pkg.train", tmp_path) == "-m pkg.train"
 
 
 def test_a_module_job_reaches_the_nodes_as_one_word(capsys: pytest.CaptureFixture[str], no_env: None) -> None:

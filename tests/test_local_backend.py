@@ -27,7 +27,7 @@ import _policy
 import launch
 import psutil
 import pytest
-from conftest import REPO, STATE, clean_env
+from conftest import REPO, STATE, UV_LAUNCH, clean_env
 
 
 def task_file(tmp_path: Path, run: str, setup: str = "", recovery: str = "") -> Path:
@@ -421,22 +421,7 @@ def test_ctrl_c_tears_every_node_down(tmp_path: Path) -> None:
     )
     task = task_file(tmp_path, run)
     proc = subprocess.Popen(
-        [
-            "uv",
-            "run",
-            "--quiet",
-            "--script",
-            "scripts/local/launch.py",
-            "--env-file",
-            "/dev/null",
-            "--task",
-            str(task),
-            "--nodes",
-            "2",
-            "--set",
-            f"OUT={tmp_path}",
-            "examples/train.py",
-        ],
+        [*UV_LAUNCH, "--task", str(task), "--nodes", "2", "--set", f"OUT={tmp_path}", "examples/train.py"],
         cwd=REPO,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -473,18 +458,12 @@ def test_train_example_on_two_nodes(tmp_path: Path) -> None:
     run = f"it-{uuid.uuid4().hex[:6]}"
     result = subprocess.run(
         [
-            "uv",
-            "run",
-            "--quiet",
-            "--script",
-            "scripts/local/launch.py",
+            *UV_LAUNCH,
             "--print-id",
             "--nodes",
             "2",
             "--run",
             run,
-            "--env-file",
-            "/dev/null",
             "--set",
             f"DATA_DIR={tmp_path}",
             "examples/train.py",
@@ -529,8 +508,7 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     the job, the supervisor's ledger and the result all show it."""
     run = f"fl-{uuid.uuid4().hex[:6]}"
     result = subprocess.run(
-        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--nodes", "2", "--run", run,
-         "--env-file", "/dev/null", "--set", f"DATA_DIR={tmp_path}", "--set", "NCCL_PREFLIGHT=0",
+        [*UV_LAUNCH, "--nodes", "2", "--run", run, "--set", f"DATA_DIR={tmp_path}", "--set", "NCCL_PREFLIGHT=0",
          "examples/flaky_train.py", "--steps", "20"],
         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -569,8 +547,7 @@ def test_sighup_tears_down_and_records_the_end(tmp_path: Path) -> None:
     run = f"hup-{uuid.uuid4().hex[:6]}"
     task = task_file(tmp_path, 'echo $$ >> "$OUT/pids"; sleep 300 & echo $! >> "$OUT/pids"; wait')
     proc = subprocess.Popen(
-        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--env-file", "/dev/null", "--task", str(task),
-         "--run", run, "--nodes", "2", "--set", f"OUT={tmp_path}", "examples/train.py"],
+        [*UV_LAUNCH, "--task", str(task), "--run", run, "--nodes", "2", "--set", f"OUT={tmp_path}", "examples/train.py"],
         cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     pids = tmp_path / "pids"
@@ -596,8 +573,8 @@ def test_a_job_without_torch_runs_on_every_node_and_its_exit_code_counts(tmp_pat
     code (3) reaches the launcher's record, its output the failure excerpt, and the reason status."""
     run = f"nt-{uuid.uuid4().hex[:6]}"
     result = subprocess.run(
-        ["uv", "run", "--quiet", "--script", "scripts/local/launch.py", "--nodes", "2", "--run", run, "--max-restarts", "0",
-         "--env-file", "/dev/null", "--set", f"DATA_DIR={tmp_path}", "--set", "NCCL_PREFLIGHT=0", "tests/jobs/exit_with.py", "3"],
+        [*UV_LAUNCH, "--nodes", "2", "--run", run, "--max-restarts", "0", "--set", f"DATA_DIR={tmp_path}",
+         "--set", "NCCL_PREFLIGHT=0", "tests/jobs/exit_with.py", "3"],
         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]

@@ -10,6 +10,7 @@ import tomllib
 
 import _config
 import _contract
+import _env_file
 import launch
 import pytest
 import yaml
@@ -215,7 +216,7 @@ def test_env_example_lists_every_key() -> None:
 
 
 def test_env_example_parses_and_changes_no_default(tmp_path) -> None:
-    entries = _config.read_env_file(REPO / ".env.example")
+    entries = _env_file.read_env_file(REPO / ".env.example")
     assert {e.key for e in entries} == set(yaml.safe_load(JOB_YAML.read_text())["secrets"])
 
 

@@ -1,15 +1,11 @@
 """Configuration for the laptop-side scripts: one loader, one precedence.
 
-Every value a launch uses is resolved here, once, in this order (highest first):
+Every value a launch uses is resolved once, in this order (highest first):
 
     command-line flags (including --set KEY=VALUE)  >  process environment  >  .env file  >  job.yaml
 
-The .env file is read with python-dotenv (`dotenv.parser.parse_stream`) plus small, tested corrections
-for the cases where python-dotenv is known to be wrong or silent (docs/field-cases.md E1-E9):
-CRLF line endings, a comment taken for a value, a line it cannot parse (only a warning there, and the
-key vanishes), keys that no environment accepts, and `${VAR}` expansion, which follows the same
-precedence as everything else and the file's order: a line sees the lines above it, never those
-below, and a `${VAR}` defined only below is an error (resolve_values has the rules).
+The .env file and its merge with the other layers are _env_file.py's: python-dotenv plus small, tested
+corrections for the cases where it is known to be wrong or silent (docs/field-cases.md E1-E9).
 
 job.yaml's `envs` and `secrets` are read as the text written in the file (PyYAML's composer, not its
 constructor), so `COMMIT: 0123456` reaches the job as `0123456`, not `42798` (docs/field-cases.md Y1).
@@ -22,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import io
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -121,6 +116,28 @@ def unknown_task_keys(config: Mapping[str, Any], keys: Iterable[str]) -> list[st
             close = difflib.get_close_matches(str(key), known, n=1)
             problems.append(f"{key} unknown" + (f", did you mean {close[0]}?" if close else ""))
     return problems
+
+
+#: What in a user's environment would steer a launch or a jobs.py command: skyops', SkyPilot's and
+#: torch.distributed's settings, a virtual environment, a DATA_DIR or RUN_ID exported for a job.
+_USER_ENV_DROP_PREFIXES = ("SKYOPS_", "SKYPILOT_", "TORCHELASTIC_")
+_USER_ENV_DROP = frozenset(
+    {"VIRTUAL_ENV", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DATA_DIR", "RUN_ID"}
+)
+
+
+def isolated_env(environ: Mapping[str, str], state_dir: Path) -> dict[str, str]:
+    """`environ` for launch.py and jobs.py run apart from the user's own jobs (tests, benchmarks):
+    without the settings that would steer them (_USER_ENV_DROP), with `state_dir` as SKYOPS_STATE_DIR
+    and no local SkyPilot API server started."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in _USER_ENV_DROP and not k.startswith(_USER_ENV_DROP_PREFIXES)
+    }
+    env["SKYOPS_STATE_DIR"] = str(state_dir)
+    env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+    return env
 
 
 class ConfigError(Exception):
@@ -264,234 +281,6 @@ def check_typed_envs(values: Mapping[str, str], sources: Mapping[str, str]) -> N
                     f"{key} (from {sources.get(key, '?')}): expected {_contract.KEY[key].expected()},"
                     f" got {values[key]!r}"
                 ) from None
-
-
-# --------------------------------------------------------------------------------------- .env
-
-
-@dataclass(frozen=True)
-class EnvLine:
-    """One `KEY=value` of a .env file. `value` is None for a bare `KEY` line (docs/field-cases.md E5)."""
-
-    key: str
-    value: str | None
-    line: int
-    interpolate: bool = True
-
-
-_COMMENT_AS_VALUE_RE = re.compile(r"^\s*(?:export\s+)?[^=\s]+\s*=[ \t]+#")
-
-
-def read_env_file(path: Path) -> list[EnvLine]:
-    """Parse a .env file with python-dotenv, corrected for docs/field-cases.md E1-E8.
-
-    Returns the lines in file order. Raises ConfigError (`file:line: ...`) for a line python-dotenv
-    cannot parse, for keys no environment accepts (all listed in one line), or a file that is not UTF-8.
-    """
-    from dotenv.parser import parse_stream
-
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"--env-file {path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"--env-file {path}: cannot read ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
-    # E4: no \r may survive into any value, quoted ones included.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-
-    entries: list[EnvLine] = []
-    bad_keys: list[str] = []
-    for binding in parse_stream(io.StringIO(text)):
-        # python-dotenv counts blank lines before a binding as part of it: report the key's own line.
-        original = binding.original.string
-        line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
-        if binding.error:
-            key = original.strip().split("=", 1)[0].strip() if "=" in original else ""
-            what = f"the value of {key}" if key else "this line"
-            hint = (
-                " (unclosed quote?)"
-                if "=" in original and original.split("=", 1)[1].lstrip()[:1] in "'\""
-                else ""
-            )
-            raise ConfigError(f"{path}:{line}: cannot parse {what}{hint}")
-        if binding.key is None:
-            continue
-        value = binding.value
-        # E2: `KEY=   # comment` is an empty value, never the comment's text.
-        if value is not None and _COMMENT_AS_VALUE_RE.match(original) and value.lstrip().startswith("#"):
-            value = ""
-        if not ENV_KEY_RE.match(binding.key):
-            bad_keys.append(f"{binding.key} (line {line})")
-            continue
-        after_eq = original.split("=", 1)[1].lstrip() if "=" in original else ""
-        entries.append(EnvLine(binding.key, value, line, interpolate=not after_eq.startswith("'")))
-    if bad_keys:
-        raise ConfigError(
-            f"{path}: invalid keys {', '.join(bad_keys)}: a key must match [A-Za-z_][A-Za-z0-9_]*"
-        )
-    return entries
-
-
-def _expand_line(
-    entry: EnvLine,
-    *,
-    flags: Mapping[str, str],
-    environ: Mapping[str, str],
-    above: Mapping[str, tuple[str, tuple[str, ...]]],
-    defined_at: Mapping[str, Sequence[int]],
-    defaults: Mapping[str, str | None],
-    file_label: str,
-) -> tuple[str, tuple[str, ...]]:
-    """Expand one .env line as the file is read top to bottom (see resolve_values for the rules).
-
-    `above` maps each key defined on an earlier line to (its expanded value, the names it came from).
-    Returns the expanded value and every name it came from, through earlier lines too (so a secret
-    reached through another key is still seen). Raises ConfigError for a forward reference.
-    """
-    from dotenv.variables import Literal, Variable, parse_variables
-
-    parts: list[str] = []
-    names: dict[str, None] = {}
-    for atom in parse_variables(entry.value or ""):
-        if isinstance(atom, Literal) or not isinstance(atom, Variable):
-            parts.append(atom.value if isinstance(atom, Literal) else "")
-            continue
-        name, default = atom.name, atom.default
-        names[name] = None
-        if name in flags:
-            parts.append(flags[name])
-        elif name in environ:
-            parts.append(environ[name])
-        elif name in above:
-            text, came_from = above[name]
-            parts.append(text)
-            names.update(dict.fromkeys(came_from))
-        else:
-            below = [n for n in defined_at.get(name, ()) if n > entry.line]
-            if below and default is None and name != entry.key:
-                raise ConfigError(
-                    f"{file_label}:{entry.line}: {entry.key} uses ${{{name}}}, which is defined only below"
-                    f" (line {below[0]}); move {name} above {entry.key}"
-                )
-            found = defaults.get(name)
-            parts.append(found if found is not None else (default or ""))
-    return "".join(parts), tuple(names)
-
-
-def parse_set_flags(items: Sequence[str]) -> dict[str, str]:
-    """`--set KEY=VALUE` items to a dict (later wins). Raises ConfigError naming the flag."""
-    result: dict[str, str] = {}
-    bad: list[str] = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        if not ENV_KEY_RE.match(key):
-            bad.append(key or "''")
-            continue
-        result[key] = value.replace("\r\n", "\n").replace("\r", "\n")
-    if bad:
-        raise ConfigError(f"--set: invalid keys {', '.join(bad)}: a key must match [A-Za-z_][A-Za-z0-9_]*")
-    return result
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """Resolved configuration values with the layer each one came from."""
-
-    values: dict[str, str]
-    sources: dict[str, str]  # key -> "flag" | "environment" | "<file>:<line>" | "job.yaml"
-    missing: tuple[str, ...] = ()  # secrets declared null and supplied by nobody
-    expanded_from: dict[str, list[str]] = field(default_factory=dict)  # key -> ${VARS} it expanded
-
-
-def resolve_values(
-    *,
-    defaults: Mapping[str, str | None],
-    file_entries: Sequence[EnvLine],
-    environ: Mapping[str, str],
-    flags: Mapping[str, str],
-    file_label: str,
-) -> Resolved:
-    """Merge the four layers for every key any layer names: flags > environ > file > defaults.
-
-    `defaults` are job.yaml's envs and secrets (None: a secret that must be supplied at launch).
-    `file_entries` are the .env lines in file order; when a key repeats, its last line wins.
-
-    `${B}` in a .env value expands as the file is read top to bottom (bash's `set -a; source .env`
-    and python-dotenv's `load_dotenv` read it the same way), with the same precedence as everything
-    else (docs/field-cases.md E6). `${B}` is, first match wins:
-      1. B's flag, else B from the process environment (they win inside `${...}` too);
-      2. B's value on the nearest line above (as expanded there), so `P=/a` then `P=${P}:/b` gives
-         `/a:/b`; a self-reference `KEY=${KEY}/x` with no `KEY` line above means job.yaml's KEY;
-      3. job.yaml's B: job.yaml is the lowest layer, defined before the file;
-      4. the default of `${B:-default}`, else an empty string.
-    A forward reference, `${B}` where B is defined only on a line below (and by no flag or the
-    environment), raises ConfigError (`file:line`, naming both keys): bash and python-dotenv
-    silently give an empty value there, and the launcher used to take the later line's value. With a
-    default, `${B:-default}` is not an error: it gives what rules 3-4 give, as bash does, since B is
-    not yet set at that line. Single-quoted values are not expanded (python-dotenv's rule); a line
-    whose key a flag or the environment sets is never used, so it is not expanded either.
-
-    Raises ConfigError for a bare .env key that neither the environment nor a flag supplies, and for
-    a forward reference.
-    """
-    file_map: dict[str, EnvLine] = {}
-    defined_at: dict[str, list[int]] = {}
-    for line in file_entries:
-        file_map[line.key] = line  # later lines win, as in python-dotenv
-        defined_at.setdefault(line.key, []).append(line.line)
-    keys = list(dict.fromkeys([*defaults, *file_map, *flags]))
-
-    values: dict[str, str] = {}
-    sources: dict[str, str] = {}
-    missing: list[str] = []
-    expanded_from: dict[str, list[str]] = {}
-    for key in keys:
-        entry = file_map.get(key)
-        if key in flags:
-            values[key], sources[key] = flags[key], "flag"
-        elif key in environ:
-            values[key], sources[key] = environ[key], "environment"
-        elif entry is not None:
-            if entry.value is None:
-                raise ConfigError(
-                    f"{file_label}:{entry.line}: {key} has no value; set it in the environment or with"
-                    f" --set {key}=..., or write {key}= for an empty value"
-                )
-            values[key], sources[key] = entry.value, f"{file_label}:{entry.line}"
-        elif (default := defaults.get(key)) is not None:
-            values[key], sources[key] = default, "job.yaml"
-        else:
-            missing.append(key)
-    # Read the file top to bottom: each line sees the lines above it, never those below.
-    above: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for entry in file_entries:
-        if entry.key in flags or entry.key in environ or entry.value is None:
-            continue
-        if entry.interpolate and "$" in entry.value:
-            above[entry.key] = _expand_line(
-                entry,
-                flags=flags,
-                environ=environ,
-                above=above,
-                defined_at=defined_at,
-                defaults=defaults,
-                file_label=file_label,
-            )
-        else:
-            above[entry.key] = (entry.value, ())
-    for key in file_map:
-        if key not in flags and key not in environ:  # the value is the key's last line (bare: raised)
-            values[key] = above[key][0]
-            if above[key][1]:
-                expanded_from[key] = list(above[key][1])
-    return Resolved(values, sources, tuple(missing), expanded_from)
 
 
 # --------------------------------------------------------------------------------------- job.yaml

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import _config
+import _env_file
 from _config import EXIT_FAILED, EXIT_OK, REPO
 
 log = logging.getLogger("skyops.jobs")
@@ -48,13 +49,13 @@ def notify_env(environ: Mapping[str, str], env_file: Path | None, repo: Path) ->
     as launch.py resolves them: process environment > .env (`env_file`, default <repo>/.env) >
     `<repo>/job.yaml`. GIT_COMMIT and GIT_DIRTY are left out: each job has its own. Raises ConfigError
     (a bad .env or job.yaml, naming `file:line`)."""
-    path = env_file if env_file is not None else (repo / ".env" if (repo / ".env").is_file() else None)
-    entries = _config.read_env_file(path) if path else []
+    path = _env_file.env_file_path(env_file, repo)
+    entries = _env_file.read_env_file(path) if path else []
     defaults: dict[str, str | None] = {}
     if (repo / "job.yaml").is_file():
         task = _config.load_task_file(repo / "job.yaml")
         defaults = {**task.envs, **task.secrets}
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults=defaults, file_entries=entries, environ=environ, flags={}, file_label=str(path or ".env")
     )
     keys = (*NOTIFY_SECRETS, *NOTIFY_SETTINGS)

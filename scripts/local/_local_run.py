@@ -1,4 +1,5 @@
-"""A local launch before its nodes start: the local backend's defaults for it (`prepare`), its job id
+"""A local launch before its nodes start: the local backend's defaults for it (`prepare`), the wheel
+folder its nodes' uv may use (`pip_find_links`), its job id
 (`allocate_job_id`), a DATA_DIR it can write (`check_data_dir`), and its run's durable state
 `$DATA_DIR/$RUN_ID/`, which one job at a time owns, whichever clone launched it (`run_lock`,
 `run_owner`).
@@ -13,7 +14,8 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pip_find_links(environ: Mapping[str, str]) -> str | None:
+    """The wheel folder pip is configured with (PIP_FIND_LINKS, else `pip config`), for uv on the
+    local backend's nodes: where these machines keep torch's CPU build. None when pip has none."""
+    if environ.get("PIP_FIND_LINKS"):
+        return environ["PIP_FIND_LINKS"]
+    try:
+        out = subprocess.run(
+            ["python3", "-m", "pip", "config", "get", "global.find-links"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out or None
 
 
 def prepare(cfg: LaunchConfig) -> LaunchConfig:

@@ -18,7 +18,7 @@ from typing import IO, Any
 import _atomic
 from _config import EXIT_FAILED, EXIT_OK, EXIT_SKY_ERROR, REPO, ConfigError
 from _job_state import TERMINAL, JobState
-from _sky_sdk import data_stream
+from _sky_sdk import data_stream, strip_ansi
 
 log = logging.getLogger("skyops.sky")
 
@@ -171,12 +171,11 @@ SUMMARY_RE = re.compile(
     r"run\.py: [A-Z]+: summary: node=(?P<node>\d+) attempt=(?P<attempt>\d+) reason=(?P<reason>\S+)"
     r" exit_code=(?P<exit_code>-?\d+) runtime_s=(?P<runtime_s>[0-9.]+)(?: cause: (?P<cause>.*))?$"
 )
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def summary_of_line(line: str) -> dict[str, Any] | None:
     """The fields of one supervisor summary line (see SUMMARY_RE), or None for any other line."""
-    match = SUMMARY_RE.search(_ANSI.sub("", line).rstrip("\r\n"))
+    match = SUMMARY_RE.search(strip_ansi(line).rstrip("\r\n"))
     if match is None:
         return None
     return {
@@ -336,7 +335,7 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 def node_sent_ending(log_text: str, job_id: int) -> bool:
     """True when the job's logs show that its node rank 0 sent the ending (NODE_ENDING_SENT_RE)."""
-    return any(int(m["job_id"]) == job_id for m in NODE_ENDING_SENT_RE.finditer(_ANSI.sub("", log_text)))
+    return any(int(m["job_id"]) == job_id for m in NODE_ENDING_SENT_RE.finditer(strip_ansi(log_text)))
 
 
 def ending_reason(status: str, summary: Mapping[str, Any] | None) -> str:

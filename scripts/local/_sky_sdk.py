@@ -156,19 +156,10 @@ class SkyJobsSDK:
         """Managed-job records with status, failure_reason and recovery_count."""
         fields = ["job_id", "task_id", "job_name", "task_name", "status", "recovery_count", "failure_reason",
                   "submitted_at", "end_at", "job_duration", "resources", "infra", "user_name"]  # fmt: skip
-        with stdout_to_stderr():
-            import sky
-
-            records, *_ = sky.get(
-                sky.jobs.queue_v2(
-                    refresh=False,
-                    skip_finished=skip_finished,
-                    all_users=all_users,
-                    job_ids=list(job_ids) if job_ids else None,
-                    fields=fields,
-                )
-            )
-            return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
+        records = _queue_v2(
+            list(job_ids) if job_ids else None, fields, skip_finished=skip_finished, all_users=all_users
+        )
+        return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
 
     def tail_logs(self, job_id: int, follow: bool, stream: IO[str]) -> int | None:
         """Write the job's logs to `stream`; returns what sky.jobs.tail_logs returns: a TAIL_* code
@@ -200,18 +191,7 @@ class SkyJobsSDK:
         """The envs of a managed job's task as it was submitted (GIT_COMMIT, GIT_DIRTY, NOTIFY_ON, ...):
         queue_v2's `user_yaml` field, the task YAML the API server keeps with secret values redacted
         (SkyPilot 0.14.1 sky/jobs/utils.py, sky/task.py redact_task_yaml_dict); {} when it has none."""
-        with stdout_to_stderr():
-            import sky
-
-            records, *_ = sky.get(
-                sky.jobs.queue_v2(
-                    refresh=False,
-                    skip_finished=False,
-                    all_users=False,
-                    job_ids=[job_id],
-                    fields=["job_id", "user_yaml"],
-                )
-            )
+        records = _queue_v2([job_id], ["job_id", "user_yaml"], skip_finished=False, all_users=False)
         texts = [
             getattr(r, "user_yaml", None) if not isinstance(r, dict) else r.get("user_yaml") for r in records
         ]
@@ -224,18 +204,41 @@ class SkyJobsSDK:
             sky.get(sky.jobs.cancel(job_ids=list(job_ids)))
 
 
+def _queue_v2(
+    job_ids: list[int] | None, fields: list[str], *, skip_finished: bool, all_users: bool
+) -> list[Any]:
+    """The records of sky.jobs.queue_v2 (all jobs when `job_ids` is None), as the SDK returns them
+    (response models or dicts), with only `fields` filled in; SkyPilot's chatter goes to stderr."""
+    with stdout_to_stderr():
+        import sky
+
+        records, *_ = sky.get(
+            sky.jobs.queue_v2(
+                refresh=False,
+                skip_finished=skip_finished,
+                all_users=all_users,
+                job_ids=job_ids,
+                fields=fields,
+            )
+        )
+    return list(records)
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     for line in text.splitlines():
         line = line.strip()
         if line:
-            return _strip_ansi(line)
+            return strip_ansi(line)
     return type(exc).__name__
 
 
-def _strip_ansi(text: str) -> str:
+#: A terminal colour or cursor sequence (SkyPilot colours its messages and log lines).
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+def strip_ansi(text: str) -> str:
+    return _ANSI_RE.sub("", text)
 
 
 def sky_exceptions() -> Any:

@@ -49,22 +49,28 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
-def marked(key: str, value: str) -> list[psutil.Process]:
-    """Live processes whose environment holds `key=value` (any session, any parent; this one excluded).
-
-    Reads /proc/<pid>/environ: the environment a process started with, which is what children inherit.
-    """
+def processes(match: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+    """Live processes (this one and zombies excluded) for which `match(proc)` holds; a process that
+    ends or denies access while `match` reads it is passed over."""
     found = []
     me = os.getpid()
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(key) == value and proc.status() != psutil.STATUS_ZOMBIE:
+            if match(proc) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             continue
     return found
+
+
+def marked(key: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment holds `key=value` (any session, any parent; this one excluded).
+
+    Reads /proc/<pid>/environ: the environment a process started with, which is what children inherit.
+    """
+    return processes(lambda proc: proc.environ().get(key) == value)
 
 
 def tree(roots: Iterable[int]) -> list[psutil.Process]:

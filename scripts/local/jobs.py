@@ -66,6 +66,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import _config
+import _env_file
 from _config import EXIT_BAD_INPUT, REPO, ConfigError, JobsConfig, OneLineParser
 from _jobs_local import run_local
 from _jobs_notify import notify_env, notify_test
@@ -138,9 +139,9 @@ def resolve_backend(flag: str | None, environ: Mapping[str, str], env_file: Path
         return flag
     value, where = environ.get("SKYOPS_BACKEND"), "SKYOPS_BACKEND"
     if value is None:
-        path = env_file if env_file is not None else (repo / ".env" if (repo / ".env").is_file() else None)
+        path = _env_file.env_file_path(env_file, repo)
         if path is not None:
-            for entry in _config.read_env_file(path):
+            for entry in _env_file.read_env_file(path):
                 if entry.key == "SKYOPS_BACKEND" and entry.value is not None:
                     value, where = entry.value, f"{path}:{entry.line}"
     if value is None:

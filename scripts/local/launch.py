@@ -40,14 +40,15 @@ import os
 import re
 import shlex
 import sys
-import tomllib
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import _config
+import _env_file
+import _job_path
 import _task
 from _config import (
     EXIT_BAD_INPUT,
@@ -124,28 +125,16 @@ def _add_sky_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="launch.py",
-        description="Launch JOB (a script in this repository) as a SkyPilot task, locally or on the cloud.",
-        formatter_class=_config.DefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    p.add_argument(
-        "--backend", choices=BACKENDS, default=None, help="where to run [env SKYOPS_BACKEND; default local]"
-    )
-    p.add_argument("--run", default=None, help="run name (RUN_ID); default: JOB's name and the time")
-    p.add_argument(
-        "--nodes",
-        type=_type(_positive, "nodes"),
-        default=None,
-        help="number of nodes [SKYOPS_NODES; default job.yaml num_nodes]",
-    )
-    p.add_argument(
-        "--gpus",
-        type=_type(_nonneg, "gpus"),
-        default=None,
-        help="GPUs per node, 0 = CPU [SKYOPS_GPUS; default job.yaml (sky), 0 (local)]",
+def _add_count(p: argparse.ArgumentParser, flag: str, convert: Callable[[str], int], help_text: str) -> None:
+    """A whole-number launcher setting; None when not given (the environment, .env or the task decide)."""
+    p.add_argument(flag, type=_type(convert, flag[2:].replace("-", "_")), default=None, help=help_text)
+
+
+def _add_resource_flags(p: argparse.ArgumentParser) -> None:
+    """The launcher settings of the nodes (SETTINGS, but --backend)."""
+    _add_count(p, "--nodes", _positive, "number of nodes [SKYOPS_NODES; default job.yaml num_nodes]")
+    _add_count(
+        p, "--gpus", _nonneg, "GPUs per node, 0 = CPU [SKYOPS_GPUS; default job.yaml (sky), 0 (local)]"
     )
     p.add_argument("--cpus", default=None, help="vCPUs per node, e.g. 8 or 8+ [SKYOPS_CPUS]")
     spot = p.add_mutually_exclusive_group()
@@ -163,12 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="on-demand instances only",
     )
-    p.add_argument(
-        "--max-restarts",
-        type=_type(_nonneg, "max_restarts"),
-        default=None,
-        help="job_recovery.max_restarts_on_errors [SKYOPS_MAX_RESTARTS]",
-    )
+    _add_count(p, "--max-restarts", _nonneg, "job_recovery.max_restarts_on_errors [SKYOPS_MAX_RESTARTS]")
+
+
+def _add_input_flags(p: argparse.ArgumentParser) -> None:
+    """Where the task's envs and secrets come from: --set, the .env file, the task file."""
     p.add_argument(
         "--set",
         dest="sets",
@@ -184,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (python-dotenv format) [default: <repo>/.env if present]",
     )
     p.add_argument("--task", type=Path, default=REPO / "job.yaml", help="the SkyPilot task file")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """What the launcher prints: the task instead of a launch, job ids, node logs, progress."""
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -199,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress lines on stderr (the last line still says how it ended)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="launch.py",
+        description="Launch JOB (a script in this repository) as a SkyPilot task, locally or on the cloud.",
+        formatter_class=_config.DefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="where to run [env SKYOPS_BACKEND; default local]"
+    )
+    p.add_argument("--run", default=None, help="run name (RUN_ID); default: JOB's name and the time")
+    _add_resource_flags(p)
+    _add_input_flags(p)
+    _add_output_flags(p)
     _add_sky_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument(
@@ -225,90 +233,6 @@ def _setting(
     if key in file_values:
         return file_values[key], key
     return None
-
-
-#: `-m NAME` as JOB: a dotted module name, as `python -m` takes it.
-_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-def module_paths(name: str) -> list[Path]:
-    """Where the nodes find `-m NAME` in the repository (the nodes' rule: scripts/remote/_job_command.py
-    module_paths; tests/test_launch.py checks that both agree): `pkg/mod.py`, `pkg/mod/__main__.py`,
-    then both under `src/`."""
-    parts = name.split(".")
-    here = [Path(*parts[:-1], parts[-1] + ".py"), Path(*parts, "__main__.py")]
-    return [*here, *(Path("src") / p for p in here)]
-
-
-def check_project(script: Path, repo: Path) -> None:
-    """A script inside a project runs in the project's environment on the nodes: every pyproject.toml
-    from the script's folder up to the repository root must be valid TOML (the nearest one with a
-    `[project]` table is the project). Raises ConfigError naming `file:line`."""
-    for folder in (script.parent, *script.parent.parents):
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
-            try:
-                data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                found = re.search(r"at line (\d+)", str(exc))
-                line = getattr(exc, "lineno", None) or (int(found[1]) if found else None)
-                where = pyproject.relative_to(repo).as_posix() + (f":{line}" if line else "")
-                raise ConfigError(
-                    f"{where}: not valid TOML ({str(exc).split(' (at')[0]}); JOB runs in this project"
-                ) from None
-            if isinstance(data.get("project"), dict):
-                return
-        if folder == repo:
-            return
-
-
-def relative_job_path(job: str, repo: Path) -> str:
-    """JOB as the nodes get it: a path relative to the repository root, or `-m NAME` for a module in the
-    repository (README "Bring your own script"). Raises ConfigError if it is neither a `.py` or
-    executable file inside the repository nor such a module, or if its project's pyproject.toml is
-    not valid."""
-    if job.startswith("-m"):
-        name = job[2:].strip()
-        if not _MODULE_RE.fullmatch(name):
-            raise ConfigError(
-                f'JOB {job!r}: expected -m and a module name like pkg.train, as one word: "-m pkg.train"'
-            )
-        if not any((repo / p).is_file() for p in module_paths(name)):
-            tried = ", ".join(p.as_posix() for p in module_paths(name))
-            raise ConfigError(
-                f"JOB {job!r}: none of {tried} is in the repository {repo} (nodes receive only the repository)"
-            )
-        found = next(repo / p for p in module_paths(name) if (repo / p).is_file())
-        check_project(found, repo)
-        return f"-m {name}"
-    path = Path(job)
-    full = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    if not full.is_file() and not path.is_absolute():
-        full = (repo / path).resolve()
-    try:
-        rel = full.relative_to(repo)
-    except ValueError:
-        raise ConfigError(
-            f"JOB {job!r}: must be inside the repository {repo} (nodes receive only the repository)"
-        ) from None
-    if not full.is_file():
-        raise ConfigError(f"JOB {job!r}: no such file")
-    if full.suffix != ".py" and not os.access(full, os.X_OK):
-        raise ConfigError(
-            f"JOB {job!r}: must be a Python script (.py) or an executable file, or -m and a module name"
-        )
-    if full.suffix == ".py":
-        check_project(full, repo)
-    return rel.as_posix()
-
-
-_JOB_REF_RE = re.compile(r"\$\{?JOB\b")
-
-
-def task_uses_job(task: _config.TaskFile) -> bool:
-    """Whether the task needs a JOB: its envs declare JOB, or its setup or run mentions $JOB / ${JOB}."""
-    commands = f"{task.config.get('setup') or ''}\n{task.config.get('run') or ''}"
-    return "JOB" in task.envs or bool(_JOB_REF_RE.search(commands))
 
 
 class _Settings(NamedTuple):
@@ -359,52 +283,12 @@ def _settings(
     return _Settings(backend, nodes, gpus, cpus, use_spot, max_restarts)
 
 
-def _check_values(resolved: _config.Resolved, task: _config.TaskFile, shown: Mapping[str, str]) -> None:
-    """Refuse resolved values the nodes must never get or could not take: a credential-like key not
-    declared a secret, a secret expanded into a plaintext env, a typed env the node side would reject,
-    a key the nodes set themselves, and envs too large for a process environment. `shown` names where
-    each value came from. Raises ConfigError."""
-    task_name = task.path.name
-    leaked = _config.secret_like_keys(resolved.values, task.secrets)
-    if leaked:
-        where = shown[leaked[0]]
-        raise ConfigError(
-            f"{where}: {', '.join(leaked)} looks like a credential: declare it under secrets: in {task_name}"
-            " so it is never sent as a plaintext env"
-        )
-    for key, names in resolved.expanded_from.items():
-        exposed = [n for n in names if n in task.secrets and key not in task.secrets]
-        if exposed:
-            raise ConfigError(
-                f"{shown[key]}: {key} expands the secret {exposed[0]} into a plaintext env;"
-                f" declare {key} under secrets: in {task_name} or drop the reference"
-            )
-    _config.check_typed_envs(resolved.values, shown)
-    owned = sorted(k for k in resolved.values if k in _config.NODE_OWNED_ENVS)
-    if owned:
-        raise ConfigError(
-            f"{shown[owned[0]]}: {', '.join(owned)} is set on each node (by SkyPilot, configure_environment.py"
-            " or run.py) and would be replaced there; remove it"
-        )
-    total = sum(len(k) + 2 + len(v.encode()) for k, v in resolved.values.items())
-    if total > _config.MAX_ENV_TOTAL:
-        raise ConfigError(
-            f"envs and secrets total {total} bytes (limit {_config.MAX_ENV_TOTAL}): pass large data as a file path"
-        )
-    for key, value in resolved.values.items():
-        if len(key) + 1 + len(value.encode()) >= _config.MAX_ENV_ENTRY:
-            raise ConfigError(
-                f"{key} (from {shown[key]}): {len(value.encode())} bytes is too long for an"
-                f" environment variable (limit {_config.MAX_ENV_ENTRY - 1} bytes with its name); pass a file path instead"
-            )
-
-
 def _launcher_envs(
     job: str,
     job_args: Sequence[str],
     run: str,
     flags: Mapping[str, str],
-    env_entries: Sequence[_config.EnvLine],
+    env_entries: Sequence[_env_file.EnvLine],
     file_label: str,
 ) -> dict[str, str]:
     """The envs the launcher sets from JOB and --run (JOB, JOB_ARGS, RUN_ID). Raises ConfigError when a
@@ -423,72 +307,91 @@ def _launcher_envs(
     return launcher_flags
 
 
-def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
-    """Resolve flags, environment, .env and the task file into one LaunchConfig. Raises ConfigError."""
-    repo = REPO
-    task = _config.load_task_file(args.task)
-    task_name = task.path.name
+class _Inputs(NamedTuple):
+    """A launch's .env lines and --set flags, its launcher settings (SETTINGS) split off."""
 
-    if args.env_file is not None:
-        env_path: Path | None = args.env_file
-    else:
-        env_path = repo / ".env" if (repo / ".env").is_file() else None  # never a parent folder (E7)
-    entries = _config.read_env_file(env_path) if env_path else []
+    file_settings: dict[str, str]  # .env's SKYOPS_* lines
+    env_entries: list[_env_file.EnvLine]  # .env's other lines: task envs and secrets
+    file_label: str  # how messages name the .env file
+    flags: dict[str, str]  # --set KEY=VALUE
+
+
+def _inputs(args: argparse.Namespace, repo: Path) -> _Inputs:
+    """Read the .env file and the --set flags. Raises ConfigError, also for a --set of a launcher setting."""
+    env_path = _env_file.env_file_path(args.env_file, repo)
+    entries = _env_file.read_env_file(env_path) if env_path else []
     file_label = str(env_path) if env_path else ".env"
-    flags = _config.parse_set_flags(args.sets)
-
+    flags = _env_file.parse_set_flags(args.sets)
     # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
     file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
     env_entries = [e for e in entries if e.key not in SETTINGS]
     bad_set = sorted(set(flags) & set(SETTINGS))
     if bad_set:
         raise ConfigError(f"--set {bad_set[0]}: a launcher setting; use {SETTINGS[bad_set[0]][0]}")
+    return _Inputs(file_settings, env_entries, file_label, flags)
 
-    settings = _settings(args, environ, file_settings, task)
+
+def _check_sky_only(args: argparse.Namespace, backend: str) -> None:
+    """Raise ConfigError naming the first flag of --backend sky only given on another backend."""
     sky_only = {"--copies": args.copies != 1, "--git-ref": args.git_ref is not None, "--skip-git-check": args.skip_git_check,
                 "--confirm": args.confirm, "--dump-config": args.dump_config is not None}  # fmt: skip
-    if settings.backend != "sky" and any(sky_only.values()):
+    if backend != "sky" and any(sky_only.values()):
         raise ConfigError(f"{next(k for k, v in sky_only.items() if v)}: only with --backend sky")
-    if args.job is None and task_uses_job(task):
-        raise ConfigError(
-            f"JOB: missing; {task_name} runs $JOB (usage: launch.py [options] JOB [JOB_ARGS...])"
-        )
-    job = "" if args.job is None else relative_job_path(args.job, repo)
-    # Checked here for both backends, so the message names the task file (the sky backend patches
-    # the same resources again when it builds the task).
-    _task.patch_resources(
-        task.config.get("resources"), gpus=settings.gpus, cpus=settings.cpus, use_spot=settings.use_spot,
-        max_restarts=settings.max_restarts, task=task_name,
-    )  # fmt: skip
-    stamp = now.strftime("%Y%m%d-%H%M%S")
-    run = args.run if args.run is not None else _config.default_run_name(job or str(task.path), stamp)
-    _config.validate_run_name(run)
-    launcher_flags = _launcher_envs(job, args.job_args, run, flags, env_entries, file_label)
+
+
+def _resolve(
+    task: _config.TaskFile, inputs: _Inputs, launcher_flags: Mapping[str, str], environ: Mapping[str, str]
+) -> _env_file.Resolved:
+    """The task's envs and secrets, every layer merged (flags > environment > .env > the task) and
+    checked (_env_file.check_values); a warning for each key the task does not know. Raises ConfigError."""
+    task_name = task.path.name
     defaults: dict[str, str | None] = {**task.envs, **task.secrets}
-    resolved = _config.resolve_values(
+    resolved = _env_file.resolve_values(
         defaults=defaults,
-        file_entries=env_entries,
+        file_entries=inputs.env_entries,
         environ=environ,
-        flags={**flags, **launcher_flags},
-        file_label=file_label,
+        flags={**inputs.flags, **launcher_flags},
+        file_label=inputs.file_label,
     )
     # Where each value came from, for messages: the task's own values are named by the task file.
     shown = {k: task_name if s == "job.yaml" else s for k, s in resolved.sources.items()}
-    _check_values(resolved, task, shown)
+    _env_file.check_values(resolved, task, shown)
     known = [*task.envs, *task.secrets, *SETTINGS]
     for key in resolved.values:
         if key not in known and (close := difflib.get_close_matches(key, known, n=1, cutoff=0.85)):
             log.warning("%s: %s is not in %s; passed to the job as a new env (did you mean %s?)",
                         shown[key], key, task.path.name, close[0])  # fmt: skip
-    secrets = {k: v for k, v in resolved.values.items() if k in task.secrets}
-    envs = {k: v for k, v in resolved.values.items() if k not in task.secrets}
+    return resolved
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str], now: dt.datetime) -> LaunchConfig:
+    """Resolve flags, environment, .env and the task file into one LaunchConfig. Raises ConfigError."""
+    repo = REPO
+    task = _config.load_task_file(args.task)
+    inputs = _inputs(args, repo)
+    settings = _settings(args, environ, inputs.file_settings, task)
+    _check_sky_only(args, settings.backend)
+    job = _job_path.job_path(args.job, task, repo)
+    # Checked here for both backends, so the message names the task file (the sky backend patches
+    # the same resources again when it builds the task).
+    _task.patch_resources(
+        task.config.get("resources"), gpus=settings.gpus, cpus=settings.cpus, use_spot=settings.use_spot,
+        max_restarts=settings.max_restarts, task=task.path.name,
+    )  # fmt: skip
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    run = args.run if args.run is not None else _config.default_run_name(job or str(task.path), stamp)
+    _config.validate_run_name(run)
+    launcher_flags = _launcher_envs(
+        job, args.job_args, run, inputs.flags, inputs.env_entries, inputs.file_label
+    )
+    resolved = _resolve(task, inputs, launcher_flags, environ)
     return LaunchConfig(
         **settings._asdict(),
         run=run,
         job=job,
         job_args=tuple(args.job_args),
-        envs=envs,
-        secrets=secrets,
+        envs={k: v for k, v in resolved.values.items() if k not in task.secrets},
+        secrets={k: v for k, v in resolved.values.items() if k in task.secrets},
         missing_secrets=resolved.missing,
         sources=resolved.sources,
         task=task,
@@ -529,26 +432,6 @@ def task_config(cfg: LaunchConfig, *, redact: bool = True) -> dict[str, Any]:
     return config
 
 
-def pip_find_links(environ: Mapping[str, str]) -> str | None:
-    """The wheel folder pip is configured with (PIP_FIND_LINKS, else `pip config`), for uv on the
-    local backend's nodes: where these machines keep torch's CPU build. None when pip has none."""
-    if environ.get("PIP_FIND_LINKS"):
-        return environ["PIP_FIND_LINKS"]
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["python3", "-m", "pip", "config", "get", "global.find-links"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out or None
-
-
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -579,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(rendered)
             return EXIT_OK
         # Let uv on the nodes use the wheel folder pip is configured with (torch's CPU build here).
-        if "UV_FIND_LINKS" not in cfg.base_env and (links := pip_find_links(cfg.base_env)):
+        if "UV_FIND_LINKS" not in cfg.base_env and (links := _local_run.pip_find_links(cfg.base_env)):
             cfg = replace(cfg, base_env={**cfg.base_env, "UV_FIND_LINKS": links})
         return _local_backend.launch(cfg, rendered)
     except ConfigError as exc:
