@@ -78,6 +78,7 @@ JOBS = REPO / "scripts" / "local" / "jobs.py"
 # The laptop side's own modules (stdlib and psutil only), found as the launcher finds them.
 sys.path.append(str(LAUNCH.parent))
 import _config  # noqa: E402
+import _contract  # noqa: E402
 import _teardown  # noqa: E402
 
 log = logging.getLogger("reliability")
@@ -190,9 +191,6 @@ envs:
   JOB: "examples/train.py"
   JOB_ARGS: ""
   RUN_ID: "reliability"
-  DATA_DIR: "/skyops-data"
-  MASTER_PORT: "29500"
-  GRACE: "60"
   NCCL_PREFLIGHT: "0"
   BENCH_JOB: ""
   BENCH_OUT: ""
@@ -978,7 +976,8 @@ class Bench:
                  via_uv: bool = False) -> tuple[subprocess.Popen[bytes], Path, list[str]]:  # fmt: skip
         """Launch a job of the repository with job.yaml itself."""
         rep.run = f"rel-{rep.path}-{rep.rep}-{uuid.uuid4().hex[:6]}"
-        rep.grace = next((float(v.split("=", 1)[1]) for v in sets if v.startswith("GRACE=")), 60.0)
+        default = _contract.KEY["GRACE"].default
+        rep.grace = next((float(v.split("=", 1)[1]) for v in sets if v.startswith("GRACE=")), float(default))
         argv = ["--env-file", os.devnull, "--nodes", str(nodes), "--run", rep.run]
         for item in sets:
             argv += ["--set", item]

@@ -255,9 +255,9 @@ def resolve_values(
       4. the default of `${B:-default}`, else an empty string.
     A forward reference, `${B}` where B is defined only on a line below (and by no flag or the
     environment), raises ConfigError (`file:line`, naming both keys): bash and python-dotenv
-    silently give an empty value there, and the launcher used to take the later line's value. With a
-    default, `${B:-default}` is not an error: it gives what rules 3-4 give, as bash does, since B is
-    not yet set at that line. Single-quoted values are not expanded (python-dotenv's rule); a line
+    silently give an empty value there, and taking the later line's value instead would hide the
+    mistake. With a default, `${B:-default}` is not an error: it gives what rules 3-4 give, as bash
+    does, since B is not yet set at that line. Single-quoted values are not expanded (python-dotenv's rule); a line
     whose key a flag or the environment sets is never used, so it is not expanded either.
 
     Raises ConfigError for a bare .env key that neither the environment nor a flag supplies, and for
