@@ -15,9 +15,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from _contract import EXIT_FAILURE
 from _job_command import (
@@ -38,20 +37,12 @@ from _supervisor_config import Config
 log = logging.getLogger("run")
 
 
-class Step(Protocol):
-    """Runs `argv` as one step of the attempt, `what` it does named for people ("in the NCCL
-    preflight"), under the attempt's runtime budget and `deadlines` (monotonic seconds, reason);
-    `stdout` as Supervisor.run's. Returns how the step's process tree ended."""
-
-    def __call__(
-        self,
-        what: str,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        deadlines: Sequence[tuple[float | None, str]] = (),
-        stdout: int | None = None,
-    ) -> Phase: ...
+#: Runs argv as one step of the attempt: (what it does, named for people ("in the NCCL preflight");
+#: argv; env; deadlines besides the attempt's runtime budget, each (monotonic seconds, reason); an fd
+#: for its stdout, None: the supervisor's) -> how the step's process tree ended.
+Step = Callable[
+    [str, Sequence[str], Mapping[str, str], Sequence[tuple[float | None, str]], int | None], Phase
+]
 
 
 class JobEnv:
@@ -99,7 +90,7 @@ class JobEnv:
             argv = sync_command(job, uv, *flags)
             assert argv is not None
             what = f"while preparing the environment of {job.target} (uv sync)"
-            return step(what, argv, env, stdout=sys.stderr.fileno())
+            return step(what, argv, env, (), sys.stderr.fileno())
 
         phase = sync("-qq", "--offline")  # silent: the online try below reports any error
         if phase.stop is None and phase.code != 0:

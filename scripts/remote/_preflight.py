@@ -33,10 +33,7 @@ def preflight(
     argv = [python or "python3", str(script), "--json-out", str(report)]
     limit = clock() + cfg.limits.startup_grace_s if cfg.limits.startup_grace_s > 0 else None
     phase = step(
-        "in the NCCL preflight",
-        argv,
-        job_env.env(attempt),
-        deadlines=[(limit, REASON_PREFLIGHT_FAILED)],
+        "in the NCCL preflight", argv, job_env.env(attempt), [(limit, REASON_PREFLIGHT_FAILED)], None
     )
     if phase.stop is not None:
         return phase

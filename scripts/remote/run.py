@@ -377,9 +377,9 @@ class AttemptRunner:
         what: str,
         argv: Sequence[str],
         env: Mapping[str, str],
-        *,
         deadlines: Sequence[tuple[float | None, str]] = (),
         stdout: int | None = None,
+        *,
         heartbeat: tuple[HeartbeatMonitor, Path] | None = None,
     ) -> Phase:
         """Run `argv` as a step of the attempt (a _job_env.Step): `what` becomes the attempt's phase,
