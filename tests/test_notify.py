@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _notify_messages as msg
+import _notify_send
 import httpx
 import notify
 import pytest
@@ -273,7 +274,7 @@ def test_repository_from_remote(url: str, repository: str | None) -> None:
 
 def test_rate_limit_wait_as_each_service_counts() -> None:
     def wait(channel: str, status: int, now: float = 0.0, **kwargs: object) -> float | None:
-        return notify.rate_limit_wait(channel, httpx.Response(status, **kwargs), now)
+        return _notify_send.rate_limit_wait(channel, httpx.Response(status, **kwargs), now)
 
     assert wait("discord", 429, json={"retry_after": 1.5}, headers={"Retry-After": "2"}) == 1.5
     assert wait("discord", 429, headers={"Retry-After": "2"}) == 2.0
@@ -283,7 +284,7 @@ def test_rate_limit_wait_as_each_service_counts() -> None:
     )
     assert wait("github", 403, headers={"x-ratelimit-remaining": "12"}) is None  # a plain 403
     assert wait("slack", 403, headers={"Retry-After": "3"}) is None
-    assert wait("webhook", 429) == notify.DEFAULT_RETRY_AFTER_S
+    assert wait("webhook", 429) == _notify_send.DEFAULT_RETRY_AFTER_S
     assert wait("webhook", 404) is None
 
 
@@ -385,7 +386,7 @@ def test_all_four_channels_succeed(env, serve, tmp_path: Path, capsys, caplog) -
     github = services["github"].seen[0]
     assert github.path == f"/repos/owner/name/statuses/{SHA}"
     assert github.headers["authorization"] == f"Bearer {CANARY_TOKEN}"
-    assert github.headers["x-github-api-version"] == notify.GITHUB_API_VERSION
+    assert github.headers["x-github-api-version"] == _notify_send.GITHUB_API_VERSION
     assert github.body["state"] == "failure" and github.body["context"] == "skyops/train-0412"
     assert len(github.body["description"]) <= 140
 
@@ -459,7 +460,7 @@ def test_a_rate_limit_past_the_time_cap_is_not_waited_for(env, serve, tmp_path: 
 def test_5xx_then_success_is_retried(env, serve, tmp_path: Path, capsys, channel: str, ok: Answer) -> None:
     service = serve(Answer(503, "upstream unavailable"), Answer(500, "oops"), ok)
     configure(env, **{channel: service})
-    with stamina.set_testing(True, attempts=notify.RETRY_ATTEMPTS, cap=True):  # no backoff, same tries
+    with stamina.set_testing(True, attempts=_notify_send.RETRY_ATTEMPTS, cap=True):  # no backoff, same tries
         code, elapsed = send(tmp_path)
     assert code == 0 and len(service.seen) == 3 and elapsed < 10
     assert f"{channel}: ok (HTTP {ok.status}, 3 tries)" in capsys.readouterr().err
@@ -519,7 +520,7 @@ def test_connection_refused_is_retried_then_reported(env, serve, tmp_path: Path,
     code, elapsed = send(tmp_path)
     err = capsys.readouterr().err
     assert code == 0 and elapsed < 15
-    assert "webhook: failed: ConnectError" in err and f"({notify.RETRY_ATTEMPTS} tries)" in err
+    assert "webhook: failed: ConnectError" in err and f"({_notify_send.RETRY_ATTEMPTS} tries)" in err
 
 
 # --- notify.py test ------------------------------------------------------------------------------

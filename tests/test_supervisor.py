@@ -1137,9 +1137,9 @@ def test_the_job_gets_grace_for_torchruns_own_shutdown(tmp_path: Path) -> None:
     )
     with _proctree.Events() as events:
         runner = run.AttemptRunner(cfg, _proctree.Supervisor(events, cfg.limits.grace_s))
-        assert runner._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "62"
+        assert runner.job_env.env(runner.number)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "62"
         mine = replace(cfg, env={**cfg.env, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"})
-        assert run.AttemptRunner(mine, runner.sup)._job_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "5"
+        assert run.AttemptRunner(mine, runner.sup).job_env.env(0)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "5"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -250,6 +250,33 @@ class Supervisor:
         if pending is not None:
             return Phase(pending, None)
         log.debug("running: %s", shlex.join(argv))
+        started = self._start(argv, env, heartbeat, stdout)
+        if isinstance(started, Phase):
+            return started
+        proc, relay = started
+        self._root, self._root_code = proc.pid, None
+        try:
+            stop, detail = self._watch(deadlines, heartbeat, tick)
+            if stop is not None:
+                log.warning("stopping the job: %s%s", stop, f" ({detail})" if detail else "")
+            self.teardown()  # its waits keep relaying the job's output while it saves its work
+        finally:
+            if relay is not None:
+                self.events.unwatch(relay.src)
+                relay.pump(limit=None)  # what the tree wrote before it was gone (none of it is left)
+                os.close(relay.src)
+        proc.returncode = self._root_code  # reaped here, not by Popen
+        return Phase(stop, self._root_code, detail)
+
+    def _start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        heartbeat: tuple[HeartbeatMonitor, Path] | None,
+        stdout: int | None,
+    ) -> tuple[subprocess.Popen[bytes], OutputRelay | None] | Phase:
+        """Start argv in its own session, as `run` says; with `heartbeat`, also the OutputRelay that
+        reads its output (watched by the event loop). A Phase (127 or 126) when it cannot start."""
         relay: OutputRelay | None = None
         out, err = stdout, None
         if heartbeat is not None:
@@ -277,48 +304,45 @@ class Supervisor:
         if relay is not None:
             os.set_blocking(relay.src, False)
             self.events.watch(relay.src, relay.pump)
-        self._root, self._root_code = proc.pid, None
+        return proc, relay
+
+    def _watch(
+        self,
+        deadlines: Sequence[tuple[float | None, str]],
+        heartbeat: tuple[HeartbeatMonitor, Path] | None,
+        tick: tuple[float, Callable[[], object]] | None,
+    ) -> tuple[str | None, str | None]:
+        """Wait on events until the started tree's root exits, (None, None), or a signal, a deadline or
+        the heartbeat stops it: (the reason, a note for people or None). Calls `tick` on time."""
         next_tick = self.clock() + tick[0] if tick else None
-        stop = detail = None
-        try:
-            while True:
-                self._reap()
-                if self._root_code is not None:
-                    break
-                now = self.clock()
-                stop = self._signal_reason()
-                for when, reason in deadlines:
-                    if stop is None and when is not None and now >= when:
-                        stop = reason
-                if stop is None and heartbeat is not None:
-                    monitor, path = heartbeat
-                    wake = monitor.next_wakeup()
-                    if (
-                        wake is not None
-                        and now >= wake
-                        and monitor.observe(now, self.wall_ns(), heartbeat_mtime(path))
-                    ):
-                        stop, detail = REASON_HEARTBEAT_TIMEOUT, monitor.describe(now)
-                if stop is not None:
-                    break
-                if tick and next_tick is not None and now >= next_tick:
-                    tick[1]()
-                    next_tick = now + tick[0]
-                wakes = [when for when, _ in deadlines if when is not None]
-                wakes += [
-                    w for w in (heartbeat[0].next_wakeup() if heartbeat else None, next_tick) if w is not None
-                ]
-                self.events.wait(max(0.0, min(wakes) - now) if wakes else None)
+        while True:
+            self._reap()
+            if self._root_code is not None:
+                return None, None
+            now = self.clock()
+            stop = self._signal_reason()
+            for when, reason in deadlines:
+                if stop is None and when is not None and now >= when:
+                    stop = reason
+            if stop is None and heartbeat is not None:
+                monitor, path = heartbeat
+                wake = monitor.next_wakeup()
+                if (
+                    wake is not None
+                    and now >= wake
+                    and monitor.observe(now, self.wall_ns(), heartbeat_mtime(path))
+                ):
+                    return REASON_HEARTBEAT_TIMEOUT, monitor.describe(now)
             if stop is not None:
-                log.warning("stopping the job: %s%s", stop, f" ({detail})" if detail else "")
-            self.teardown()  # its waits keep relaying the job's output while it saves its work
-        finally:
-            if relay is not None:
-                self.events.unwatch(relay.src)
-                relay.pump(limit=None)  # what the tree wrote before it was gone (none of it is left)
-                os.close(relay.src)
-        proc.returncode = self._root_code  # reaped here, not by Popen
-        return Phase(stop, self._root_code, detail)
+                return stop, None
+            if tick and next_tick is not None and now >= next_tick:
+                tick[1]()
+                next_tick = now + tick[0]
+            wakes = [when for when, _ in deadlines if when is not None]
+            wakes += [
+                w for w in (heartbeat[0].next_wakeup() if heartbeat else None, next_tick) if w is not None
+            ]
+            self.events.wait(max(0.0, min(wakes) - now) if wakes else None)
 
     def _signal_reason(self) -> str | None:
         if not self.events.signals:

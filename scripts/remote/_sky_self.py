@@ -97,31 +97,10 @@ def _cancel(
     env: Mapping[str, str], token: str, endpoint: str, timeout_s: float, secrets: list[str]
 ) -> tuple[bool, str]:
     job_text = str(env.get(JOB_ID_ENV) or "").strip()
-    if not job_text.isdigit():
-        return False, f"{JOB_ID_ENV} is {'not set' if not job_text else repr(job_text)}: not a managed job"
+    why = _unusable(job_text, token, endpoint, timeout_s)
+    if why is not None:
+        return False, why
     job_id = int(job_text)
-    if not endpoint:
-        return False, (
-            f"no API server access: {ENDPOINT_ENV} is not set (the task has api_server_access: false,"
-            " or it was launched through an API server local to the launching machine)"
-        )
-    if not token:
-        return False, (
-            f"no API server access: {TOKEN_ENV} is not set (the API server does not run with"
-            " ENABLE_SERVICE_ACCOUNTS=true, or the task has api_server_access: false)"
-        )
-    if not token.startswith(TOKEN_PREFIX):
-        return (
-            False,
-            f"no API server access: {TOKEN_ENV} is not a service account token (no {TOKEN_PREFIX} prefix)",
-        )
-    if (
-        isinstance(timeout_s, bool)
-        or not isinstance(timeout_s, (int, float))
-        or not math.isfinite(timeout_s)
-        or timeout_s <= 0
-    ):
-        return False, f"timeout_s must be a number of seconds > 0, got {timeout_s!r}"
     base = _base_url(endpoint)
     if base is None:
         return False, f"{ENDPOINT_ENV} is not an http(s) URL with a host"
@@ -158,6 +137,33 @@ def _cancel(
             secrets,
         )
     return True, f"cancel of managed job {job_id} accepted by {shown} (request {request_id})"
+
+
+def _unusable(job_text: str, token: str, endpoint: str, timeout_s: float) -> str | None:
+    """Why no cancel can be asked for with these inputs (not a managed job, no API server access, a
+    bad `timeout_s`), or None. `job_text` is JOB_ID_ENV's value, `token` and `endpoint` stripped."""
+    if not job_text.isdigit():
+        return f"{JOB_ID_ENV} is {'not set' if not job_text else repr(job_text)}: not a managed job"
+    if not endpoint:
+        return (
+            f"no API server access: {ENDPOINT_ENV} is not set (the task has api_server_access: false,"
+            " or it was launched through an API server local to the launching machine)"
+        )
+    if not token:
+        return (
+            f"no API server access: {TOKEN_ENV} is not set (the API server does not run with"
+            " ENABLE_SERVICE_ACCOUNTS=true, or the task has api_server_access: false)"
+        )
+    if not token.startswith(TOKEN_PREFIX):
+        return f"no API server access: {TOKEN_ENV} is not a service account token (no {TOKEN_PREFIX} prefix)"
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
+        return f"timeout_s must be a number of seconds > 0, got {timeout_s!r}"
+    return None
 
 
 def _call(

@@ -40,55 +40,35 @@ Why a ledger at all: docs/decisions/restart-tracking.md. How endings work: docs/
 
 The pieces, one concern each: _supervisor_config (flags and env, read once), _job_command (the job's
 argv), _heartbeat (staleness), _ledger (durable records), _policy (what an outcome means), _proctree
-(processes, events, teardown), _node_endings (notifications, self-cancel). This file is the attempt.
+(processes, events, teardown), _node_endings (notifications, self-cancel), _job_env (the job's
+interpreter and environment), _preflight (the NCCL preflight). This file is the attempt.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import os
-import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from _contract import (
     EXIT_BAD_INPUT,
-    EXIT_BAD_NODE,
     EXIT_CRASH_LOOP,
     EXIT_FAILURE,
     EXIT_OK,
     REASON_CRASH_LOOP,
     REASON_DATA_DIR,
     REASON_MAX_RUNTIME,
-    REASON_PREFLIGHT_ERROR,
-    REASON_PREFLIGHT_FAILED,
 )
 from _heartbeat import HeartbeatMonitor, heartbeat_mtime
-from _job_command import (
-    EXIT_NOT_FOUND,
-    Job,
-    JobError,
-    Kind,
-    as_int,
-    build_job_command,
-    classify,
-    foreign_prefixes,
-    node_environment,
-    project_venv,
-    sync_command,
-    uv_environment,
-    with_venv,
-    worker_failure,
-)
+from _job_command import JobError, Kind, as_int, build_job_command, classify, worker_failure
+from _job_env import JobEnv
 from _ledger import (
     LEDGER_LOST,
     append_records,
@@ -100,7 +80,8 @@ from _ledger import (
     write_json,
 )
 from _node_endings import NOTIFY_CAP_S, Sending, end_managed_job, finish, peers_succeeded, start_notify
-from _policy import Attempt, as_float, attempt_number, decide, declared_crash_loop, summarize
+from _policy import Attempt, Decision, as_float, attempt_number, decide, declared_crash_loop, summarize
+from _preflight import preflight
 from _proctree import Events, Phase, Supervisor
 from _supervisor_config import BadInput, Config, load_config
 
@@ -124,6 +105,10 @@ class AttemptRunner:
         self.number = 0
         self.start = 0.0
         self.start_wall = 0.0
+        #: Monotonic time the runtime budget runs out at (None: no budget), set when the attempt starts.
+        self.budget_end: float | None = None
+        #: The job's and the preflight's interpreters and environments.
+        self.job_env = JobEnv(cfg)
         #: What the attempt is doing now, for people: "preparing the job's environment", ...
         self.phase = "starting"
         #: The `started` notification, sent in the background (attempt 1, node rank 0).
@@ -222,12 +207,43 @@ class AttemptRunner:
         return prior, number
 
     def run(self) -> int:
-        cfg, lim = self.cfg, self.cfg.limits
+        lim, ident = self.cfg.limits, self.cfg.identity
         prior, self.number = self._history()
         self.start, self.start_wall = self.sup.clock(), time.time()
         used = sum(a.runtime_s for a in prior)
-        budget_end = self.start + (lim.max_runtime_s - used) if lim.max_runtime_s > 0 else None
-        ident = cfg.identity
+        self.budget_end = self.start + (lim.max_runtime_s - used) if lim.max_runtime_s > 0 else None
+        self._record_start()
+        log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
+        phase = self._gate(prior)
+        if phase is None:
+            if self.number == 1 and self.writer:  # in the background: the job does not wait for it
+                self.started = start_notify(
+                    self.cfg, "started", "STARTING", "", None, attempts=1, runtime_s=0.0,
+                    deadline=self.sup.clock() + NOTIFY_CAP_S,
+                )  # fmt: skip
+                if self.started is not None:
+                    self.sup.exclude(self.started.proc.pid)
+            phase = self._preflight_then_job()
+        runtime = self.sup.clock() - self.start
+        code, reason, cause = self._decide(phase, prior, runtime)
+        self._write_end(phase, code, reason, cause, runtime)
+        log.info(
+            "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f%s",
+            ident.node_rank,
+            self.number,
+            reason,
+            code,
+            runtime,
+            f" cause: {cause}" if cause else "",
+        )
+        self._notify_end(code, reason, cause, used + runtime)
+        if code == EXIT_CRASH_LOOP:
+            end_managed_job(self.cfg, self.sup)
+        return code
+
+    def _record_start(self) -> None:
+        """The ledger's `start` record of this attempt: where it runs, and what."""
+        cfg, ident = self.cfg, self.cfg.identity
         self._record(
             "start",
             node_rank=ident.node_rank,
@@ -239,26 +255,19 @@ class AttemptRunner:
             hostname=socket.gethostname(),
             command=list(cfg.command),
         )
-        log.info("attempt %d on node %d (runtime used so far %.0f s)", self.number, ident.node_rank, used)
-        phase = self._gate(prior, budget_end)
-        if phase is None:
-            if self.number == 1 and self.writer:  # in the background: the job does not wait for it
-                self.started = start_notify(
-                    self.cfg, "started", "STARTING", "", None, attempts=1, runtime_s=0.0,
-                    deadline=self.sup.clock() + NOTIFY_CAP_S,
-                )  # fmt: skip
-                if self.started is not None:
-                    self.sup.exclude(self.started.proc.pid)
-            phase = self._preflight_then_job(budget_end)
-        runtime = self.sup.clock() - self.start
-        current = Attempt(self.number, self.start_wall, runtime, node_rank=ident.node_rank)
+
+    def _decide(self, phase: Phase, prior: Sequence[Attempt], runtime: float) -> Decision:
+        """The attempt's exit code, reason and cause (_policy.decide), from how its last `phase` ended
+        and its `runtime` in seconds."""
+        cfg, lim = self.cfg, self.cfg.limits
+        current = Attempt(self.number, self.start_wall, runtime, node_rank=cfg.identity.node_rank)
         job_started = self.job_started or any(a.job_started for a in prior)
         detail = phase.detail
         if phase.stop == REASON_MAX_RUNTIME:
             detail = self._budget_note(lim.max_runtime_s, job_started)
         elif phase.stop is None and phase.code:
             detail = "; ".join(filter(None, [detail, full_disk_note(cfg.data_dir)])) or None
-        code, reason, cause = decide(
+        return decide(
             phase.stop,
             phase.code,
             prior=prior,
@@ -268,6 +277,11 @@ class AttemptRunner:
             detail=detail,
             job_started=job_started,
         )
+
+    def _write_end(self, phase: Phase, code: int, reason: str, cause: str | None, runtime: float) -> None:
+        """The ledger's `end` record of this attempt and this node's `result-node<rank>.json` (which
+        names the ledger's missing records, if any)."""
+        cfg, ident = self.cfg, self.cfg.identity
         result: dict[str, object] = {
             "run_id": cfg.run_id,
             "managed_job_id": ident.managed_job_id,
@@ -298,19 +312,6 @@ class AttemptRunner:
         if not recorded:
             result["ledger_error"] = f"the ledger {self.ledger} is missing {len(self._pending)} record(s)"
         write_json(result_path(cfg.data_dir, cfg.run_id, ident.node_rank), result)
-        log.info(
-            "summary: node=%d attempt=%d reason=%s exit_code=%d runtime_s=%.1f%s",
-            ident.node_rank,
-            self.number,
-            reason,
-            code,
-            runtime,
-            f" cause: {cause}" if cause else "",
-        )
-        self._notify_end(code, reason, cause, used + runtime)
-        if code == EXIT_CRASH_LOOP:
-            end_managed_job(self.cfg, self.sup)
-        return code
 
     def _notify_end(self, code: int, reason: str, cause: str | None, total_runtime_s: float) -> None:
         """Node rank 0 tells the endings it knows for sure (docs/notifications.md): a success (every
@@ -335,7 +336,7 @@ class AttemptRunner:
             )  # fmt: skip
             finish(sending)
 
-    def _gate(self, prior: Sequence[Attempt], budget_end: float | None) -> Phase | None:
+    def _gate(self, prior: Sequence[Attempt]) -> Phase | None:
         """Checked before any paid work: a Phase to end the attempt with at once, or None to go on."""
         cfg = self.cfg
         why = unwritable(cfg.data_dir / cfg.run_id / "supervisor")
@@ -346,7 +347,7 @@ class AttemptRunner:
         if loop is not None:
             log.error("crash loop: %s", loop)
             return Phase(REASON_CRASH_LOOP, None, loop)
-        if budget_end is not None and budget_end <= self.start:
+        if self.budget_end is not None and self.budget_end <= self.start:
             log.warning(
                 "the runtime budget (%.0f s) is spent; not starting the job", cfg.limits.max_runtime_s
             )
@@ -364,9 +365,6 @@ class AttemptRunner:
             f" ran out {where}"
         )
 
-    def _deadline(self, budget_end: float | None) -> list[tuple[float | None, str]]:
-        return [(budget_end, REASON_MAX_RUNTIME)]
-
     def _tick(self) -> tuple[float, Callable[[], object]] | None:
         if not self.writer:
             return None
@@ -374,107 +372,30 @@ class AttemptRunner:
             "alive", runtime_s=round(self.sup.clock() - self.start, 3)
         )
 
-    @functools.cached_property
-    def _node_env(self) -> dict[str, str]:
-        """The node's environment without skyops' and uv's own Python environments (the supervisor's
-        `uv run`, the launcher's on the local backend, pyenv's shims): the base of the job's and the
-        preflight's environments, and where the node's python3 is looked up (_job_command)."""
-        env = self.cfg.env
-        own = sys.prefix if sys.prefix != sys.base_prefix else None
-        return node_environment(env, foreign_prefixes(env, own_venv=own))
-
-    def _python(self, job: Job | Path, budget_end: float | None) -> tuple[str | None, Phase | None]:
-        """The interpreter for `job` (a Job, or a script path; see _job_command's table): the node's
-        python3, or the job's own environment's after building it; None for an executable (run as is).
-        A Phase instead if that failed."""
-        if isinstance(job, Path):
-            job = classify([str(job)], Path.cwd())
-        if job.kind is Kind.EXECUTABLE:
-            return None, None
-        if job.kind is Kind.PYTHON:
-            python = shutil.which("python3", path=self._node_env.get("PATH", ""))
-            if python is None:
-                log.error(
-                    "no python3 on the node's PATH for %s: %s", job.target, self._node_env.get("PATH", "")
-                )
-                return None, Phase(None, EXIT_NOT_FOUND)
-            return python, None
-        uv = self.cfg.uv
-        if uv is None:
-            log.error("uv is not on PATH: %s needs it", job.describe())
-            return None, Phase(None, EXIT_FAILURE)
-        self.phase = f"while preparing the environment of {job.target} (uv sync)"
-        env = uv_environment(self.cfg.env)
-        # job.yaml's setup built this environment: check it offline (uv's cache, no index round
-        # trip), against the script's or project's committed lock where it has one (a stale lock
-        # fails). Only an environment that setup never built (or whose packages left the cache)
-        # resolves, online. docs/decisions/locked-environments.md
-
-        def sync(*flags: str) -> Phase:
-            argv = sync_command(job, uv, *flags)
-            assert argv is not None
-            return self.sup.run(
-                argv,
-                env,
-                deadlines=self._deadline(budget_end),
-                tick=self._tick(),
-                stdout=sys.stderr.fileno(),
-            )
-
-        phase = sync("-qq", "--offline")  # silent: the online try below reports any error
-        if phase.stop is None and phase.code != 0:
-            log.info("the environment of %s cannot be built offline; resolving it online", job.target)
-            phase = sync("--quiet")
-        if phase.stop is not None or phase.code != 0:
-            log.error("%s failed (exit %s)", shlex.join(sync_command(job, "uv") or []), phase.code)
-            return None, Phase(phase.stop, phase.code if phase.stop else EXIT_FAILURE)
-        if job.kind is Kind.PROJECT and job.project is not None:
-            venv_python = project_venv(job.project, env) / "bin" / "python"
-            if not venv_python.exists():
-                log.error("uv sync --project %s built no %s", job.project, venv_python)
-                return None, Phase(None, EXIT_FAILURE)
-            return str(venv_python), None
-        find = [uv, "python", "find", "--script", str(job.source)]
-        log.debug("running: %s", shlex.join(find))
-        try:
-            out = subprocess.run(find, env=env, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError) as exc:
-            log.error("uv python find --script %s failed: %s", job.source, exc)
-            return None, Phase(None, EXIT_FAILURE)
-        return out.strip().splitlines()[-1], None
-
-    def _has_torch(self, python: str) -> bool:
-        """Whether `python` can import torch (torchrun is part of torch), without importing it."""
-        probe = [
-            python,
-            "-c",
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)",
-        ]
-        try:
-            return subprocess.run(probe, env=self._node_env, capture_output=True, timeout=60).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-
-    def _job_env(self, venv: Path | None = None, **extra: str) -> dict[str, str]:
-        """The job's environment: the node's (`_node_env`: no trace of the supervisor's or the
-        launcher's Python environments), with `venv` active as `uv run` would activate it (the job's
-        own uv environment or project `.venv`), and `extra`.
-
-        torchrun SIGKILLs its workers 30 s after it forwards a SIGTERM unless told otherwise
-        (torch.distributed.run `--shutdown-timeout`, read from TORCH_ELASTIC_SHUTDOWN_TIMEOUT in torch
-        2.13; older torch ignores it): it gets GRACE, so the workers do too. PYTHONUNBUFFERED=1 (unless
-        set): the job's output is its sign of life until it touches HEARTBEAT_FILE, so a Python job's
-        prints must reach the supervisor as they are made, not in 8 KiB blocks (torchrun starts its
-        workers with `-u` anyway; docs/decisions/hang-detection.md)."""
-        env = with_venv(self._node_env, venv)
-        env.update(
-            DATA_DIR=str(self.cfg.data_dir), RUN_ID=self.cfg.run_id, SKYOPS_ATTEMPT=str(self.number), **extra
+    def _step(
+        self,
+        what: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        deadlines: Sequence[tuple[float | None, str]] = (),
+        stdout: int | None = None,
+        *,
+        heartbeat: tuple[HeartbeatMonitor, Path] | None = None,
+    ) -> Phase:
+        """Run `argv` as a step of the attempt (a _job_env.Step): `what` becomes the attempt's phase,
+        the runtime budget its first deadline, the ledger's `alive` records its tick; `heartbeat` as
+        Supervisor.run's."""
+        self.phase = what
+        return self.sup.run(
+            argv,
+            env,
+            deadlines=[(self.budget_end, REASON_MAX_RUNTIME), *deadlines],
+            heartbeat=heartbeat,
+            tick=self._tick(),
+            stdout=stdout,
         )
-        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(math.ceil(self.cfg.limits.grace_s)))
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        return env
 
-    def _preflight_then_job(self, budget_end: float | None) -> Phase:
+    def _preflight_then_job(self) -> Phase:
         cfg, lim = self.cfg, self.cfg.limits
         try:
             job = classify(cfg.command, Path.cwd())
@@ -482,10 +403,10 @@ class AttemptRunner:
             log.error("%s", exc)
             return Phase(None, EXIT_FAILURE, str(exc))
         if cfg.preflight:
-            phase = self._preflight(budget_end)
+            phase = preflight(cfg, self.job_env, self._step, attempt=self.number, clock=self.sup.clock)
             if phase is not None:
                 return phase
-        python, failed = self._python(job, budget_end)
+        python, failed = self.job_env.python(job, self._step)
         if failed is not None:
             return failed
         own_env = job.kind in (Kind.SCRIPT, Kind.PROJECT) and python is not None
@@ -493,7 +414,7 @@ class AttemptRunner:
         attempt_dir = Path(tempfile.mkdtemp(prefix=f"skyops-attempt-{self.number}-", dir=cfg.tmp_dir))
         hb_file = attempt_dir / "heartbeat"
         failure_file = attempt_dir / "torchrun-failure.json"
-        torchrun = cfg.dist.world_size > 1 and python is not None and self._has_torch(python)
+        torchrun = cfg.dist.world_size > 1 and python is not None and self.job_env.has_torch(python)
         if cfg.dist.world_size > 1 and python is not None and not torchrun:
             log.info("no torch in the job's environment: one process on this node, without torchrun")
         log.info(
@@ -503,7 +424,7 @@ class AttemptRunner:
             f", under torchrun ({cfg.dist.nproc_per_node} per node)" if torchrun else "",
         )
         argv = build_job_command(job, cfg.dist, python, failure_file, torchrun=torchrun)
-        self.phase, self.job_started = "while the job ran", True
+        self.job_started = True
         try:
             monitor = HeartbeatMonitor(
                 timeout_s=lim.heartbeat_timeout_s,
@@ -512,12 +433,11 @@ class AttemptRunner:
                 start_wall_ns=self.sup.wall_ns(),
                 baseline_mtime_ns=heartbeat_mtime(hb_file),
             )
-            phase = self.sup.run(
+            phase = self._step(
+                "while the job ran",
                 argv,
-                self._job_env(venv, HEARTBEAT_FILE=str(hb_file)),
-                deadlines=self._deadline(budget_end),
+                self.job_env.env(self.number, venv, HEARTBEAT_FILE=str(hb_file)),
                 heartbeat=(monitor, hb_file),
-                tick=self._tick(),
             )
             # torchrun exits 1 for any worker failure: the job's own code is the first failed worker's.
             failure = worker_failure(failure_file) if phase.stop is None and phase.code else None
@@ -527,42 +447,6 @@ class AttemptRunner:
             return phase
         finally:
             shutil.rmtree(attempt_dir, ignore_errors=True)
-
-    def _preflight(self, budget_end: float | None) -> Phase | None:
-        """Run the NCCL preflight; a Phase to end the attempt with, or None when it passed."""
-        cfg = self.cfg
-        script = cfg.preflight_script
-        if not script.is_file():
-            log.warning("NCCL preflight skipped: %s does not exist", script)
-            return None
-        python, failed = self._python(script, budget_end)
-        if failed is not None:
-            return failed
-        report = cfg.data_dir / cfg.run_id / "preflight" / "nccl-report.json"
-        # nccl_test.py starts this node's ranks itself (NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_*
-        # from the environment) and keeps its exit codes exact: under torchrun every failure is 1.
-        argv = [python or "python3", str(script), "--json-out", str(report)]
-        limit = self.sup.clock() + cfg.limits.startup_grace_s if cfg.limits.startup_grace_s > 0 else None
-        self.phase = "in the NCCL preflight"
-        phase = self.sup.run(
-            argv,
-            self._job_env(),
-            deadlines=[*self._deadline(budget_end), (limit, REASON_PREFLIGHT_FAILED)],
-            tick=self._tick(),
-        )
-        if phase.stop is not None:
-            return phase
-        if phase.code == EXIT_BAD_NODE:
-            log.error("NCCL preflight failed: this node or its fabric is bad (report: %s)", report)
-            return Phase(REASON_PREFLIGHT_FAILED, phase.code)
-        if phase.code != 0:
-            log.error(
-                "NCCL preflight could not run (exit %s): not a node fault, counted as a job failure",
-                phase.code,
-            )
-            return Phase(REASON_PREFLIGHT_ERROR, phase.code)
-        log.info("NCCL preflight passed")
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
