@@ -614,6 +614,17 @@ def test_worker_attempt_numbers_follow_its_own_results(tmp_path: Path) -> None:
     assert not any(r["event"] == "end" for r in second.ledger), "only rank 0 writes"
 
 
+def test_a_node_that_starts_after_rank_0_ended_the_attempt_joins_it(tmp_path: Path) -> None:
+    """Found by running the tests side by side: a job that needs no peer (no preflight) ended on rank 0
+    before node 1's supervisor read the ledger, and node 1 called itself attempt 2. Then rank 0 found no
+    result of its peers for attempt 1 and left the success to the launcher to announce."""
+    head, worker = Node(tmp_path), Node(tmp_path, rank=1, SKYPILOT_NUM_NODES="2")
+    assert head("sys.exit(0)\n").result["attempt"] == 1
+    late = worker("sys.exit(0)\n")
+    assert (late.code, late.result["attempt"]) == (0, 1)
+    assert late.of("start")[0]["attempt"] == "1"
+
+
 def test_job_exit_with_reserved_code(node: Node) -> None:
     out = node(f"sys.exit({EXIT_BAD_NODE})\n")
     assert (out.code, out.reason()) == (EXIT_FAILURE, "job_failed_reserved_code")
@@ -884,6 +895,15 @@ def test_attempt_numbers() -> None:
     assert _policy.attempt_number([ended, current], writer=False) == 2
     # rank 0's attempt 2 was lost and is not closed yet; this node's own last result was attempt 2
     assert _policy.attempt_number([ended, current], writer=False, own_last=2) == 3
+    # Rank 0 ran attempt 2 to its end before this node started (a job that waits for no peer): a node
+    # with no result for attempt 2, starting within the window of its start, is in attempt 2.
+    done = _policy.Attempt(2, 1000.0, 0.1, 0, "completed", ended=True)
+    window = _policy.STRAGGLER_WINDOW_S
+    assert _policy.attempt_number([ended, done], writer=False, own_last=1, now_wall=1005.0) == 2
+    assert _policy.attempt_number([ended, done], writer=False, now_wall=1000.0 + window - 1) == 2
+    assert _policy.attempt_number([ended, done], writer=False, own_last=2, now_wall=1005.0) == 3
+    assert _policy.attempt_number([ended, done], writer=False, own_last=1, now_wall=1000.0 + window) == 3
+    assert _policy.attempt_number([ended, done], writer=True, own_last=1, now_wall=1005.0) == 3
 
 
 def test_attempt_outcome_over_all_nodes() -> None:

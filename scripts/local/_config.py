@@ -35,12 +35,11 @@ import _contract  # noqa: E402
 #: The repository root: what the nodes receive, and where job.yaml, .env and .skyops/ are by default.
 REPO = Path(__file__).resolve().parents[2]
 
-#: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the one place they live.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_SKY_ERROR = 3
-EXIT_INTERRUPTED = 130
+#: Exit codes of the laptop-side scripts (docs/contract.md, "Laptop side"): the node side's where the
+#: meaning is the same, plus 3, which only the laptop gives.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = _contract.Exit.OK, _contract.Exit.FAILURE, _contract.Exit.BAD_INPUT
+EXIT_SKY_ERROR = 3  # SkyPilot or its API server refused or failed
+EXIT_INTERRUPTED = _contract.Exit.SIGINT
 
 #: SkyPilot's env-key rule (sky/utils/schemas.py): also what a POSIX shell accepts.
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -31,6 +31,9 @@ class Exit(IntEnum):
     BAD_NODE = 86
     #: Crash-loop stop. Deliberately NOT in `recover_on_exit_codes`.
     CRASH_LOOP = 87
+    #: The shell's codes for a job command that is not executable / not found (POSIX `sh`, "Exit Status").
+    NOT_EXECUTABLE = 126
+    NOT_FOUND = 127
     SIGINT = 130
     SIGTERM = 143
 
@@ -42,6 +45,7 @@ EXIT_BAD_NODE, EXIT_CRASH_LOOP, EXIT_SIGINT, EXIT_SIGTERM = (
     Exit.SIGINT,
     Exit.SIGTERM,
 )
+EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = Exit.NOT_EXECUTABLE, Exit.NOT_FOUND
 #: Codes a job may not use to steer SkyPilot: a job exiting with one is reported as EXIT_FAILURE.
 RESERVED_EXIT_CODES = frozenset({Exit.BAD_NODE, Exit.CRASH_LOOP})
 

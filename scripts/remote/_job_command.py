@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from _contract import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
 from _distributed import Distributed
 
 #: A PEP 723 inline metadata block (https://peps.python.org/pep-0723/#specification).
@@ -69,8 +70,6 @@ UV_KEEP = frozenset(
         "UV_OFFLINE",
     }
 )
-#: Exit codes of `prepare` (and of a job command that cannot be found: the shell's 127).
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 127
 
 
 class JobError(ValueError):

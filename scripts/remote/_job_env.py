@@ -18,9 +18,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from _contract import EXIT_FAILURE
+from _contract import EXIT_FAILURE, EXIT_NOT_FOUND
 from _job_command import (
-    EXIT_NOT_FOUND,
     Job,
     Kind,
     classify,

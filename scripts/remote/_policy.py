@@ -157,13 +157,39 @@ def summarize(records: Iterable[Mapping[str, object]]) -> list[Attempt]:
     return attempts
 
 
-def attempt_number(attempts: Sequence[Attempt], *, writer: bool, own_last: int | None = None) -> int:
+#: Seconds within which every node of one attempt starts its supervisor: SkyPilot starts `run` on all
+#: nodes together once setup is done everywhere, while the next attempt comes only after a teardown and
+#: a provisioning (minutes on a cloud). Used to recognise a node that starts late in its attempt.
+STRAGGLER_WINDOW_S = 60.0
+
+
+def attempt_number(
+    attempts: Sequence[Attempt], *, writer: bool, own_last: int | None = None, now_wall: float | None = None
+) -> int:
     """This attempt's number (1-based). The writer (node rank 0) counts every attempt in the ledger;
     other nodes count those rank 0 recorded an end for, since rank 0 may already have recorded this
     attempt's start. `own_last` is the attempt of this node's own previous result: a node's attempts
-    only go up, also when rank 0 has not yet closed a lost attempt."""
+    only go up, also when rank 0 has not yet closed a lost attempt.
+
+    A node that starts after rank 0 already ended this very attempt (a job that waits for no peer, with
+    no preflight to hold rank 0 back) joins it: rank 0's last attempt, ended, which this node has no
+    result for, and which rank 0 started under STRAGGLER_WINDOW_S before `now_wall` (wall-clock epoch
+    seconds, the only clock the nodes share)."""
     seen = [a.number for a in attempts if writer or a.ended]
-    return max(max(seen, default=0), own_last or 0) + 1
+    number = max(max(seen, default=0), own_last or 0) + 1
+    last = max(attempts, key=lambda a: a.number, default=None)
+    if (
+        not writer
+        and now_wall is not None
+        and last is not None
+        and last.ended
+        and last.number == number - 1
+        and last.number > (own_last or 0)
+        and last.start_time is not None
+        and 0 <= now_wall - last.start_time < STRAGGLER_WINDOW_S
+    ):
+        return last.number
+    return number
 
 
 def crash_loop_evidence(attempts: Sequence[Attempt], limits: Limits, now_wall: float) -> list[Attempt] | None:

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from _contract import REASON_HEARTBEAT_TIMEOUT, REASON_SIGINT, REASON_SIGTERM
+from _contract import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    REASON_HEARTBEAT_TIMEOUT,
+    REASON_SIGINT,
+    REASON_SIGTERM,
+)
 from _heartbeat import HeartbeatMonitor, heartbeat_mtime
 
 log = logging.getLogger("run")
@@ -38,8 +44,6 @@ log = logging.getLogger("run")
 #: Seconds to wait for SIGKILLed processes to be reaped before reporting them as survivors
 #: (a process in uninterruptible sleep, e.g. stuck in a GPU driver, cannot die sooner).
 KILL_WAIT_S = 10.0
-#: Exit codes of a command that could not be started (POSIX shell convention).
-EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE = 127, 126
 # Linux prctl(2) options.
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36

@@ -165,7 +165,7 @@ class AttemptRunner:
         own_last = next(
             (as_int(r.get("attempt")) for r in results if as_int(r.get("node_rank")) == ident.node_rank), None
         )
-        number = attempt_number(attempts, writer=self.writer, own_last=own_last)
+        number = attempt_number(attempts, writer=self.writer, own_last=own_last, now_wall=time.time())
         known = {a.number for a in attempts}
         folded = {(r.get("attempt"), r.get("node_rank")) for r in records if r["event"] == "node_result"}
         extra: list[dict[str, object]] = []
