@@ -351,6 +351,7 @@ def test_errors_name_the_task_file(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_a_job_git_ignores_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ignored = REPO / ".skyops" / f"ignored-{uuid.uuid4().hex[:6]}.py"  # .skyops/ is in .gitignore
+    made = not ignored.parent.exists()  # a fresh clone has none: leave none behind
     ignored.parent.mkdir(exist_ok=True)
     ignored.write_text("print('hi')\n")
     try:
@@ -359,6 +360,8 @@ def test_a_job_git_ignores_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
         assert launch.main([*argv, str(ignored.relative_to(REPO))]) == 2
     finally:
         ignored.unlink()
+        if made:
+            ignored.parent.rmdir()
     assert "git ignores it, so the nodes' ~/sky_workdir does not have it" in capsys.readouterr().err
 
 
