@@ -165,3 +165,10 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         unmount(path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (stable otherwise): pytest-xdist hands tests out in this order, so the long
+    end-to-end runs start while the quick ones fill the gaps, instead of one of them ending the run
+    alone on one core (docs/decisions/test-suite.md)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
