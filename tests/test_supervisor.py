@@ -158,6 +158,9 @@ class Node:
             SKYPILOT_CLUSTER_INFO='{"cluster_name": "c", "cloud": "local", "region": "r", "zone": null}',
             TEST_EVENTS=str(self.events),
             WORKER=str(tmp_path / "worker.py"),
+            # A port of its own: torchrun's store on the default 29500 would meet another test's
+            # when the tests run side by side, and its rendezvous would wait on the wrong job.
+            MASTER_PORT=free_port(),
         )
         self.env.update(env)
         self.rank = rank
@@ -702,7 +705,7 @@ def test_flaky_example_fails_then_resumes(node: Node) -> None:
     argv = [sys.executable, str(RUN), "--crash-loop-attempts", "0", "--", str(script), "--steps", "20"]
     # Resuming is the point here, not hang detection: building the environment and importing torch on
     # a machine loaded by other tests can take longer than the fixture's 30 s STARTUP_GRACE.
-    env = {**node.env, "UV_FIND_LINKS": find_links, "STARTUP_GRACE": "300"}
+    env = {**node.env, "UV_FIND_LINKS": find_links, "STARTUP_GRACE": "120"}
     first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert first.returncode == 1, first.stderr
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
