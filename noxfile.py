@@ -67,9 +67,10 @@ def script_dependencies(paths: list[Path]) -> list[str]:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest); posargs go to pytest."""
     session.install(*TEST_DEPS, *script_dependencies(SCRIPTS + EXAMPLES))
-    # load: each worker takes the next test when it is free; with the slow tests first
-    # (tests/conftest.py), the longest start first and the short ones fill in (durations: 0-45 s).
-    workers = ["-n", TEST_WORKERS, "--dist", "load"] if TEST_WORKERS != "0" else []
+    # One test at a time to whichever worker is free (`load`, chunks of 1: larger first chunks would
+    # hand every slow test to the first worker); with the slow tests first (tests/conftest.py), the
+    # longest start first and the short ones fill in (durations: 0-45 s).
+    workers = ["-n", TEST_WORKERS, "--dist", "load", "--maxschedchunk", "1"] if TEST_WORKERS != "0" else []
     session.run("pytest", *workers, *session.posargs, env={"SKYPILOT_DISABLE_LOCAL_API_SERVER": "1"})
 
 
