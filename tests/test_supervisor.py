@@ -1645,8 +1645,9 @@ def test_third_party_ddp_script_that_hangs_silently_is_stopped(tmp_path: Path, n
     86) HEARTBEAT_TIMEOUT after its last line, or at the end of STARTUP_GRACE if that comes later."""
     # Startup here (torch imports, rendezvous) is 5-17 s with silent stretches longer than 2 s after a
     # first warning line: STARTUP_GRACE covers it. 300 epochs of ~0.05 s put the hang after the grace.
-    # HEARTBEAT_TIMEOUT 5 s: an epoch line every ~0.05 s, with room for a machine loaded by other tests.
-    timeout_s, grace_s = 5.0, 20.0
+    # HEARTBEAT_TIMEOUT 5 s: an epoch line every ~0.05 s, with room for a machine loaded by other tests;
+    # STARTUP_GRACE 45 s: a first import of torch in a fresh environment, on such a machine, is silent.
+    timeout_s, grace_s = 5.0, 45.0
     work = tmp_path / "work"
     job, _ = third_party_job(work, "plain", hang=True)
     env = supervisor_env(
