@@ -40,7 +40,7 @@ require = $(if $($(1)),,$(error $(1) is required, e.g. $(2)))
 .PHONY: help uv launch dry-run test lint nccl status logs cancel notify-test
 
 help: ## Show this menu
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 uv: ## Install uv from PyPI if this machine has none
 	@command -v uv >/dev/null 2>&1 || { python3 -m pip install --quiet "uv==$(UV_VERSION)" || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"; } && { command -v pyenv >/dev/null 2>&1 && pyenv rehash || true; } && command -v uv >/dev/null 2>&1 || { echo "uv was installed but is not on PATH: add \"$$(python3 -m site --user-base)/bin\" to PATH" >&2; exit 1; }

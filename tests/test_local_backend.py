@@ -357,11 +357,13 @@ def test_a_job_git_ignores_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     try:
         task = task_file(tmp_path, "exit 0")
         argv = ["--env-file", os.devnull, "--task", str(task), "--set", f"OUT={tmp_path}"]
+        argv += ["--set", f"DATA_DIR={tmp_path / 'data'}"]
         assert launch.main([*argv, str(ignored.relative_to(REPO))]) == 2
     finally:
         ignored.unlink()
         if made:
             ignored.parent.rmdir()
+    assert not (tmp_path / "data").exists(), "refused before anything is written, DATA_DIR included"
     assert "git ignores it, so the nodes' ~/sky_workdir does not have it" in capsys.readouterr().err
 
 

@@ -85,10 +85,10 @@ def launch(cfg: LaunchConfig, task_yaml: str) -> int:
     cannot be written, JOB is a file the nodes do not receive (git ignores it), or another job of the
     same run (same `$DATA_DIR/$RUN_ID/`) is still running.
     """
+    files = workdir_files(cfg.repo, skip=[cfg.state_dir])
+    check_job_received(cfg.job, files)  # before the DATA_DIR check, which creates DATA_DIR
     data_dir = Path(cfg.envs["DATA_DIR"])
     check_data_dir(data_dir)
-    files = workdir_files(cfg.repo, skip=[cfg.state_dir])
-    check_job_received(cfg.job, files)
     run_data = data_dir / cfg.envs.get("RUN_ID", cfg.run)
     state_dir = cfg.state_dir
     job_id: list[int] = []
@@ -445,7 +445,10 @@ def _recovery_loop(job: _LocalJob) -> int:
         if any(r.get("reason") == REASON_CRASH_LOOP for r in results):
             # A node that declares a crash loop cancels its own managed job through SkyPilot's API server
             # (run.py, docs/decisions/endings.md); the local backend does what SkyPilot then does.
-            reason = f"crash_loop: {detail}; the node cancelled the managed job (no further attempt)"
+            reason = (
+                f"crash_loop: {detail}; the managed job is cancelled, as a node on SkyPilot cancels its own"
+                " (no further attempt)"
+            )
             return job.end(JobState.CANCELLED, reason, EXIT_FAILED, f"CANCELLED: {reason}")
         decision, restarts_on_errors = recovery_decision(
             codes, recover_codes, restarts_on_errors, max_restarts

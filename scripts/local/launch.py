@@ -223,16 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setting(
-    key: str, flag_value: Any, environ: Mapping[str, str], file_values: Mapping[str, str]
+    key: str, flag_value: Any, environ: Mapping[str, str], file_values: Mapping[str, tuple[str, str]]
 ) -> tuple[Any, str] | None:
-    """The raw value of a launcher setting and where it came from (flag > environment > .env)."""
+    """The raw value of a launcher setting and where it came from (flag > environment > .env; a .env
+    line is named `KEY (from FILE:LINE)`)."""
     if flag_value is not None:
         return flag_value, SETTINGS[key][0]
     if key in environ:
         return environ[key], key
-    if key in file_values:
-        return file_values[key], key
-    return None
+    return file_values.get(key)
 
 
 class _Settings(NamedTuple):
@@ -249,7 +248,7 @@ class _Settings(NamedTuple):
 def _settings(
     args: argparse.Namespace,
     environ: Mapping[str, str],
-    file_settings: Mapping[str, str],
+    file_settings: Mapping[str, tuple[str, str]],
     task: _config.TaskFile,
 ) -> _Settings:
     """The launcher settings from the flags, the environment, .env's SKYOPS_* lines (`file_settings`) and
@@ -310,7 +309,7 @@ def _launcher_envs(
 class _Inputs(NamedTuple):
     """A launch's .env lines and --set flags, its launcher settings (SETTINGS) split off."""
 
-    file_settings: dict[str, str]  # .env's SKYOPS_* lines
+    file_settings: dict[str, tuple[str, str]]  # .env's SKYOPS_* lines: value, `KEY (from FILE:LINE)`
     env_entries: list[_env_file.EnvLine]  # .env's other lines: task envs and secrets
     file_label: str  # how messages name the .env file
     flags: dict[str, str]  # --set KEY=VALUE
@@ -323,7 +322,11 @@ def _inputs(args: argparse.Namespace, repo: Path) -> _Inputs:
     file_label = str(env_path) if env_path else ".env"
     flags = _env_file.parse_set_flags(args.sets)
     # Launcher settings (SKYOPS_*) are consumed here; the rest are task envs and secrets.
-    file_settings = {e.key: e.value for e in entries if e.key in SETTINGS and e.value is not None}
+    file_settings = {
+        e.key: (e.value, f"{e.key} (from {file_label}:{e.line})")
+        for e in entries
+        if e.key in SETTINGS and e.value is not None
+    }
     env_entries = [e for e in entries if e.key not in SETTINGS]
     bad_set = sorted(set(flags) & set(SETTINGS))
     if bad_set:
