@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import _config
 import _contract
@@ -136,11 +137,11 @@ def test_job_yaml_uses_the_locks_and_compiles_bytecode() -> None:
     assert re.search(r"(?m)^unset UV_COMPILE_BYTECODE$", config["run"].split("uv run", 1)[0])
     for phase in ("setup", "run"):
         text = config[phase]
-        calls = re.findall(r"uv (?:run|sync) ((?:--?[a-z]+ )*)--script (scripts/\S+\.py)", text)
+        calls = re.findall(r"uv[ _](?:run|sync) ((?:--?[a-z]+ )*)--script (scripts/\S+\.py)", text)
         assert calls, phase
         for flags, path in calls:
             assert ("--locked" in flags.split()) == lock_of(REPO / path).is_file(), (phase, path)
-    synced = set(re.findall(r"uv sync .*--script (scripts/\S+\.py)", config["setup"]))
+    synced = set(re.findall(r"uv[ _]sync .*--script (scripts/\S+\.py)", config["setup"]))
     run_scripts = {
         "scripts/remote/configure_environment.py",
         "scripts/remote/run.py",
@@ -296,3 +297,25 @@ def test_launch_time_checks_agree_with_the_node_side_parsers(key: str, tmp_path)
         "H100@2+=10:40",
     }:
         assert launcher_rejects(value) == node_rejects(value), f"{key}={value!r}"
+
+
+def test_prepare_rebuilds_an_environment_an_interrupted_setup_left_broken(tmp_path: Path) -> None:
+    """Found by a Ctrl-C one second into a launch: uv stopped mid-install left torch without its
+    METADATA, and every later setup on that node slot failed reading it. prepare rebuilds instead."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        '# /// script\n# requires-python = ">=3.11"\n# dependencies = ["psutil==7.2.2"]\n# ///\n'
+    )
+    prepare = [sys.executable, str(REPO / "scripts" / "remote" / "_job_command.py"), "prepare", "job.py"]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(prepare, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    assert run().returncode == 0
+    python = subprocess.run(["uv", "python", "find", "--script", str(script)], capture_output=True, text=True)
+    site = Path(python.stdout.strip()).parents[1] / "lib"
+    (metadata,) = site.glob("python3*/site-packages/psutil-7.2.2.dist-info/METADATA")
+    metadata.unlink()  # what the interrupted install left
+    again = run()
+    assert again.returncode == 0, again.stderr
+    assert metadata.is_file()

@@ -452,7 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv_sync is None:
         return EXIT_OK
     try:
-        return EXIT_OK if subprocess.run(argv_sync, env=uv_environment(env)).returncode == 0 else EXIT_FAILURE
+        if subprocess.run(argv_sync, env=uv_environment(env)).returncode == 0:
+            return EXIT_OK
+        # An earlier setup stopped mid-install (Ctrl-C, a cancel) can leave an environment uv cannot
+        # read (a package without its METADATA): rebuild it rather than fail on it again.
+        rebuild = [*argv_sync[:2], "--reinstall", *argv_sync[2:]]
+        return EXIT_OK if subprocess.run(rebuild, env=uv_environment(env)).returncode == 0 else EXIT_FAILURE
     except OSError as exc:
         print(f"_job_command.py: error: cannot run uv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
