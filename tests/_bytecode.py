@@ -1,27 +1,28 @@
 """Compile the bytecode of what the tests' torch jobs import, once per machine, into uv's cache.
 
-    python tests/_bytecode.py      # tests/conftest.py runs it once per test run (before the workers)
+    python tests/_bytecode.py      # tests/conftest.py starts it in the background as a test run starts
 
 Why: the tests emulate many nodes on one machine, and uv keys a script's environment by the script's
-path, so a test run builds about 25 torch environments (one per script, node slot and node rank, and
+path, so a test run builds about 20 torch environments (one per script, node slot and node rank, and
 the projects' `.venv`s). In each, the first `import torch` compiled torch's bytecode again: 5.0-5.5 s
 of CPU against 2.2-2.5 s with a bytecode cache, about 70 s of CPU over a run. A real node builds one
 environment and job.yaml's setup compiles it (UV_COMPILE_BYTECODE); nothing here changes that.
 
 How: uv builds an environment by hard-linking every file of a package's unpacked wheel from its cache
 (`<uv cache dir>/archive-v0/<id>/`), `__pycache__` folders included. This script imports MODULES in
-this interpreter (the test venv, which uv built from the same cache), and compiles each imported
-module's source *in the cache entry it is linked from* (same inode). Every environment uv builds after
-that gets the bytecode with its files. A `.pyc` is checked against its source's mtime and size, which
-a hard link shares, so a stale one is never used. Modules whose files are not hard links of the cache
-(another link mode, another file system) are left alone: their environments compile at import, as
-before. Everything here is best effort: a failure costs speed, never a test.
+this interpreter (the test venv) and compiles each imported module's source in every cache entry
+that holds the same distribution and version (uv can unpack one wheel into several entries: here
+five hold sympy 1.14.0). Every environment uv builds after that gets the bytecode with its files. A
+`.pyc` is checked against its source's mtime and size, which a hard link shares, so a stale one is
+never used; an environment whose files uv copied (another link mode or file system) compiles at
+import, as before. Everything here is best effort: a failure costs speed, never a test.
 """
 
 from __future__ import annotations
 
 import compileall
 import importlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -30,15 +31,19 @@ import sysconfig
 from pathlib import Path
 
 #: What the tests' jobs import: torchrun and the preflight (torch.distributed.run), DDP training
-#: (examples/train.py, pytorch/examples' DDP script, SkyPilot's minGPT example), the preflight's plot.
+#: (examples/train.py, pytorch/examples' DDP script, SkyPilot's minGPT example; torch._dynamo is
+#: imported by the first optimizer made, 1.7 s of import), the preflight's plot.
 MODULES = (
     "torch.distributed.run",
+    "torch._dynamo",
     "torch.nn.parallel",
     "torch.optim",
     "torch.utils.data",
     "numpy",
     "matplotlib.pyplot",
 )
+#: This interpreter's site-packages folders, the deepest first.
+SITES = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}, key=lambda p: -len(p.parts))
 
 
 def imported_sources(modules: tuple[str, ...] = MODULES) -> list[Path]:
@@ -49,42 +54,39 @@ def imported_sources(modules: tuple[str, ...] = MODULES) -> list[Path]:
             importlib.import_module(name)
         except ImportError:
             continue
-    roots = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
     files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
     return sorted(
-        {Path(f) for f in files if f and f.endswith(".py") and any(Path(f).is_relative_to(r) for r in roots)}
+        {Path(f) for f in files if f and f.endswith(".py") and any(Path(f).is_relative_to(s) for s in SITES)}
     )
 
 
-def cache_entry(source: Path, site: Path, archives: list[Path]) -> Path | None:
-    """The cache entry (of `archives`) whose file `source` (under `site`) is a hard link of, or None."""
-    rel = source.relative_to(site)
-    for archive in archives:
-        try:
-            if os.path.samefile(archive / rel, source):
-                return archive
-        except OSError:
-            continue
-    return None
+def dist_info_names() -> dict[str, set[str]]:
+    """Per top-level import name: the `.dist-info` folder names (name and version) that provide it here."""
+    names: dict[str, set[str]] = {}
+    for top, dists in importlib.metadata.packages_distributions().items():
+        for name in dists:
+            files = importlib.metadata.distribution(name).files or ()
+            names.setdefault(top, set()).update(f.parts[0] for f in files if f.name == "METADATA")
+    return names
 
 
-def warm(cache_dir: Path) -> tuple[int, int]:
-    """Compile, in uv's cache, the twin of every imported source. Returns (sources compiled or already
-    current, sources that are no hard link of the cache)."""
+def warm(cache_dir: Path, modules: tuple[str, ...] = MODULES) -> tuple[int, int]:
+    """Compile, in every cache entry of uv that holds the same distribution and version as this
+    interpreter's (uv may unpack one wheel into several entries), the twin of every imported source.
+    Returns (files compiled or already current, imported sources with no entry in the cache)."""
     archives = sorted(p for p in (cache_dir / "archive-v0").iterdir() if p.is_dir())
-    sites = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}, key=lambda p: -len(p.parts))
-    entries: dict[str, list[Path]] = {}  # per top-level package: the cache entries that hold it
+    infos = dist_info_names()
+    entries: dict[str, list[Path]] = {}  # per top-level package
     done = missing = 0
-    for source in imported_sources():
-        site = next(s for s in sites if source.is_relative_to(s))
-        top = source.relative_to(site).parts[0]
-        candidates = entries.setdefault(top, [a for a in archives if (a / top).exists()])
-        archive = cache_entry(source, site, candidates)
-        if archive is None:
-            missing += 1
-            continue
-        candidates.insert(0, candidates.pop(candidates.index(archive)))  # its siblings are there too
-        done += bool(compileall.compile_file(str(archive / source.relative_to(site)), quiet=2))
+    for source in imported_sources(modules):
+        site = next(s for s in SITES if source.is_relative_to(s))
+        rel = source.relative_to(site)
+        if rel.parts[0] not in entries:
+            wanted = infos.get(rel.parts[0].removesuffix(".py"), set())
+            entries[rel.parts[0]] = [a for a in archives if any((a / info).is_dir() for info in wanted)]
+        twins = [a / rel for a in entries[rel.parts[0]] if (a / rel).is_file()]
+        missing += not twins
+        done += sum(bool(compileall.compile_file(str(twin), quiet=2)) for twin in twins)
     return done, missing
 
 
@@ -96,7 +98,8 @@ def main() -> int:
     except (OSError, subprocess.CalledProcessError) as err:
         print(json.dumps({"error": str(err)}))
         return 0
-    print(json.dumps({"compiled_or_current": done, "not_in_cache": missing, "cache": str(cache_dir)}))
+    report = {"files_compiled_or_current": done, "sources_not_in_cache": missing, "cache": str(cache_dir)}
+    print(json.dumps(report))
     return 0
 
 

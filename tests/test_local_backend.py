@@ -479,7 +479,8 @@ def test_flaky_example_restarts_and_resumes_on_the_local_backend(tmp_path: Path)
     """The walking skeleton end to end, launcher -> local backend -> configure_environment -> supervisor
     -> torchrun -> examples/train.py (flaky_train.py is train.py failing once) on 2 emulated nodes, and
     issue 3 item 11: attempt 1 fails (a counted restart), attempt 2 resumes from the checkpoint; the
-    job, the supervisor's ledger and the result all show it."""
+    job, the supervisor's ledger and the result all show it. (It also stands for the supervisor-only
+    run of flaky_train.py that test_supervisor.py had: the same two attempts, under the launcher.)"""
     run = f"fl-{uuid.uuid4().hex[:6]}"
     result = subprocess.run(
         [*UV_LAUNCH, "--print-id", "--nodes", "2", "--run", run, "--set", f"DATA_DIR={tmp_path}",

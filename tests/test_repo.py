@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -319,3 +321,30 @@ def test_prepare_rebuilds_an_environment_an_interrupted_setup_left_broken(tmp_pa
     again = run()
     assert again.returncode == 0, again.stderr
     assert metadata.is_file()
+
+
+def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_path: Path) -> None:
+    """tests/_bytecode.py: an imported module's source is compiled in each uv cache entry that holds
+    the installed distribution and version, and nowhere else; the .pyc is valid for that file."""
+    import _bytecode
+
+    source = Path(yaml.__file__)
+    info = next(
+        f.parts[0] for f in importlib.metadata.distribution("PyYAML").files or () if f.name == "METADATA"
+    )
+    entries = {name: tmp_path / "archive-v0" / name for name in ("a", "b", "older")}
+    for name, entry in entries.items():
+        (entry / (info if name != "older" else "PyYAML-0.1.dist-info")).mkdir(parents=True)
+        (entry / "yaml").mkdir()
+        (entry / "yaml" / "__init__.py").write_bytes(source.read_bytes())
+    done, missing = _bytecode.warm(tmp_path, ("yaml",))
+    assert done == 2 and missing > 0  # only yaml/__init__.py has twins here, in "a" and "b"
+    for name, entry in entries.items():
+        pyc = Path(importlib.util.cache_from_source(str(entry / "yaml" / "__init__.py")))
+        assert pyc.is_file() == (name != "older"), name
+    pyc = Path(importlib.util.cache_from_source(str(entries["a"] / "yaml" / "__init__.py")))
+    stat = (entries["a"] / "yaml" / "__init__.py").stat()
+    header = pyc.read_bytes()[:16]  # PEP 552: magic, flags 0 (timestamp), source mtime, source size
+    assert header[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(header[4:8], "little") == 0
+    assert int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+    assert int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
