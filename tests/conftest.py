@@ -167,30 +167,26 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         unmount(path)
 
 
-_WARM_UP: list[subprocess.Popen[str]] = []
+_WARM_UP: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Once per test run (not per xdist worker), in the background: compile the bytecode of what the
-    torch jobs import into uv's cache, so the ~25 torch environments the run builds share it
+    """Once per test run (not per xdist worker), before any test: compile the bytecode of what the torch
+    jobs import into uv's cache, so the ~20 torch environments the run builds share it
     (tests/_bytecode.py; docs/decisions/test-suite.md)."""
-    if hasattr(config, "workerinput") or os.environ.get("SKYOPS_TEST_NO_WARM_UP"):
+    if hasattr(config, "workerinput"):
         return
     script = Path(__file__).with_name("_bytecode.py")
-    _WARM_UP.append(
-        subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-    )
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+        _WARM_UP.append(done.stdout.strip() or f"exit {done.returncode}")
+    except subprocess.TimeoutExpired:
+        _WARM_UP.append("stopped after 600 s")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line on the bytecode warm-up; a run shorter than it stops it (compile writes are atomic)."""
-    for proc in _WARM_UP:
-        if proc.poll() is None:
-            proc.kill()
-        out, _ = proc.communicate()
-        terminalreporter.write_line(f"bytecode warm-up (tests/_bytecode.py): {out.strip() or 'stopped'}")
+    for line in _WARM_UP:
+        terminalreporter.write_line(f"bytecode warm-up (tests/_bytecode.py): {line}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
