@@ -20,8 +20,8 @@ import, as before. Everything here is best effort: a failure costs speed, never 
 When: before any test runs, so the first environments the run builds get the bytecode too (run in
 the background, it lost the race to the slow tests, which start first). Measured here: 16.6 s with
 nothing compiled yet (44 s of CPU where uv's cache held five entries of sympy), 5.4 s when all is
-compiled, and about 0.1 s when the cache has no new entry since the last warm-up (its key is kept in
-`$XDG_CACHE_HOME/skyops/bytecode-warm-up.json`).
+compiled, and 0.2 s when uv's cache holds no new entry of those distributions since the last
+warm-up (its key is kept in `$XDG_CACHE_HOME/skyops/bytecode-warm-up.json`).
 """
 
 from __future__ import annotations
@@ -73,28 +73,34 @@ def dist_info_names() -> dict[str, set[str]]:
     for top, dists in importlib.metadata.packages_distributions().items():
         for name in dists:
             files = importlib.metadata.distribution(name).files or ()
-            names.setdefault(top, set()).update(f.parts[0] for f in files if f.name == "METADATA")
+            metadata = (f for f in files if f.name == "METADATA" and len(f.parts) == 2)
+            names.setdefault(top, set()).update(
+                f.parts[0] for f in metadata if f.parts[0].endswith(".dist-info")
+            )
     return names
 
 
-def warm(cache_dir: Path, modules: tuple[str, ...] = MODULES) -> tuple[int, int]:
+def warm(cache_dir: Path, modules: tuple[str, ...] = MODULES) -> tuple[int, int, set[str]]:
     """Compile, in every cache entry of uv that holds the same distribution and version as this
     interpreter's (uv may unpack one wheel into several entries), the twin of every imported source.
-    Returns (files compiled or already current, imported sources with no entry in the cache)."""
+    Returns (files compiled or already current, imported sources with no entry in the cache, the
+    `.dist-info` names of the distributions the imported sources belong to)."""
     archives = sorted(p for p in (cache_dir / "archive-v0").iterdir() if p.is_dir())
     infos = dist_info_names()
     entries: dict[str, list[Path]] = {}  # per top-level package
+    used: set[str] = set()
     done = missing = 0
     for source in imported_sources(modules):
         site = next(s for s in SITES if source.is_relative_to(s))
         rel = source.relative_to(site)
         if rel.parts[0] not in entries:
             wanted = infos.get(rel.parts[0].removesuffix(".py"), set())
+            used |= wanted
             entries[rel.parts[0]] = [a for a in archives if any((a / info).is_dir() for info in wanted)]
         twins = [a / rel for a in entries[rel.parts[0]] if (a / rel).is_file()]
         missing += not twins
         done += sum(bool(compileall.compile_file(str(twin), quiet=2)) for twin in twins)
-    return done, missing
+    return done, missing, used
 
 
 def stamp_path() -> Path:
@@ -104,24 +110,26 @@ def stamp_path() -> Path:
     )
 
 
-def cache_key(cache_dir: Path) -> str:
-    """What the warm-up depends on: this Python, MODULES, and the entries of uv's cache (a new entry,
-    such as another unpack of a wheel, means warming again)."""
-    entries = sorted(p.name for p in (cache_dir / "archive-v0").iterdir())
-    return hashlib.sha256(json.dumps([sys.version, MODULES, entries]).encode()).hexdigest()
+def cache_key(cache_dir: Path, infos: list[str]) -> str:
+    """What a warm-up depends on: this Python, MODULES, and the entries of uv's cache that hold the
+    distributions it compiled (`infos`: another unpack of one of them means warming again)."""
+    archives = (cache_dir / "archive-v0").iterdir()
+    entries = sorted(a.name for a in archives if any((a / info).is_dir() for info in infos))
+    return hashlib.sha256(json.dumps([sys.version, MODULES, infos, entries]).encode()).hexdigest()
 
 
 def main() -> int:
     try:
         uv = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True)
-        cache_dir = Path(uv.stdout.strip())
-        key, stamp = cache_key(cache_dir), stamp_path()
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        cache_dir, stamp = Path(uv.stdout.strip()), stamp_path()
+        last = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if last.get("key") and last["key"] == cache_key(cache_dir, last.get("infos", [])):
             print(json.dumps({"current": str(cache_dir)}))
             return 0
-        done, missing = warm(cache_dir)
+        done, missing, used = warm(cache_dir)
+        infos = sorted(used)
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key}) + "\n")
+        stamp.write_text(json.dumps({"key": cache_key(cache_dir, infos), "infos": infos}) + "\n")
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(json.dumps({"error": str(err)}))
         return 0

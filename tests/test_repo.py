@@ -337,8 +337,9 @@ def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_
         (entry / (info if name != "older" else "PyYAML-0.1.dist-info")).mkdir(parents=True)
         (entry / "yaml").mkdir()
         (entry / "yaml" / "__init__.py").write_bytes(source.read_bytes())
-    done, missing = _bytecode.warm(tmp_path, ("yaml",))
+    done, missing, used = _bytecode.warm(tmp_path, ("yaml",))
     assert done == 2 and missing > 0  # only yaml/__init__.py has twins here, in "a" and "b"
+    assert info in used and all(name.endswith(".dist-info") for name in used)
     for name, entry in entries.items():
         pyc = Path(importlib.util.cache_from_source(str(entry / "yaml" / "__init__.py")))
         assert pyc.is_file() == (name != "older"), name
