@@ -694,40 +694,27 @@ def test_real_preflight_passes_on_this_machine(node: Node) -> None:
     assert (node.data / "r" / "preflight" / "nccl-report.json").exists()
 
 
-TORCH_JOB = """\
-# /// script
-# requires-python = ">=3.11"
-# dependencies = ["torch==2.13.0"]
-# ///
-import os, signal, sys, time
-if os.environ["RANK"] == "1":
-    print("boom", flush=True)
-    {fail}
-time.sleep(120)  # rank 0 is still working when rank 1 fails: torchrun stops it (SIGTERM)
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("fail", "code", "reason", "cause"),
     [
-        ("sys.exit(3)", 3, "job_failed", "worker rank 1 (local rank 1) exited 3"),
-        (f"sys.exit({EXIT_BAD_NODE})", EXIT_FAILURE, "job_failed_reserved_code", "exit 86 is reserved"),
-        ("os.kill(os.getpid(), signal.SIGKILL)", 128 + signal.SIGKILL, "job_failed", "killed by signal 9"),
+        ("exit:3", 3, "job_failed", "worker rank 1 (local rank 1) exited 3"),
+        (f"exit:{EXIT_BAD_NODE}", EXIT_FAILURE, "job_failed_reserved_code", "exit 86 is reserved"),
+        (f"signal:{signal.SIGKILL}", 128 + signal.SIGKILL, "job_failed", "killed by signal 9"),
     ],
 )
-def test_torchrun_passes_the_workers_exit_code(node: Node, tmp_path: Path, fail, code, reason, cause) -> None:
-    """torchrun exits 1 whatever its worker did; run.py reports the first failed worker's own code."""
+def test_torchrun_passes_the_workers_exit_code(node: Node, fail, code, reason, cause) -> None:
+    """torchrun exits 1 whatever its worker did; run.py reports the first failed worker's own code
+    (tests/jobs/fail_on_rank1.py: rank 1 fails as FAIL says while rank 0 still works)."""
     find_links = os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
     if not find_links:
         pytest.skip("no local wheel folder for torch (UV_FIND_LINKS / PIP_FIND_LINKS)")
-    script = tmp_path / "torch_job.py"
-    script.write_text(TORCH_JOB.format(fail=fail))
+    script = ROOT / "tests" / "jobs" / "fail_on_rank1.py"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = {"NNODES": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "2", "MASTER_PORT": port}
+    env = {"NNODES": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "2", "MASTER_PORT": port, "FAIL": fail}
     out = node("", "--crash-loop-attempts", "0", script=script, UV_FIND_LINKS=find_links, **env)
     assert (out.code, out.reason()) == (code, reason), out.stderr[-3000:]
     # The job's stderr reaches the supervisor's stdout (one pipe, every byte passed on: hang detection)
@@ -1623,7 +1610,7 @@ def test_third_party_ddp_script_that_hangs_silently_is_stopped(tmp_path: Path, n
     """The same script, changed only to hang silently halfway: stopped as heartbeat_timeout (a bad node,
     86) HEARTBEAT_TIMEOUT after its last line, or at the end of STARTUP_GRACE if that comes later."""
     # Startup here (torch imports, rendezvous) is 5-17 s with silent stretches longer than 2 s after a
-    # first warning line: STARTUP_GRACE covers it. 300 epochs of ~0.05 s put the hang after the grace.
+    # first warning line: STARTUP_GRACE covers it. 40 epochs of ~0.05 s: the hang comes ~1 s in.
     # HEARTBEAT_TIMEOUT 5 s: an epoch line every ~0.05 s, with room for a machine loaded by other tests;
     # STARTUP_GRACE 45 s: a first import of torch in a fresh environment, on such a machine, is silent.
     timeout_s, grace_s = 5.0, 45.0
@@ -1634,12 +1621,12 @@ def test_third_party_ddp_script_that_hangs_silently_is_stopped(tmp_path: Path, n
         SKYPILOT_NODE_RANK="0", SKYPILOT_NUM_NODES="1", NNODES="1", NODE_RANK="0", NPROC_PER_NODE="2",
         WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port(),
     )  # fmt: skip
-    node = Streamed(under_uv(job, "300", "100", "--batch_size", "64"), env, work)
+    node = Streamed(under_uv(job, "40", "100", "--batch_size", "64"), env, work)
     code = node.finish()
     assert code == EXIT_BAD_NODE
     stopped = next(t for t, line in node.err if "stopping the job: heartbeat_timeout" in line)
     last = max(t for t, line in node.out if t < stopped)
-    assert "epoch 150 |" not in node.stdout and "epoch 149 |" in node.stdout, "hung halfway"
+    assert "epoch 20 |" not in node.stdout and "epoch 19 |" in node.stdout, "hung halfway"
     due = max(last + timeout_s, node.started + grace_s)
     assert stopped - last >= timeout_s - 0.1, "never before HEARTBEAT_TIMEOUT of silence"
     assert stopped - due < 3, f"stopped {stopped - due:.1f} s after it was due"
