@@ -28,10 +28,10 @@ SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.py") if not p.name.start
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 TEST_DEPS = ["pytest==9.2.0", "pytest-timeout==2.4.0", "pytest-xdist==3.8.0"]
-#: pytest-xdist workers. The slow tests mostly wait on real processes (grace periods, heartbeats,
-#: servers that never answer), so there are more workers than cores; SKYOPS_TEST_WORKERS overrides
-#: (0: one process). The measurements behind the number: docs/decisions/test-suite.md.
-TEST_WORKERS = os.environ.get("SKYOPS_TEST_WORKERS") or str(max(3, min((os.cpu_count() or 1) + 1, 8)))
+#: pytest-xdist workers: 2 x CPUs + 1, from 3 to 8. The slow tests mostly wait on real processes (grace
+#: periods, heartbeats, servers that never answer), so there are more workers than cores;
+#: SKYOPS_TEST_WORKERS overrides (0: one process). The measurements: docs/decisions/test-suite.md.
+TEST_WORKERS = os.environ.get("SKYOPS_TEST_WORKERS") or str(max(3, min(2 * (os.cpu_count() or 1) + 1, 8)))
 RUFF = "ruff==0.17.6"
 #: mypy and the stubs of the typed third-party packages the scripts use.
 TYPE_DEPS = [
