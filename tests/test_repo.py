@@ -325,27 +325,32 @@ def test_prepare_rebuilds_an_environment_an_interrupted_setup_left_broken(tmp_pa
 
 def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_path: Path) -> None:
     """tests/_bytecode.py: an imported module's source is compiled in each uv cache entry that holds
-    the installed distribution and version, and nowhere else; the .pyc is valid for that file."""
+    the installed distribution and version, and nowhere else; the .pyc is valid for that file; a later
+    warm-up compiles only in entries it has not seen."""
     import _bytecode
 
     source = Path(yaml.__file__)
+    sources, _ = _bytecode.sources_by_dist(("yaml",))
     info = next(
         f.parts[0] for f in importlib.metadata.distribution("PyYAML").files or () if f.name == "METADATA"
     )
-    entries = {name: tmp_path / "archive-v0" / name for name in ("a", "b", "older")}
+    assert "yaml/__init__.py" in sources[info]
+    entries = {name: tmp_path / "archive-v0" / name for name in ("a", "b", "older", "later")}
     for name, entry in entries.items():
         (entry / (info if name != "older" else "PyYAML-0.1.dist-info")).mkdir(parents=True)
         (entry / "yaml").mkdir()
         (entry / "yaml" / "__init__.py").write_bytes(source.read_bytes())
-    done, missing, used = _bytecode.warm(tmp_path, ("yaml",))
-    assert done == 2 and missing > 0  # only yaml/__init__.py has twins here, in "a" and "b"
-    assert info in used and all(name.endswith(".dist-info") for name in used)
-    for name, entry in entries.items():
-        pyc = Path(importlib.util.cache_from_source(str(entry / "yaml" / "__init__.py")))
-        assert pyc.is_file() == (name != "older"), name
-    pyc = Path(importlib.util.cache_from_source(str(entries["a"] / "yaml" / "__init__.py")))
+
+    def pyc(name: str) -> Path:
+        return Path(importlib.util.cache_from_source(str(entries[name] / "yaml" / "__init__.py")))
+
+    done, holders = _bytecode.warm(tmp_path, sources, skip=frozenset({"later"}))
+    assert done == 2 and holders == ["a", "b", "later"]  # only yaml/__init__.py has twins here
+    assert [name for name in entries if pyc(name).is_file()] == ["a", "b"]
     stat = (entries["a"] / "yaml" / "__init__.py").stat()
-    header = pyc.read_bytes()[:16]  # PEP 552: magic, flags 0 (timestamp), source mtime, source size
+    header = pyc("a").read_bytes()[:16]  # PEP 552: magic, flags 0 (timestamp), source mtime, source size
     assert header[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(header[4:8], "little") == 0
     assert int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
     assert int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
+    assert _bytecode.warm(tmp_path, sources, skip=frozenset({"a", "b"})) == (1, ["a", "b", "later"])
+    assert pyc("later").is_file()
