@@ -45,22 +45,15 @@ from pathlib import Path
 #: imported by the first optimizer made, 1.7 s of import), the preflight's plot; and what the
 #: launcher imports for `--backend sky` (SkyPilot: 5.8 s to import without bytecode, 2.4 s with).
 MODULES = (
-    "torch.distributed.run",
-    "torch._dynamo",
-    "torch.nn.parallel",
-    "torch.optim",
-    "torch.utils.data",
-    "numpy",
-    "matplotlib.pyplot",
-    "sky",
-    "sky.utils.schemas",
-    "sky.utils.git",
-)
+    ("torch.distributed.run", "torch._dynamo", "torch.nn.parallel", "torch.optim", "torch.utils.data"),
+    ("numpy", "matplotlib.pyplot"),
+    ("sky", "sky.utils.schemas", "sky.utils.git"),
+)  # each group is imported by a process of its own, side by side: 9 s instead of 15 s without bytecode
 #: This interpreter's site-packages folders, the deepest first.
 SITES = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}, key=lambda p: -len(p.parts))
 
 
-def imported_sources(modules: tuple[str, ...] = MODULES) -> list[Path]:
+def imported_sources(modules: tuple[str, ...]) -> list[Path]:
     """The `.py` files of site-packages that importing `modules` loads (a missing module is skipped)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in modules:
@@ -87,13 +80,16 @@ def dist_info_names() -> dict[str, set[str]]:
     return names
 
 
-def sources_by_dist(modules: tuple[str, ...] = MODULES) -> tuple[dict[str, list[str]], int]:
-    """Import `modules`; returns the imported sources of site-packages as paths relative to it, per
-    `.dist-info` name of the distribution that provides them, and how many belong to none."""
+def sources_by_dist(groups: tuple[tuple[str, ...], ...] = MODULES) -> tuple[dict[str, list[str]], int]:
+    """Import each group of modules in a process of its own; returns the imported sources of
+    site-packages as paths relative to it, per `.dist-info` name of the distribution that provides
+    them, and how many belong to none."""
     infos = dist_info_names()
     found: dict[str, set[str]] = {}
     orphans = 0
-    for source in imported_sources(modules):
+    with concurrent.futures.ProcessPoolExecutor(len(groups)) as pool:
+        sources = {source for imported in pool.map(imported_sources, groups) for source in imported}
+    for source in sorted(sources):
         site = next(s for s in SITES if source.is_relative_to(s))
         rel = source.relative_to(site)
         wanted = infos.get(rel.parts[0].removesuffix(".py"), set())

@@ -330,7 +330,7 @@ def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_
     import _bytecode
 
     source = Path(yaml.__file__)
-    sources, _ = _bytecode.sources_by_dist(("yaml",))
+    sources, _ = _bytecode.sources_by_dist((("yaml",),))
     info = next(
         f.parts[0] for f in importlib.metadata.distribution("PyYAML").files or () if f.name == "METADATA"
     )
