@@ -201,6 +201,38 @@ def test_versions_must_match() -> None:
     assert "nccl versions differ across ranks (most have 2.27.3): rank 3 (node 1" in found.message
 
 
+def test_rank_0_writes_one_report_when_two_verdicts_race() -> None:
+    """A rank that never joins fails connect just as the watchdog's stage deadline passes: the main
+    thread and the watchdog's thread both reach a verdict. The first report is the only one written
+    (the other waits for it and gets it back), so --json-out and stdout never disagree. (Seen on a
+    loaded machine: the file held the watchdog's report, stdout the main thread's.)"""
+    import threading
+
+    import _nccl_rank
+
+    published: list[str] = []
+
+    def slow_publish(findings: list[str], error: str | None) -> dict[str, str]:
+        published.append(findings[0])
+        time.sleep(0.2)  # writing the file, then stdout: the other thread arrives meanwhile
+        return {"by": findings[0]}
+
+    run = object.__new__(_nccl_rank.RankRun)  # only the report's guard, no torch, no store
+    run._emit_lock, run._emitted = threading.Lock(), None
+    run._publish = slow_publish  # type: ignore[method-assign]
+    got: dict[str, dict[str, str]] = {}
+    threads = [
+        threading.Thread(target=lambda who=who: got.update({who: run.emit([who])}))  # type: ignore[list-item]
+        for who in ("main", "watchdog")
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert published == ["main"] and got == {"main": {"by": "main"}, "watchdog": {"by": "main"}}
+
+
 def test_verdicts_and_exit_codes() -> None:
     warn = checks.Finding("bandwidth", "warn", "slow-ish")
     assert checks.verdict_of([]) == ("pass", EXIT_OK)

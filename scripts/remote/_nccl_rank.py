@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,10 @@ class RankRun:
         self.sweep: list[dict[str, Any]] | None = None
         self.accelerator = cfg.accelerator
         self.groups: Groups | None = None  # set once the process group exists
+        # One report per run: the watchdog's thread and the main thread can both reach a verdict at
+        # the same deadline (a rank that never joins fails connect just as the stage times out).
+        self._emit_lock = threading.Lock()
+        self._emitted: dict[str, Any] | None = None
         grace = 0.0 if ident.rank == 0 else EXPLAIN_GRACE
         self.watchdog = Watchdog(t0 + cfg.timeout, self.on_timeout, grace=grace)
         self.board = Board(ident, self.watchdog, t0)
@@ -190,7 +195,16 @@ class RankRun:
         }
 
     def emit(self, findings: Sequence[Finding], error: str | None = None) -> dict[str, Any]:
-        """Rank 0: build the report, write the sweep plot and --json-out, print JSON (--json), the table."""
+        """Rank 0: build the report, write the sweep plot and --json-out, print JSON (--json), the table.
+
+        Once per run: a second call (the watchdog's thread and the main thread, at the same deadline)
+        waits for the first to finish writing and returns its report, so the file and stdout agree."""
+        with self._emit_lock:
+            if self._emitted is None:
+                self._emitted = self._publish(findings, error)
+            return self._emitted
+
+    def _publish(self, findings: Sequence[Finding], error: str | None) -> dict[str, Any]:
         report = build_report(
             findings=findings,
             meta=self.meta(),
