@@ -21,7 +21,7 @@ import, as before. Everything here is best effort: a failure costs speed, never 
 When: before any test runs, so the first environments the run builds get the bytecode too (run in
 the background, it lost the race to the slow tests, which start first). Measured here (2 cores):
 21 s (32 s of CPU, on every core) with nothing compiled yet, where uv's cache held five entries of
-sympy; 0.3 s after that. The first warm-up records what it compiled in
+sympy; 0.5-1 s after that. The first warm-up records what it compiled in
 `$XDG_CACHE_HOME/skyops/bytecode-warm-up.json`; later ones compile those files only in the cache
 entries that appeared since (a test run unpacks a few wheels again), and import nothing.
 """
@@ -114,6 +114,8 @@ def warm(
             holders.append(archive.name)
             if archive.name not in skip:
                 twins += (str(archive / rel) for rel in rels if (archive / rel).is_file())
+    if not twins:
+        return 0, sorted(set(holders))
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:  # 5,000 files here: 14 s of CPU
         done = sum(map(bool, pool.map(_compile, twins, chunksize=64)))
     return done, sorted(set(holders))
@@ -132,14 +134,18 @@ def stamp_path() -> Path:
 
 
 def main() -> int:
-    """Warm uv's cache; with a record of an earlier warm-up for this Python and MODULES, only the cache
-    entries that appeared since (a test run unpacks some wheels again) and no import at all."""
+    """Warm uv's cache; with a record of an earlier warm-up for this Python, MODULES and the versions
+    installed here, only the cache entries that appeared since (a test run unpacks some wheels again),
+    and no import at all."""
     key = hashlib.sha256(json.dumps([sys.version, MODULES]).encode()).hexdigest()
     try:
         uv = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True)
         cache_dir, stamp = Path(uv.stdout.strip()), stamp_path()
         last = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        if last.get("key") == key:
+        installed = {
+            n for site in SITES if site.is_dir() for n in os.listdir(site) if n.endswith(".dist-info")
+        }
+        if last.get("key") == key and set(last["sources"]) <= installed:  # a new torch: import again
             sources, orphans, skip = last["sources"], 0, frozenset(last["entries"])
         else:
             (sources, orphans), skip = sources_by_dist(), frozenset()
