@@ -39,6 +39,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 #: What the tests' jobs import: torchrun and the preflight (torch.distributed.run), DDP training
 #: (examples/train.py, pytorch/examples' DDP script, SkyPilot's minGPT example; torch._dynamo is
@@ -53,18 +54,21 @@ MODULES = (
 SITES = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}, key=lambda p: -len(p.parts))
 
 
-def imported_sources(modules: tuple[str, ...]) -> list[Path]:
-    """The `.py` files of site-packages that importing `modules` loads (a missing module is skipped)."""
+def imported_sources(modules: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """The `.py` files of site-packages that importing `modules` loads, and the modules that failed to
+    import (skipped)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    failed = []
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError:
-            continue
+            failed.append(name)
     files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
-    return sorted(
-        {Path(f) for f in files if f and f.endswith(".py") and any(Path(f).is_relative_to(s) for s in SITES)}
-    )
+    found = {
+        Path(f) for f in files if f and f.endswith(".py") and any(Path(f).is_relative_to(s) for s in SITES)
+    }
+    return sorted(found), failed
 
 
 def dist_info_names() -> dict[str, set[str]]:
@@ -80,23 +84,26 @@ def dist_info_names() -> dict[str, set[str]]:
     return names
 
 
-def sources_by_dist(groups: tuple[tuple[str, ...], ...] = MODULES) -> tuple[dict[str, list[str]], int]:
+def sources_by_dist(
+    groups: tuple[tuple[str, ...], ...] = MODULES,
+) -> tuple[dict[str, list[str]], int, list[str]]:
     """Import each group of modules in a process of its own; returns the imported sources of
     site-packages as paths relative to it, per `.dist-info` name of the distribution that provides
-    them, and how many belong to none."""
+    them, how many belong to none, and the modules that failed to import."""
     infos = dist_info_names()
     found: dict[str, set[str]] = {}
     orphans = 0
     with concurrent.futures.ProcessPoolExecutor(len(groups)) as pool:
-        sources = {source for imported in pool.map(imported_sources, groups) for source in imported}
-    for source in sorted(sources):
+        results = list(pool.map(imported_sources, groups))
+    failed = [name for _, names in results for name in names]
+    for source in sorted({source for sources, _ in results for source in sources}):
         site = next(s for s in SITES if source.is_relative_to(s))
         rel = source.relative_to(site)
         wanted = infos.get(rel.parts[0].removesuffix(".py"), set())
         orphans += not wanted
         for info in wanted:
             found.setdefault(info, set()).add(str(rel))
-    return {info: sorted(rels) for info, rels in sorted(found.items())}, orphans
+    return {info: sorted(rels) for info, rels in sorted(found.items())}, orphans, failed
 
 
 def warm(
@@ -116,7 +123,9 @@ def warm(
                 twins += (str(archive / rel) for rel in rels if (archive / rel).is_file())
     if not twins:
         return 0, sorted(set(holders))
-    with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:  # 5,000 files here: 14 s of CPU
+    with concurrent.futures.ProcessPoolExecutor(
+        len(os.sched_getaffinity(0))
+    ) as pool:  # 5,000 files: 14 s CPU
         done = sum(map(bool, pool.map(_compile, twins, chunksize=64)))
     return done, sorted(set(holders))
 
@@ -133,29 +142,61 @@ def stamp_path() -> Path:
     )
 
 
+def read_record(path: Path, key: str) -> dict[str, Any] | None:
+    """The record of an earlier complete warm-up for `key` whose distributions are all still installed
+    here (a new torch: import again), or None: none, another key, unreadable or malformed."""
+    installed = {n for site in SITES if site.is_dir() for n in os.listdir(site) if n.endswith(".dist-info")}
+    try:
+        record = json.loads(path.read_text())
+        sources, entries = record["sources"], record["entries"]
+        valid = record["key"] == key and isinstance(sources, dict) and isinstance(entries, list)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return record if valid and set(sources) <= installed else None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> str:
+    """Write `record` atomically (a temporary file, then a rename); returns "written" or why not."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        return f"not written: {err}"
+    return "written"
+
+
 def main() -> int:
-    """Warm uv's cache; with a record of an earlier warm-up for this Python, MODULES and the versions
-    installed here, only the cache entries that appeared since (a test run unpacks some wheels again),
-    and no import at all."""
+    """Warm uv's cache; with a record of an earlier complete warm-up for this Python, MODULES and the
+    versions installed here, only the cache entries that appeared since (a test run unpacks some wheels
+    again), and no import at all. Prints one JSON line; exits 0 whatever happens."""
     key = hashlib.sha256(json.dumps([sys.version, MODULES]).encode()).hexdigest()
+    report: dict[str, Any] = {}
     try:
         uv = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True)
         cache_dir, stamp = Path(uv.stdout.strip()), stamp_path()
-        last = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        installed = {
-            n for site in SITES if site.is_dir() for n in os.listdir(site) if n.endswith(".dist-info")
-        }
-        if last.get("key") == key and set(last["sources"]) <= installed:  # a new torch: import again
-            sources, orphans, skip = last["sources"], 0, frozenset(last["entries"])
+        report["cache"] = str(cache_dir)
+        last = read_record(stamp, key)
+        if last is not None:
+            sources, skip, failed = last["sources"], frozenset(last["entries"]), []
+            report["from_record"] = True
         else:
-            (sources, orphans), skip = sources_by_dist(), frozenset()
-        done, entries = warm(cache_dir, sources, skip)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "sources": sources, "entries": entries}) + "\n")
-    except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as err:
-        print(json.dumps({"error": str(err)}))
-        return 0
-    report = {"cache": str(cache_dir), "files_compiled_or_current": done, "sources_outside_any_dist": orphans}
+            sources, report["sources_outside_any_dist"], failed = sources_by_dist()
+            skip = frozenset()
+        report["files_compiled_or_current"], entries = warm(cache_dir, sources, skip)
+        if failed:  # e.g. a Python without torch: a record of it would stop the warm-up for good
+            report["not_imported"] = failed
+            report["record"] = "not written: some modules did not import"
+        else:
+            report["record"] = write_record(stamp, {"key": key, "sources": sources, "entries": entries})
+    except (
+        OSError,
+        ValueError,
+        subprocess.CalledProcessError,
+        concurrent.futures.process.BrokenProcessPool,
+    ) as err:
+        report["error"] = str(err)
     print(json.dumps(report))
     return 0
 

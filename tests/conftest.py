@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,10 +178,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
     script = Path(__file__).with_name("_bytecode.py")
+    proc = subprocess.Popen(  # in a session of its own: a timeout ends its process pool too
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     try:
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-        _WARM_UP.append(done.stdout.strip() or f"exit {done.returncode}")
+        out, err = proc.communicate(timeout=600)
+        _WARM_UP.append(out.strip() or f"exit {proc.returncode}: {err.strip()[-500:]}")
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         _WARM_UP.append("stopped after 600 s")
 
 

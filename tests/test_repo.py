@@ -330,7 +330,8 @@ def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_
     import _bytecode
 
     source = Path(yaml.__file__)
-    sources, _ = _bytecode.sources_by_dist((("yaml",),))
+    sources, _, failed = _bytecode.sources_by_dist((("yaml",), ("no_such_module_here",)))
+    assert failed == ["no_such_module_here"]
     info = next(
         f.parts[0] for f in importlib.metadata.distribution("PyYAML").files or () if f.name == "METADATA"
     )
@@ -354,3 +355,29 @@ def test_bytecode_warm_up_compiles_in_every_cache_entry_of_the_same_version(tmp_
     assert int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
     assert _bytecode.warm(tmp_path, sources, skip=frozenset({"a", "b"})) == (1, ["a", "b", "later"])
     assert pyc("later").is_file()
+
+
+def test_bytecode_warm_up_record_is_rewritten_when_unreadable_and_kept_only_when_current(
+    tmp_path: Path,
+) -> None:
+    """A record that is garbage, of another key, or names a distribution no longer installed counts as
+    none (the next warm-up imports again and rewrites it); records are written whole (rename)."""
+    import _bytecode
+
+    path = tmp_path / "skyops" / "bytecode-warm-up.json"
+    info = next(
+        f.parts[0] for f in importlib.metadata.distribution("PyYAML").files or () if f.name == "METADATA"
+    )
+    good = {"key": "k", "sources": {info: ["yaml/__init__.py"]}, "entries": ["a"]}
+    assert _bytecode.write_record(path, good) == "written" and [p.name for p in path.parent.iterdir()] == [
+        path.name
+    ]
+    assert _bytecode.read_record(path, "k") == good
+    assert _bytecode.read_record(path, "other key") is None
+    for text in ('{"key": 1', "", "[]", "null", '{"key": "k", "sources": [], "entries": []}'):
+        path.write_text(text)
+        assert _bytecode.read_record(path, "k") is None, text
+    _bytecode.write_record(path, {**good, "sources": {"torch-0.0.1.dist-info": ["torch/__init__.py"]}})
+    assert _bytecode.read_record(path, "k") is None  # that torch is not installed here
+    (tmp_path / "file").write_text("")
+    assert _bytecode.write_record(tmp_path / "file" / "x.json", good).startswith("not written: ")
