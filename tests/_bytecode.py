@@ -38,6 +38,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def main() -> int:
         OSError,
         ValueError,
         subprocess.CalledProcessError,
-        concurrent.futures.process.BrokenProcessPool,
+        BrokenProcessPool,
     ) as err:
         report["error"] = str(err)
     print(json.dumps(report))

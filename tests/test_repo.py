@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -381,3 +382,12 @@ def test_bytecode_warm_up_record_is_rewritten_when_unreadable_and_kept_only_when
     assert _bytecode.read_record(path, "k") is None  # that torch is not installed here
     (tmp_path / "file").write_text("")
     assert _bytecode.write_record(tmp_path / "file" / "x.json", good).startswith("not written: ")
+
+
+def test_bytecode_warm_up_without_uv_prints_one_line_and_exits_0(tmp_path: Path) -> None:
+    """No uv on PATH: one JSON line naming the error, exit 0 (a failed warm-up costs speed, not tests)."""
+    script = REPO / "tests" / "_bytecode.py"
+    env = {"PATH": "/nonexistent", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "No such file or directory: 'uv'" in json.loads(done.stdout)["error"]
